@@ -1,0 +1,1 @@
+"""Triton kernels for the quantized linear and the code that chooses/launches them (see dispatch.py)."""

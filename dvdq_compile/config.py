@@ -1,0 +1,200 @@
+"""QuantConfig: every backend option, its default and its validation.
+
+``torch.compile(model, backend="dvdquant", options={...})`` builds one with ``QuantConfig.from_options``; an unknown
+or ill-typed option raises ``ValueError`` naming the option and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .quant.act import ACT_BITS
+from .quant.hadamard import NO_SIGNS
+from .quant.qweight import WEIGHT_BITS, WEIGHT_METHODS, WeightSpec
+
+GROUPS = (64, 128, 256)
+ACT_SCALES = ("group", "token", "channel")
+KERNELS = ("auto", "triton", "reference")
+LOWERINGS = ("inductor", "eager")
+DEFAULT_BLOCK_PATTERN = r"^(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+\."
+DEFAULT_MODULATION_PATTERN = r"(^|\.)(norm[^.]*|[^.]*modulation[^.]*|adaln[^.]*)\.[^.]+$"
+
+# What each option accepts, for error messages and the README option table.
+ALLOWED: dict[str, str] = {
+    "recipe": "a registered recipe name (see dvdq_compile.recipes.names())",
+    "weight_bits": f"one of {WEIGHT_BITS}",
+    "act_bits": f"'auto' (delta-guided switch between act_bits_low and act_bits_high), 16 (weight-only), "
+                f"or one of {ACT_BITS}",
+    "act_bits_low": f"one of {ACT_BITS}, below act_bits_high",
+    "act_bits_high": f"one of {ACT_BITS}, above act_bits_low",
+    "delta": "a finite float > 0 (threshold on the accumulated relative L1 change of the model output)",
+    "min_high_steps": "an int >= 1: denoising steps that always run act_bits_high at the start of a sampling run",
+    "group": f"one of {GROUPS}: Hadamard block and activation scale group along K",
+    "rotate": "bool: block-Hadamard rotation of weights (offline) and activations (online)",
+    "sign_seed": "None or an int: seeded random +-1 diagonal before the Hadamard",
+    "weight_method": f"one of {WEIGHT_METHODS}",
+    "weight_group": "0 (one scale per output row) or a positive multiple of 'group' dividing K",
+    "act_scale": f"one of {ACT_SCALES}: per (token, K-group), per token, or the paper-literal per-channel "
+                 "fake-quant (reference kernels only)",
+    "kernels": f"one of {KERNELS}",
+    "lowering": f"one of {LOWERINGS}",
+    "exclude": "list of fnmatch patterns of layer names kept in full precision",
+    "include": "list of fnmatch patterns of layer names quantized even outside transformer blocks",
+    "weight_only": "list of fnmatch patterns of layer names quantized with 16-bit activations",
+    "min_tokens": "an int >= 0: linears whose static token count M is at most this run weight-only",
+    "block_pattern": "a regular expression matching the names of transformer-block layers",
+    "bgr_n": "an int >= 2: BGR candidate grid (range/n steps)",
+    "bgr_max_shrink": "a float in [0, 1): largest total fraction of a row's range BGR clips",
+    "bgr_max_iter": "an int >= 1: BGR refinement iteration cap",
+    "progress": "bool: progress bar while weights are quantized",
+}
+
+
+def _fail(name: str, value: Any) -> None:
+    raise ValueError(f"dvdquant option {name}={value!r} is not allowed; expected {ALLOWED[name]}")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    recipe: str = "dvdquant"
+    weight_bits: int = 4
+    act_bits: Any = "auto"
+    act_bits_low: int = 4
+    act_bits_high: int = 8
+    delta: float = 0.09
+    min_high_steps: int = 1
+    group: int = 128
+    rotate: bool = True
+    sign_seed: int | None = None
+    weight_method: str = "bgr"
+    weight_group: int = 0
+    act_scale: str = "group"
+    kernels: str = "auto"
+    lowering: str = "inductor"
+    exclude: tuple = ()
+    include: tuple = ()
+    weight_only: tuple = ()
+    min_tokens: int = 16
+    block_pattern: str = DEFAULT_BLOCK_PATTERN
+    bgr_n: int = 128
+    bgr_max_shrink: float = 0.5
+    bgr_max_iter: int = 64
+    progress: bool = True
+    # Set by recipes, not by users: the modulation (adaLN) name pattern.
+    modulation_pattern: str = field(default=DEFAULT_MODULATION_PATTERN, repr=False)
+
+    @classmethod
+    def from_options(cls, options: dict | None = None) -> "QuantConfig":
+        from .recipes import get_recipe
+
+        options = dict(options or {})
+        valid = [f.name for f in fields(cls) if f.name in ALLOWED]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            lines = "\n".join(f"  {k}: {ALLOWED[k]}" for k in valid)
+            raise ValueError(f"unknown dvdquant option(s) {unknown}; valid options are:\n{lines}")
+        recipe = options.get("recipe", "dvdquant")
+        if not isinstance(recipe, str):
+            _fail("recipe", recipe)
+        base = get_recipe(recipe).defaults()
+        base.update(options)
+        for k in ("exclude", "include", "weight_only"):
+            v = base.get(k, ())
+            if isinstance(v, str):
+                v = (v,)
+            if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
+                _fail(k, v)
+            base[k] = tuple(v)
+        cfg = cls(**base)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **kw) -> "QuantConfig":
+        cfg = dataclasses.replace(self, **kw)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not is_int(self.weight_bits) or self.weight_bits not in WEIGHT_BITS:
+            _fail("weight_bits", self.weight_bits)
+        if not (self.act_bits == "auto" or (is_int(self.act_bits) and (self.act_bits in ACT_BITS or
+                                                                         self.act_bits == 16))):
+            _fail("act_bits", self.act_bits)
+        for k in ("act_bits_low", "act_bits_high"):
+            if not is_int(getattr(self, k)) or getattr(self, k) not in ACT_BITS:
+                _fail(k, getattr(self, k))
+        if self.act_bits_low >= self.act_bits_high:
+            raise ValueError(f"dvdquant options act_bits_low={self.act_bits_low} must be below "
+                             f"act_bits_high={self.act_bits_high}")
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or \
+                not math.isfinite(self.delta) or self.delta <= 0:
+            _fail("delta", self.delta)
+        if not is_int(self.min_high_steps) or self.min_high_steps < 1:
+            _fail("min_high_steps", self.min_high_steps)
+        if not is_int(self.group) or self.group not in GROUPS:
+            _fail("group", self.group)
+        if not isinstance(self.rotate, bool):
+            _fail("rotate", self.rotate)
+        if self.sign_seed is not None and not is_int(self.sign_seed):
+            _fail("sign_seed", self.sign_seed)
+        if self.weight_method not in WEIGHT_METHODS:
+            _fail("weight_method", self.weight_method)
+        if not is_int(self.weight_group) or self.weight_group < 0 or \
+                (self.weight_group and self.weight_group % self.group):
+            _fail("weight_group", self.weight_group)
+        if self.act_scale not in ACT_SCALES:
+            _fail("act_scale", self.act_scale)
+        if self.kernels not in KERNELS:
+            _fail("kernels", self.kernels)
+        if self.lowering not in LOWERINGS:
+            _fail("lowering", self.lowering)
+        if not is_int(self.min_tokens) or self.min_tokens < 0:
+            _fail("min_tokens", self.min_tokens)
+        if not isinstance(self.block_pattern, str):
+            _fail("block_pattern", self.block_pattern)
+        import re
+        try:
+            re.compile(self.block_pattern)
+        except re.error as e:
+            raise ValueError(f"dvdquant option block_pattern={self.block_pattern!r} is not a valid regular "
+                             f"expression: {e}") from None
+        if not is_int(self.bgr_n) or self.bgr_n < 2:
+            _fail("bgr_n", self.bgr_n)
+        if isinstance(self.bgr_max_shrink, bool) or not isinstance(self.bgr_max_shrink, (int, float)) or \
+                not 0 <= self.bgr_max_shrink < 1:
+            _fail("bgr_max_shrink", self.bgr_max_shrink)
+        if not is_int(self.bgr_max_iter) or self.bgr_max_iter < 1:
+            _fail("bgr_max_iter", self.bgr_max_iter)
+        if not isinstance(self.progress, bool):
+            _fail("progress", self.progress)
+        if self.act_scale == "channel" and self.kernels == "triton":
+            raise ValueError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
+                             "reference path only; it cannot be combined with kernels='triton'")
+
+    # Derived ------------------------------------------------------------------------------------------------
+    @property
+    def switching(self) -> bool:
+        return self.act_bits == "auto"
+
+    @property
+    def act_variants(self) -> tuple[int, ...]:
+        """Activation bit widths that get a compiled variant."""
+        return (self.act_bits_low, self.act_bits_high) if self.switching else (self.act_bits,)
+
+    @property
+    def rotate_block(self) -> int:
+        return self.group if self.rotate else 0
+
+    @property
+    def seed(self) -> int:
+        return NO_SIGNS if self.sign_seed is None else self.sign_seed
+
+    def weight_spec(self) -> WeightSpec:
+        return WeightSpec(bits=self.weight_bits, method=self.weight_method, group=self.weight_group,
+                          rotate=self.rotate_block, sign_seed=self.seed, bgr_n=self.bgr_n,
+                          bgr_max_shrink=float(self.bgr_max_shrink), bgr_max_iter=self.bgr_max_iter)

@@ -1,0 +1,106 @@
+"""`dvdq` custom ops (``torch.library.custom_op`` + ``register_fake``), dispatching to Triton or the reference.
+
+``custom_op`` rather than ``triton_op``: under ``TRITON_INTERPRET=1`` only ``custom_op`` survives Dynamo/AOT
+(platform.md §4); the op body runs the kernel launcher eagerly and Inductor sees one extern call.
+
+Ops (shapes: ``x`` [..., K], weights [N, ·], M = prod(leading dims)):
+
+- ``dvdq::act_quant(x, bits, group, rotate, sign_seed, impl) -> (codes int8 [..., K], scales fp32 [..., K/group])``
+- ``dvdq::qlinear(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, impl) -> y [..., N] out_dtype``
+- ``dvdq::fused_qlinear(x, packed, wscale, wzero, bias?, wbits, abits, group, rotate, sign_seed, impl) -> y``
+  (rotate + quantize + GEMM in one launch; same numbers as act_quant → qlinear)
+- ``dvdq::dq_linear(x, packed, wscale, wzero, bias?, wbits, rotate, sign_seed, act_mode, abits) -> y [..., N]``
+  weight-only (``act_mode="none"``: 16-bit activations) or paper-literal per-channel fake-quant
+  (``act_mode="channel"``); fp32 math, output in x's dtype. Reference only (M is tiny for modulation layers).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import quant
+from .codegen.dispatch import IMPLS
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_x(x: Tensor, what: str) -> None:
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dvdq::{what}: activation dtype {x.dtype} is not supported; expected one of "
+                        f"{[str(d) for d in FLOAT_DTYPES]}")
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"dvdq op impl must be one of {IMPLS}, got {impl!r}")
+
+
+def _kernels():
+    from .codegen import kernels
+    return kernels
+
+
+@torch.library.custom_op("dvdq::act_quant", mutates_args=())
+def act_quant(x: Tensor, bits: int, group: int, rotate: int, sign_seed: int, impl: str) -> tuple[Tensor, Tensor]:
+    _check_x(x, "act_quant")
+    _check_impl(impl)
+    if impl == "triton":
+        return _kernels().act_quant(x, bits, group, rotate, sign_seed)
+    return quant.quantize_act(x, bits, group, rotate, sign_seed)
+
+
+@act_quant.register_fake
+def _(x, bits, group, rotate, sign_seed, impl):
+    k = x.shape[-1]
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty((*x.shape[:-1], k // group), dtype=torch.float32))
+
+
+@torch.library.custom_op("dvdq::qlinear", mutates_args=())
+def qlinear(codes: Tensor, scales: Tensor, packed: Tensor, wscale: Tensor, wzero: Tensor, bias: Optional[Tensor],
+            wbits: int, out_dtype: torch.dtype, impl: str) -> Tensor:
+    _check_impl(impl)
+    if impl == "triton":
+        return _kernels().qlinear(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype)
+    return quant.qlinear_ref(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype)
+
+
+@qlinear.register_fake
+def _(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype, impl):
+    return codes.new_empty((*codes.shape[:-1], packed.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("dvdq::fused_qlinear", mutates_args=())
+def fused_qlinear(x: Tensor, packed: Tensor, wscale: Tensor, wzero: Tensor, bias: Optional[Tensor], wbits: int,
+                  abits: int, group: int, rotate: int, sign_seed: int, impl: str) -> Tensor:
+    _check_x(x, "fused_qlinear")
+    _check_impl(impl)
+    if impl == "triton":
+        return _kernels().fused_qlinear(x, packed, wscale, wzero, bias, wbits, abits, group, rotate, sign_seed)
+    codes, scales = quant.quantize_act(x, abits, group, rotate, sign_seed)
+    return quant.qlinear_ref(codes, scales, packed, wscale, wzero, bias, wbits, x.dtype)
+
+
+@fused_qlinear.register_fake
+def _(x, packed, wscale, wzero, bias, wbits, abits, group, rotate, sign_seed, impl):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+@torch.library.custom_op("dvdq::dq_linear", mutates_args=())
+def dq_linear(x: Tensor, packed: Tensor, wscale: Tensor, wzero: Tensor, bias: Optional[Tensor], wbits: int,
+              rotate: int, sign_seed: int, act_mode: str, abits: int) -> Tensor:
+    _check_x(x, "dq_linear")
+    if act_mode == "none":
+        xr = quant.rotate(x, rotate, sign_seed) if rotate else x
+    elif act_mode == "channel":
+        xr = quant.fake_quant_per_channel(x, abits, rotate, sign_seed)
+    else:
+        raise ValueError(f"dvdq::dq_linear act_mode must be 'none' or 'channel', got {act_mode!r}")
+    return quant.dequant_linear_ref(xr, packed, wscale, wzero, bias, wbits).to(x.dtype)
+
+
+@dq_linear.register_fake
+def _(x, packed, wscale, wzero, bias, wbits, rotate, sign_seed, act_mode, abits):
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))

@@ -1,0 +1,15 @@
+"""Plain-PyTorch reference numerics: the specification every kernel is tested against (DESIGN §4)."""
+from .act import dequantize_act, fake_quant_per_channel, qmax_for, quantize_act
+from .bgr import bgr, bgr_rows
+from .hadamard import NO_SIGNS, hadamard_matrix, rotate
+from .linear import dequant_linear_ref, int_partials, qlinear_ref
+from .minmax import dequantize, minmax
+from .pack import pack, pack_int3, pack_int4, unpack, unpack_int3, unpack_int4
+from .qweight import QuantizedWeight, WeightSpec, quantize_weight, quantized_bytes
+
+__all__ = [
+    "NO_SIGNS", "QuantizedWeight", "WeightSpec", "bgr", "bgr_rows", "dequant_linear_ref", "dequantize",
+    "dequantize_act", "fake_quant_per_channel", "hadamard_matrix", "int_partials", "minmax", "pack", "pack_int3",
+    "pack_int4", "qlinear_ref", "qmax_for", "quantize_act", "quantize_weight", "quantized_bytes", "rotate",
+    "unpack", "unpack_int3", "unpack_int4",
+]

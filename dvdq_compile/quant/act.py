@@ -1,0 +1,72 @@
+"""ARQ activation quantizers (algorithms.md §3).
+
+Kernel contract (DESIGN §4): rotate ``x̃ = x·H_bd`` (block ``rotate``), then symmetric codes in ``[−qmax, qmax]``
+(``qmax = 2^(b−1) − 1``: 7 for A4, 127 for A8) with one fp32 scale ``s = absmax/qmax`` per (token, K-group of size
+``group``). Round half to even. An all-zero group gets scale 0 and codes 0 (never a NaN). A NaN/Inf in a group
+makes that group's scale NaN/Inf (codes there are 0), so the token's output is non-finite as in full precision.
+
+Bytes: reads ``M·K`` inputs, writes ``M·K`` int8 codes + ``4·M·K/group`` scale bytes.
+
+``fake_quant_per_channel`` is the paper-literal Λ mode (one scale per input channel over the tokens of each batch
+element), a fake-quant for ablations only: per-channel scales cannot be factored out of an integer dot product.
+"""
+from __future__ import annotations
+
+import torch
+
+from .hadamard import NO_SIGNS, rotate as _rotate
+
+ACT_BITS = (3, 4, 5, 6, 7, 8)
+
+
+def qmax_for(bits: int) -> int:
+    if bits not in ACT_BITS:
+        raise ValueError(f"activation bits must be one of {ACT_BITS}, got {bits}")
+    return 2 ** (bits - 1) - 1
+
+
+def _prepare(x: torch.Tensor, rotate: int, sign_seed: int) -> torch.Tensor:
+    if not x.is_floating_point():
+        raise TypeError(f"activation must be a floating-point tensor, got dtype {x.dtype}")
+    return _rotate(x, rotate, sign_seed) if rotate else x.to(torch.float32)
+
+
+def quantize_act(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed: int = NO_SIGNS):
+    """Per-(token, K-group) symmetric quantization of ``x`` [..., K].
+
+    Returns ``codes`` int8 [..., K] and ``scales`` fp32 [..., K/group] with ``x̃ ≈ codes · scales`` per group.
+    """
+    qmax = qmax_for(bits)
+    k = x.shape[-1]
+    if group < 1 or k % group:
+        raise ValueError(f"activation scale group {group} does not divide K={k} (shape {tuple(x.shape)})")
+    xr = _prepare(x, rotate, sign_seed)
+    xg = xr.reshape(*x.shape[:-1], k // group, group)
+    scales = xg.abs().amax(-1) / qmax
+    safe = torch.where(torch.isfinite(scales) & (scales > 0), scales, torch.ones_like(scales))
+    codes = torch.round(xg / safe[..., None]).clamp_(-qmax, qmax)
+    codes = torch.where(torch.isfinite(codes), codes, torch.zeros_like(codes))
+    return codes.to(torch.int8).reshape(x.shape), scales
+
+
+def dequantize_act(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    k = codes.shape[-1]
+    g = scales.shape[-1]
+    c = codes.to(torch.float32).reshape(*codes.shape[:-1], g, k // g)
+    return (c * scales[..., None]).reshape(codes.shape)
+
+
+def fake_quant_per_channel(x: torch.Tensor, bits: int, rotate: int = 0, sign_seed: int = NO_SIGNS) -> torch.Tensor:
+    """Paper-literal ARQ: ``s_j = max_tokens |x̃_:j|`` per batch element, ``x̂ = round(x̃/s·qmax)/qmax·s`` (fp32).
+
+    ``x`` [B, S, K] (or [S, K], treated as one batch element); scales are per batch element so a result does not
+    depend on how CFG halves are batched.
+    """
+    qmax = qmax_for(bits)
+    xr = _prepare(x, rotate, sign_seed)
+    xb = xr if xr.dim() >= 3 else xr.unsqueeze(0)
+    xb = xb.reshape(xb.shape[0], -1, xb.shape[-1])
+    s = xb.abs().amax(1, keepdim=True)
+    safe = torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
+    a = torch.round(xb / safe * qmax).clamp_(-qmax, qmax)
+    return (a / qmax * s).reshape(xr.shape)

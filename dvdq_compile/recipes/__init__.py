@@ -1,0 +1,45 @@
+"""Recipes: small declarative objects that set QuantConfig defaults (DESIGN §7).
+
+A recipe says how weights are quantized, how activations are scaled and which kernels run. Users can still
+override any option on top of a recipe. Calibrated recipes (SmoothQuant, SVDQuant+GPTQ, Q-VDiT) come later and
+will add an artifact; the data-free ones below need none.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    options: dict = field(default_factory=dict)
+
+    def defaults(self) -> dict:
+        return dict(self.options)
+
+
+_RECIPES = {r.name: r for r in (
+    Recipe("dvdquant", "DVD-Quant: BGR weights on Hadamard-rotated W, ARQ per-(token, group) activations, "
+                       "delta-guided A4/A8 switching (default)",
+           {"weight_method": "bgr", "rotate": True, "act_scale": "group", "act_bits": "auto"}),
+    Recipe("minmax", "MinMax RTN: per-row asymmetric MinMax weights, per-token activations, no rotation",
+           {"weight_method": "minmax", "rotate": False, "act_scale": "token", "act_bits": 8}),
+    Recipe("quarot", "QuaRot-style: block-Hadamard rotation + MinMax (RTN) weights + per-token activations",
+           {"weight_method": "minmax", "rotate": True, "act_scale": "token", "act_bits": 8}),
+    Recipe("bgr_only", "ablation: BGR weights without rotation, per-token activations",
+           {"weight_method": "bgr", "rotate": False, "act_scale": "token", "act_bits": 8}),
+    Recipe("arq_only", "ablation: rotation + per-(token, group) activations with MinMax weights",
+           {"weight_method": "minmax", "rotate": True, "act_scale": "group", "act_bits": 8}),
+)}
+
+
+def names() -> list[str]:
+    return sorted(_RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return _RECIPES[name]
+    except KeyError:
+        raise ValueError(f"dvdquant option recipe={name!r} is not allowed; expected one of {names()}") from None
