@@ -78,8 +78,8 @@ class QuantConfig:
     weight_only: tuple = ()
     min_tokens: int = 16
     block_pattern: str = DEFAULT_BLOCK_PATTERN
-    bgr_n: int = 128
-    bgr_max_shrink: float = 0.5
+    bgr_n: int = 64
+    bgr_max_shrink: float = 0.9
     bgr_max_iter: int = 64
     progress: bool = True
     # Set by recipes, not by users: the modulation (adaLN) name pattern.

@@ -13,7 +13,9 @@ until the error stops improving by ``rel_eps`` (or ``max_iter``), keeping the be
 rounding z makes the alternation non-monotone. Codes always come from the **unclipped** W.
 
 ``max_shrink`` caps the total clipped fraction of the range (candidates ``i < max_shrink·n/2``); the printed
-algorithm's ``i → n/2`` would shrink the range to nothing. Cost per refinement step ≈ 8 flops per weight.
+algorithm's ``i → n/2`` would shrink the range to nothing. Defaults n = 64, max_shrink = 0.9 [I]: on Gaussian and
+Student-t rows (K = 1024) they reach the same error as n = 128 at a third of the time (the refinement moves Δ
+continuously, so a coarse initial grid suffices). Cost per refinement step ≈ 10 flops per weight and candidate.
 """
 from __future__ import annotations
 
@@ -24,31 +26,53 @@ import torch
 from .minmax import TINY, as_rows, check_finite, codes_for, finish, minmax_rows, range_with_zero, row_error
 
 
-def bgr_rows(rows: torch.Tensor, bits: int = 4, n: int = 128, max_shrink: float = 0.5,
-             rel_eps: float = 1e-4, max_iter: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (Δ, z) [R] fp32 minimising ``‖W − Δ(q − z)‖`` on each row of ``rows`` [R, L]."""
+def bgr_rows(rows: torch.Tensor, bits: int = 4, n: int = 64, max_shrink: float = 0.9,
+             rel_eps: float = 1e-4, max_iter: int = 64, chunk_elems: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (Δ, z) [R] fp32 minimising ``‖W − Δ(q − z)‖`` on each row of ``rows`` [R, L].
+
+    All candidates of a chunk of rows are refined together as one [C·r, L] batch (candidate-major), so the Python
+    loop runs ``max_iter`` times per chunk, not ``C × max_iter`` times; ``chunk_elems`` bounds that batch.
+    """
     if n < 2:
         raise ValueError(f"BGR needs n >= 2 candidate steps, got {n}")
     if not 0.0 <= max_shrink < 1.0:
         raise ValueError(f"BGR max_shrink must be in [0, 1), got {max_shrink}")
+    n_cand = max(1, min(n // 2, math.ceil(max_shrink * n / 2)))
+    r_all, length = rows.shape
+    per = max(1, chunk_elems // max(1, n_cand * length))
+    ds, zs = [], []
+    for r0 in range(0, r_all, per):
+        d, z = _bgr_chunk(rows[r0:r0 + per], bits, n, n_cand, rel_eps, max_iter)
+        ds.append(d)
+        zs.append(z)
+    if not ds:
+        return rows.new_empty(0), rows.new_empty(0)
+    return torch.cat(ds), torch.cat(zs)
+
+
+def _bgr_chunk(rows, bits, n, n_cand, rel_eps, max_iter):
     qmax = 2**bits - 1
+    r = rows.shape[0]
     lo, hi = range_with_zero(rows)
     step = (hi - lo) / n
-    d_mm, z_mm = minmax_rows(rows, bits)
-    best_d, best_z = d_mm.clone(), z_mm.clone()
-    best_e = row_error(rows, codes_for(rows, d_mm, z_mm, qmax), d_mm, z_mm)
-    row_mean = rows.mean(1)
-    n_cand = max(1, min(n // 2, math.ceil(max_shrink * n / 2)))
-    for i in range(n_cand):
-        lo_i, hi_i = lo + i * step, hi - i * step
-        d = ((hi_i - lo_i) / qmax).clamp_min(TINY)
-        z = torch.round(-lo_i / d).clamp_(0, qmax)
-        _refine(rows, row_mean, d, z, d_mm, qmax, rel_eps, max_iter, best_e, best_d, best_z)
-    return best_d, best_z
+    i = torch.arange(n_cand, device=rows.device, dtype=rows.dtype)[:, None]  # candidate 0 = MinMax
+    lo_i, hi_i = (lo + i * step).reshape(-1), (hi - i * step).reshape(-1)
+    d = ((hi_i - lo_i) / qmax).clamp_min(TINY)
+    z = torch.round(-lo_i / d).clamp_(0, qmax)
+    w = rows.repeat(n_cand, 1)
+    d_mm, _ = minmax_rows(rows, bits)
+    best_e = torch.full_like(d, float("inf"))
+    best_d, best_z = d.clone(), z.clone()
+    _refine(w, w.mean(1), d, z, d_mm.repeat(n_cand), qmax, rel_eps, max_iter, best_e, best_d, best_z)
+    pick = best_e.reshape(n_cand, r).argmin(0)  # first minimum: MinMax wins ties
+    cols = torch.arange(r, device=rows.device)
+    return best_d.reshape(n_cand, r)[pick, cols], best_z.reshape(n_cand, r)[pick, cols]
 
 
 def _refine(rows, row_mean, d, z, d_mm, qmax, rel_eps, max_iter, best_e, best_d, best_z):
-    """Alternating LS refinement from (d, z); updates best_* in place for rows that improve."""
+    """Alternating LS refinement from per-row (d, z); updates best_* in place for rows that improve.
+
+    Converged rows drop out of the batch (compaction), so late iterations only touch the rows still improving."""
     idx = torch.arange(rows.shape[0], device=rows.device)
     w, wm, dmm = rows, row_mean, d_mm
     q = codes_for(w, d, z, qmax)

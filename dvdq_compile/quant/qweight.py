@@ -22,8 +22,8 @@ class WeightSpec:
     group: int = 0
     rotate: int = 128
     sign_seed: int = NO_SIGNS
-    bgr_n: int = 128
-    bgr_max_shrink: float = 0.5
+    bgr_n: int = 64
+    bgr_max_shrink: float = 0.9
     bgr_max_iter: int = 64
 
     def __post_init__(self):

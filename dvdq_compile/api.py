@@ -1,0 +1,77 @@
+"""Accessors for what the backend did to a model: report, δ controller, cache control."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .runtime.cache import CACHE
+from .runtime.graph import GRAPHS, SHARED_CONTROLLERS
+from .runtime.report import CompileReport
+
+
+def _module(model) -> torch.nn.Module:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module (or the result of torch.compile on one), got {type(model)}")
+    return getattr(model, "_orig_mod", model)
+
+
+def _graphs_of(model):
+    """(graph, params bound to it) for the compiled graphs this model has run through."""
+    ids = {id(p) for p in _module(model).parameters()}
+    out = []
+    for g in list(GRAPHS):
+        for refs in g.bound.values():
+            params = [r() for r in refs]
+            if params and all(p is not None and id(p) in ids for p in params):
+                out.append((g, params))
+    return out
+
+
+def report(model) -> CompileReport:
+    """The per-layer compile report of ``model`` (after its first compiled call), with per-layer weight errors.
+
+    If Dynamo split the model into several graphs, their layers are concatenated.
+    """
+    graphs = _graphs_of(model)
+    if not graphs:
+        raise RuntimeError("no dvdquant report for this model: it has not run through a graph compiled with "
+                           "backend='dvdquant' yet (torch.compile compiles on the first call)")
+    merged = copy.deepcopy(graphs[0][0].report)
+    merged.layers = []
+    merged.graphs = len(graphs)
+    for g, params in graphs:
+        by_name = {}
+        for w, p in zip(g.weights, params):
+            for name in w.layers:
+                by_name[name] = CACHE.stats_for(p)
+        for row in copy.deepcopy(g.report.layers):
+            stats = by_name.get(row.name, {})
+            row.mse, row.mse_minmax = stats.get("mse"), stats.get("mse_minmax")
+            merged.layers.append(row)
+    merged.compile_seconds = sum(g.report.compile_seconds for g, _ in graphs)
+    return merged
+
+
+def controller(model):
+    """The δ-GBS controller that drives ``model``'s A4/A8 choice (None with fixed activation bits)."""
+    for g, params in _graphs_of(model):
+        if len(g.variants) > 1:
+            return g.controller_for(params[0])
+    return None
+
+
+def share_controller(*models, controller=None):
+    """Make ``models`` (e.g. the two experts of a Wan 2.2 pipeline) share one δ controller; returns it."""
+    if controller is None:
+        from .runtime.delta import DeltaController
+        controller = DeltaController()
+    for m in models:
+        for p in _module(m).parameters():
+            SHARED_CONTROLLERS[id(p)] = controller
+    return controller
+
+
+def requantize(model) -> int:
+    """Drop ``model``'s cached quantized weights (e.g. after editing ``p.data``); returns how many were dropped."""
+    return CACHE.drop_params(list(_module(model).parameters()))

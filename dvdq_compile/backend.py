@@ -1,0 +1,95 @@
+"""The Dynamo backend ``dvdquant``: options -> passes -> lowering -> runtime wrapper (DESIGN §3).
+
+Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), so
+``torch.compile(model, backend="dvdquant")`` works without importing this package. This module must not also call
+``register_backend`` under the same name (Dynamo would raise "duplicate name").
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.fx as fx
+from torch._guards import detect_fake_mode
+
+from . import ops  # noqa: F401  (registers the dvdq ops)
+from .codegen.dispatch import resolve
+from .config import QuantConfig
+from .passes.find_linears import LinearSite, find_linears
+from .passes.rewrite import QUANTIZED, rewrite, weight_examples, weight_inputs
+from .quant.qweight import quantized_bytes
+from .runtime.graph import CompiledGraph
+from .runtime.report import CompileReport, LayerReport
+
+log = logging.getLogger("dvdq_compile")
+
+
+def _timestep_index(gm: fx.GraphModule) -> int | None:
+    """Placeholder index of the ``timestep`` input when the model is called with keywords (as pipelines do)."""
+    for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        ga = n.meta.get("grapharg")
+        name = getattr(getattr(ga, "source", None), "name", "")
+        src = name() if callable(name) else str(name)  # a method before torch 2.12, a property after
+        if "['timestep']" in src or n.name in ("l_kwargs_timestep_", "l_timestep_"):
+            return i
+    return None
+
+
+def _device(sites: list[LinearSite], example_inputs) -> torch.device:
+    for s in sites:
+        if s.decision in QUANTIZED:
+            return example_inputs[s.w_index].device
+    return torch.device("cpu")
+
+
+def _lower(gm: fx.GraphModule, example_inputs: list, cfg: QuantConfig, mode: str | None):
+    if cfg.lowering == "eager":
+        return gm
+    from torch._inductor import list_mode_options
+    from torch._inductor.compile_fx import compile_fx
+
+    patches = list_mode_options(mode) if mode else {}
+    with torch.no_grad():
+        return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def _report(sites, example_inputs, cfg: QuantConfig, impl: str, why: str) -> CompileReport:
+    spec = cfg.weight_spec()
+    act = "/".join(map(str, cfg.act_variants))
+    rows = []
+    for s in sites:
+        w = example_inputs[s.w_index] if s.w_index is not None else None
+        before = s.n * s.k * (w.element_size() if isinstance(w, torch.Tensor) else 2)
+        q = s.decision in QUANTIZED
+        rows.append(LayerReport(
+            name=s.name, n=s.n, k=s.k, decision=s.decision, reason=s.reason,
+            weight_bits=cfg.weight_bits if q else None,
+            act_bits=("16" if s.decision == "weight_only" else act) if q else "-",
+            kernel=(impl if s.decision == "quantize" and cfg.act_scale != "channel" else "reference") if q else "-",
+            bytes_before=before, bytes_after=quantized_bytes(s.n, s.k, spec) if q else before))
+    return CompileReport(layers=rows, kernels=impl, kernels_reason=why, variants=cfg.act_variants,
+                         lowering=cfg.lowering, recipe=cfg.recipe)
+
+
+def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
+    """Dynamo backend entry point: ``backend(gm, example_inputs, mode=..., options=...)``."""
+    unknown = set(kwargs) - {"options", "mode"}
+    if unknown:
+        raise TypeError(f"dvdquant backend got unexpected arguments {sorted(unknown)}")
+    cfg = QuantConfig.from_options(kwargs.get("options"))
+    t0 = time.perf_counter()
+    sites = find_linears(gm, example_inputs, cfg)
+    impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
+    weights = weight_inputs(sites, example_inputs, cfg)
+    examples = list(example_inputs) + weight_examples(weights, detect_fake_mode(example_inputs))
+    if weights:
+        variants = {bits: _lower(rewrite(gm, sites, weights, cfg, bits, impl), examples, cfg, kwargs.get("mode"))
+                    for bits in cfg.act_variants}
+    else:  # nothing to quantize in this graph: one plain variant
+        plain = fx.GraphModule(gm, gm.graph)
+        variants = {cfg.act_variants[-1]: _lower(plain, examples, cfg, kwargs.get("mode"))}
+    report = _report(sites, example_inputs, cfg, impl, why)
+    report.compile_seconds = time.perf_counter() - t0
+    log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
+    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm))

@@ -1,0 +1,81 @@
+"""Cost model: FLOPs and bytes per kernel as sympy expressions of M, N, K (dynamic dims stay symbolic).
+
+Counts follow the Triton tutorials' convention: FLOPs = 2 per multiply-add; bytes = each operand read once from
+HBM and each result written once (tile re-reads are assumed to hit L2, except where a variant inherently re-reads,
+stated per function). Pass ints to get numbers, symbols (``M``, ``N``, ``K`` below, or a SymInt's sympy expr) to
+keep them symbolic; :func:`evaluate` substitutes values.
+
+Used by ``bench/kernels.py`` (TOPS, GB/s, roofline) and quoted in the kernel docstrings.
+"""
+from __future__ import annotations
+
+import sympy
+
+M, N, K = sympy.symbols("M N K", positive=True, integer=True)
+
+ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+
+
+def _sz(dtype) -> int:
+    return ELEM[str(dtype).replace("torch.", "")] if not isinstance(dtype, int) else dtype
+
+
+def act_quant_cost(m=M, k=K, group: int = 128, rotate: int = 128, in_dtype="bfloat16") -> dict:
+    """Rotate + quantize: ``2·M·K·r`` Hadamard FLOPs + ~4 elementwise ops/element; bytes ``e·M·K`` in,
+    ``M·K`` codes + ``4·M·K/g`` scales out (per-token scale: g = K, and a second read of x when the row does not
+    stay in cache — counted, the kernel re-reads the row)."""
+    e = _sz(in_dtype)
+    per_token = group is None or group == k
+    g = k if per_token else group
+    flops = 2 * m * k * rotate * (2 if per_token else 1) + 4 * m * k
+    reads = e * m * k * (2 if per_token else 1)
+    return {"flops": sympy.sympify(flops), "bytes": sympy.sympify(reads + m * k + 4 * m * k / g)}
+
+
+def qlinear_cost(m=M, n=N, k=K, group: int = 128, wbits: int = 4, out_dtype="bfloat16", bias: bool = True) -> dict:
+    """Integer GEMM + dequant epilogue: ``2·M·N·K`` int8 MACs + ``2·M·N·K/g`` promotion FLOPs; bytes: codes
+    ``M·K``, scales ``4·M·K/g``, packed weight ``N·K·b/8`` (b = 4 for the nibble layout), ``8·N`` (Δ, z),
+    ``e_out·N`` bias, ``e_out·M·N`` output."""
+    eo = _sz(out_dtype)
+    g = k if group is None else group
+    wb = 4 if wbits in (3, 4) else wbits
+    flops = 2 * m * n * k + 2 * m * n * k / g + 2 * m * n
+    by = m * k + 4 * m * k / g + n * k * wb / 8 + 8 * n + (eo * n if bias else 0) + eo * m * n
+    return {"flops": sympy.sympify(flops), "int_ops": sympy.sympify(2 * m * n * k), "bytes": sympy.sympify(by)}
+
+
+def fused_qlinear_cost(m=M, n=N, k=K, group: int = 128, rotate: int = 128, wbits: int = 4, in_dtype="bfloat16",
+                       block_n: int = 128, bias: bool = True) -> dict:
+    """One launch: the GEMM of :func:`qlinear_cost` plus the prologue done by each of ``⌈N/BN⌉`` N-tiles
+    (rotation ``2·M·K·r`` per tile, doubled for per-token scales); HBM bytes: ``e·M·K`` activations (re-reads of
+    the ``⌈N/BN⌉`` tiles come from L2), weights, output — no code/scale round trip."""
+    e = _sz(in_dtype)
+    eo = e
+    per_token = group is None or group == k
+    g = k if per_token else group
+    tiles = sympy.ceiling(sympy.sympify(n) / block_n)
+    wb = 4 if wbits in (3, 4) else wbits
+    prologue = (2 * m * k * rotate * (2 if per_token else 1) + 4 * m * k) * tiles
+    flops = 2 * m * n * k + 2 * m * n * k / g + 2 * m * n + prologue
+    by = e * m * k + n * k * wb / 8 + 8 * n + (eo * n if bias else 0) + eo * m * n
+    return {"flops": sympy.sympify(flops), "int_ops": sympy.sympify(2 * m * n * k), "bytes": sympy.sympify(by),
+            "prologue_flops": sympy.sympify(prologue)}
+
+
+def linear_cost(m=M, n=N, k=K, dtype="bfloat16") -> dict:
+    """Dense 16-bit linear (the cuBLAS baseline): ``2·M·N·K`` FLOPs; bytes ``e·(M·K + N·K + M·N)``."""
+    e = _sz(dtype)
+    return {"flops": sympy.sympify(2 * m * n * k), "bytes": sympy.sympify(e * (m * k + n * k + m * n))}
+
+
+def evaluate(expr, **values) -> float:
+    """Substitute ``M=…, N=…, K=…`` and return a float. (``group=None`` in the cost functions: per-token.)"""
+    subs = {sympy.Symbol(name, positive=True, integer=True): v for name, v in values.items()}
+    return float(sympy.sympify(expr).subs(subs))
+
+
+def roofline_seconds(cost: dict, peak_ops: float, bandwidth: float, **values) -> float:
+    """max(compute time, memory time) for ``cost`` at ``peak_ops`` ops/s and ``bandwidth`` B/s."""
+    ops = evaluate(cost.get("int_ops", cost["flops"]), **values)
+    by = evaluate(cost["bytes"], **values)
+    return max(ops / peak_ops, by / bandwidth)

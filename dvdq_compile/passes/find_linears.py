@@ -1,0 +1,132 @@
+"""Find the linears of a Dynamo graph and decide, for each, what the backend does with it (DESIGN §5).
+
+Each ``torch._C._nn.linear(x, w, b)`` node whose ``w`` is a placeholder fed by a real ``nn.Parameter`` (matched by
+identity through ``example_inputs``, never by source-name strings) becomes a ``LinearSite`` with a decision:
+
+- ``quantize``: W-bit weights, integer GEMM on rotated, per-(token, group) quantized activations;
+- ``weight_only``: W-bit weights, 16-bit activations (adaLN/modulation linears, whose M is the batch size, linears
+  with a static token count ``M <= min_tokens``, and ``weight_only`` patterns);
+- ``skip``: kept in full precision, with the reason (outside transformer blocks: embedders and the final
+  projection; excluded by a pattern; K not a multiple of the group; a weight that is not a parameter input; an
+  unsupported dtype).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from ..config import QuantConfig
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class LinearSite:
+    node: fx.Node
+    name: str
+    x: fx.Node
+    w: fx.Node
+    b: fx.Node | None
+    w_index: int | None  # position of the weight placeholder among the graph inputs
+    n: int
+    k: int
+    m: int | None  # static token count (prod of leading dims), None when symbolic
+    dtype: torch.dtype | None  # activation dtype
+    decision: str = "skip"
+    reason: str = ""
+
+
+def module_path(stack_entry: str) -> str:
+    """Normalize an ``nn_module_stack`` path (``L['self'].__dict__['_modules']['blocks']._modules['0'].ffn``)."""
+    s = re.sub(r"^L\['[^']*'\]", "", stack_entry)
+    s = s.replace(".__dict__['_modules']", "").replace("._modules", "")
+    s = re.sub(r"getattr\((.*?), '([^']*)'\)", r"\1.\2", s)
+    s = re.sub(r"\['([^']*)'\]", r".\1", s)
+    s = re.sub(r"\[(\d+)\]", r".\1", s)
+    return s.strip(".")
+
+
+def _layer_name(node: fx.Node, fallback: str) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        name = module_path(str(path))
+        if name:
+            return name
+    return fallback
+
+
+def _example(node: fx.Node):
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def _static_m(x_val) -> int | None:
+    if x_val is None:
+        return None
+    dims = x_val.shape[:-1]
+    if all(isinstance(d, int) for d in dims):
+        return math.prod(dims)
+    return None
+
+
+def _matches(name: str, patterns) -> str | None:
+    for p in patterns:
+        if fnmatch.fnmatchcase(name, p):
+            return p
+    return None
+
+
+def decide(site: LinearSite, cfg: QuantConfig, is_param: bool, w_dtype: torch.dtype | None) -> tuple[str, str]:
+    if not is_param:
+        return "skip", "weight is not a parameter input (computed, a buffer or a tensor subclass)"
+    if (p := _matches(site.name, cfg.exclude)):
+        return "skip", f"excluded by pattern {p!r}"
+    if w_dtype not in FLOAT_DTYPES:
+        return "skip", f"weight dtype {w_dtype} is not one of fp32/fp16/bf16"
+    if site.dtype not in FLOAT_DTYPES:
+        return "skip", f"activation dtype {site.dtype} is not one of fp32/fp16/bf16"
+    forced = _matches(site.name, cfg.include)
+    if not forced and not re.search(cfg.block_pattern, site.name):
+        return "skip", "outside transformer blocks (embedder or final projection)"
+    if site.k % cfg.group:
+        return "skip", f"K={site.k} is not a multiple of group {cfg.group}"
+    if cfg.weight_group and site.k % cfg.weight_group:
+        return "skip", f"K={site.k} is not a multiple of weight_group {cfg.weight_group}"
+    if (p := _matches(site.name, cfg.weight_only)):
+        return "weight_only", f"16-bit activations by pattern {p!r}"
+    if re.search(cfg.modulation_pattern, site.name, flags=re.IGNORECASE):
+        return "weight_only", "adaLN/modulation linear: 16-bit activations (M = batch)"
+    if cfg.act_bits == 16:
+        return "weight_only", "act_bits=16"
+    if site.m is not None and site.m <= cfg.min_tokens:
+        return "weight_only", f"static M={site.m} <= min_tokens={cfg.min_tokens}: 16-bit activations"
+    return "quantize", "transformer-block linear"
+
+
+def find_linears(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[LinearSite]:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    index = {n: i for i, n in enumerate(placeholders)}
+    sites = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target is not torch._C._nn.linear:
+            continue
+        x, w = node.args[0], node.args[1]
+        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        w_index = index.get(w) if isinstance(w, fx.Node) else None
+        w_ex = example_inputs[w_index] if w_index is not None and w_index < len(example_inputs) else None
+        is_param = isinstance(w_ex, torch.nn.Parameter) and type(w_ex.data) is torch.Tensor and w_ex.dim() == 2
+        x_val = _example(x) if isinstance(x, fx.Node) else None
+        w_val = w_ex if w_ex is not None else (_example(w) if isinstance(w, fx.Node) else None)
+        n_, k_ = (int(w_val.shape[0]), int(w_val.shape[1])) if w_val is not None and w_val.dim() == 2 else (0, 0)
+        site = LinearSite(node=node, name=_layer_name(node, node.name), x=x, w=w,
+                          b=b if isinstance(b, fx.Node) else None, w_index=w_index, n=n_, k=k_,
+                          m=_static_m(x_val), dtype=getattr(x_val, "dtype", None))
+        site.decision, site.reason = decide(site, cfg, is_param, getattr(w_ex, "dtype", None))
+        sites.append(site)
+    return sites

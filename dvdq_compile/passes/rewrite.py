@@ -1,0 +1,134 @@
+"""Rewrite the selected linears into `dvdq` ops (DESIGN §3 step 3).
+
+- Quantized weights enter the graph as **extra inputs** (packed codes, scale, zero-point per weight), appended after
+  the original placeholders in the order of ``weight_inputs``; the runtime wrapper supplies them from its cache.
+- Linears that read the same activation node (q/k/v, the FFN of a fused block) share one ``act_quant``.
+- One call builds one variant (one activation bit width); ``bit_switch`` calls it once per variant on fresh copies
+  of the graph, so every variant has the same extra inputs.
+
+The GraphModule that Dynamo handed the backend is never edited (Dynamo still reads its placeholders' metadata).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from ..config import QuantConfig
+from ..quant.qweight import WeightSpec
+from .find_linears import LinearSite
+
+QUANTIZED = ("quantize", "weight_only")
+
+
+@dataclass
+class WeightInput:
+    """One quantized weight that the runtime feeds to the graph: three tensors after the original inputs."""
+    arg_index: int  # index of the original parameter among the graph inputs
+    spec: WeightSpec
+    n: int
+    k: int
+    device: torch.device
+    layers: list[str] = field(default_factory=list)
+
+
+def weight_inputs(sites: list[LinearSite], example_inputs, cfg: QuantConfig) -> list[WeightInput]:
+    out: dict[int, WeightInput] = {}
+    spec = cfg.weight_spec()
+    for s in sites:
+        if s.decision not in QUANTIZED:
+            continue
+        if s.w_index not in out:
+            out[s.w_index] = WeightInput(s.w_index, spec, s.n, s.k, example_inputs[s.w_index].device)
+        out[s.w_index].layers.append(s.name)
+    return list(out.values())
+
+
+def weight_examples(weights: list[WeightInput], fake_mode=None) -> list[torch.Tensor]:
+    """Uninitialised stand-ins for the extra inputs (shapes/dtypes only: lowering never reads their data).
+
+    Under Dynamo they are static-shape FakeTensors of its fake mode: real tensors would be fakified by Inductor
+    with fresh symbolic sizes that have no source, which breaks Dynamo's shape guards.
+    """
+    if fake_mode is not None:
+        with fake_mode:
+            return weight_examples(weights)
+    ex = []
+    for wi in weights:
+        kb = wi.k if wi.spec.bits == 8 else wi.k // 2
+        g = 1 if not wi.spec.group else wi.k // wi.spec.group
+        ex += [torch.empty(wi.n, kb, dtype=torch.uint8, device=wi.device),
+               torch.empty(wi.n, g, dtype=torch.float32, device=wi.device),
+               torch.empty(wi.n, g, dtype=torch.int32, device=wi.device)]
+    return ex
+
+
+def _copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict]:
+    graph = fx.Graph()
+    val_map: dict = {}
+    out = graph.graph_copy(gm.graph, val_map)
+    graph.output(out)
+    return fx.GraphModule(gm, graph), val_map
+
+
+def _fake_like(ref: fx.Node | None, t: torch.Tensor):
+    """A FakeTensor for a new placeholder's metadata, in the graph's fake mode (if the graph has one)."""
+    val = ref.meta.get("example_value", ref.meta.get("val")) if ref is not None else None
+    mode = getattr(val, "fake_mode", None)
+    if mode is None:
+        return None
+    with mode:
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInput], cfg: QuantConfig,
+            act_bits: int, impl: str) -> fx.GraphModule:
+    """A new GraphModule with the quantized linears of ``sites`` at ``act_bits`` activations."""
+    new, val_map = _copy(gm)
+    g = new.graph
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    last = placeholders[-1]
+    extra: dict[int, tuple[fx.Node, fx.Node, fx.Node]] = {}
+    examples = weight_examples(weights)
+    for j, wi in enumerate(weights):
+        nodes = []
+        for t, (suffix, ex) in enumerate(zip(("packed", "scale", "zero"), examples[3 * j:3 * j + 3])):
+            with g.inserting_after(last):
+                last = g.placeholder(f"dvdq_w{wi.arg_index}_{suffix}")
+            fake = _fake_like(placeholders[0], ex)
+            if fake is not None:
+                last.meta["example_value"] = last.meta["val"] = fake
+            nodes.append(last)
+        extra[wi.arg_index] = tuple(nodes)
+
+    seed, rot = cfg.seed, cfg.rotate_block
+    shared: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
+    for s in sites:
+        if s.decision not in QUANTIZED:
+            continue
+        node, x = val_map[s.node], val_map[s.x]
+        b = val_map[s.b] if s.b is not None else None
+        packed, scale, zero = extra[s.w_index]
+        wbits = cfg.weight_bits
+        with g.inserting_before(node):
+            if s.decision == "weight_only" or cfg.act_scale == "channel":
+                mode = "none" if s.decision == "weight_only" else "channel"
+                y = g.call_function(torch.ops.dvdq.dq_linear.default,
+                                    (x, packed, scale, zero, b, wbits, rot, seed, mode, act_bits))
+            else:
+                if x not in shared:  # sites come in graph order: this is x's first quantized consumer
+                    a_group = s.k if cfg.act_scale == "token" else cfg.group
+                    aq = g.call_function(torch.ops.dvdq.act_quant.default, (x, act_bits, a_group, rot, seed, impl))
+                    shared[x] = (g.call_function(operator.getitem, (aq, 0)),
+                                 g.call_function(operator.getitem, (aq, 1)))
+                codes, scales = shared[x]
+                y = g.call_function(torch.ops.dvdq.qlinear.default,
+                                    (codes, scales, packed, scale, zero, b, wbits, s.dtype, impl))
+        y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+    g.lint()
+    new.recompile()
+    return new

@@ -1,0 +1,90 @@
+"""Quantized-weight cache keyed by parameter identity and ``_version`` (DESIGN §3 step 6).
+
+Dynamo shares one compiled graph between instances of one class (Wan 2.2's two experts), and the real
+``nn.Parameter`` objects are the graph's runtime inputs; so the quantized tensors are looked up from the runtime
+arguments on every call, never baked in at compile time. ``_version`` changes on in-place updates made through the
+parameter itself (``p.copy_``, ``load_state_dict``), which triggers requantization; a write through ``p.data`` does
+not bump it: call ``dvdq_compile.requantize(model)`` after such edits.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..quant.qweight import QuantizedWeight, WeightSpec, quantize_weight
+
+log = logging.getLogger("dvdq_compile")
+
+
+@dataclass
+class _Entry:
+    ref: weakref.ref
+    version: int
+    qw: QuantizedWeight
+
+
+class WeightCache:
+    def __init__(self):
+        self._entries: dict[tuple[int, WeightSpec], _Entry] = {}
+
+    def __len__(self):
+        return len(self._entries)
+
+    def lookup(self, p: torch.Tensor, spec: WeightSpec) -> QuantizedWeight | None:
+        e = self._entries.get((id(p), spec))
+        if e is None or e.ref() is not p or e.version != p._version:
+            return None
+        return e.qw
+
+    def put(self, p: torch.Tensor, spec: WeightSpec, qw: QuantizedWeight) -> None:
+        key = (id(p), spec)
+        entries = self._entries
+
+        def drop(_ref, key=key):
+            entry = entries.get(key)
+            if entry is not None and entry.ref is _ref:
+                del entries[key]
+
+        entries[key] = _Entry(weakref.ref(p, drop), p._version, qw)
+
+    def get_many(self, params: list[torch.Tensor], specs: list[WeightSpec], names: list[str],
+                 progress: bool = True) -> list[QuantizedWeight]:
+        """Quantized weights for ``params``, quantizing the missing or stale ones (with a progress bar)."""
+        out = [self.lookup(p, s) for p, s in zip(params, specs)]
+        todo = [i for i, q in enumerate(out) if q is None]
+        if todo:
+            log.info("dvdq_compile: quantizing %d weight(s)", len(todo))
+            bar = tqdm(todo, desc="dvdquant: quantizing weights", unit="layer",
+                       disable=(not progress) or None, leave=False)
+            for i in bar:
+                p = params[i]
+                if p.untyped_storage().nbytes() == 0 and p.numel():
+                    raise RuntimeError(f"dvdquant: weight of {names[i]} has no storage (freed) and no cached "
+                                       "quantized copy; reload the model's weights")
+                try:
+                    qw = quantize_weight(p, specs[i], with_stats=True)
+                except ValueError as e:
+                    raise ValueError(f"dvdquant: cannot quantize {names[i]}: {e}") from None
+                self.put(p, specs[i], qw)
+                out[i] = qw
+        return out
+
+    def drop_params(self, params) -> int:
+        ids = {id(p) for p in params}
+        keys = [k for k in self._entries if k[0] in ids]
+        for k in keys:
+            del self._entries[k]
+        return len(keys)
+
+    def stats_for(self, p: torch.Tensor) -> dict:
+        for (pid, _), e in self._entries.items():
+            if pid == id(p) and e.ref() is p:
+                return e.qw.stats
+        return {}
+
+
+CACHE = WeightCache()

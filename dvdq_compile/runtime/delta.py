@@ -1,0 +1,391 @@
+"""δ-guided bit switching (δ-GBS): the per-denoising-step A4/A8 controller (DESIGN §6, algorithms.md §4).
+
+One decision per denoising step for the whole network. With ``F_t`` the transformer output at step ``t``::
+
+    L1_t = ‖F_t − F_{t−1}‖₁ / ‖F_{t−1}‖₁                 (undefined on the first step: counts as +inf)
+    bits_t = low  if acc < δ  else high                     (acc = Σ L1 since the last high step)
+    after step t:  acc = L1_t           if bits_t == high   (a high step resets the sum; undefined -> +inf)
+                   acc = acc + L1_t     otherwise
+
+so, for a run whose output changes by exactly 0.05 per step and δ = 0.09, the bits are
+A8 (step 0: first step), A8 (acc = +inf: no L1 yet), A4 (0.05), A8 (0.10), A4 (0.05), A8 (0.10), …
+The first ``min_high_steps`` steps of every run are high whatever the accumulator says.
+
+Use from a runtime wrapper (what ``runtime/graph.py`` does)::
+
+    bits = ctrl.begin_call(timestep)     # decides; on a new step it first finalizes the previous step's L1
+    out = variants[bits](*args)
+    ctrl.end_call(out)                   # records this call's output (a tuple/list: its first tensor)
+
+Steps
+    A new step is recognised by a change of the ``timestep`` value, so every call within a step gets the same
+    bits. The timestep may be a python number, a 0-d/1-d tensor (a batch of equal values) or a per-token tensor
+    (Wan 2.2 TI2V, ``[B, tokens]``, first-frame tokens at 0): it is reduced to one float key, its **max**.
+    Consecutive calls with an equal key are one step. ``begin_call(None)`` joins the current step; call
+    :meth:`DeltaController.step` to mark a step boundary when you drive the controller by hand (e.g. a model
+    whose timestep input the backend could not find); ``step(t)`` also records ``t`` for the trace.
+
+New sampling run
+    The timestep jumping *up* (larger than the previous step's key: the schedules of diffusers video pipelines
+    decrease) or an explicit :meth:`reset` starts a new run: previous outputs are dropped, the accumulator goes
+    back to +inf, the step index to 0; the trace is kept and its rows carry the run index.
+
+CFG: which output is used
+    The wrapper never sees the guided prediction (it is formed by the pipeline after both calls), so the
+    controller keeps the output of every call *index* within a step: call 0, call 1, … (Wan: cond then uncond;
+    CogVideoX: one batched call whose output holds both halves). The step's L1 is the **mean over call indices j**
+    of ``‖F_t^j − F_{t−1}^j‖₁ / ‖F_{t−1}^j‖₁``, over the j present in both steps with the same shape (none: the L1
+    is undefined and counts as +inf). algorithms.md §4 suggests the guided prediction for true-CFG Wan; the
+    per-call mean is the closest signal visible from inside the compiled model, and with one batched call it is
+    exactly the paper's whole-output L1.
+
+Host syncs
+    When a call ends, the L1 numerator ``‖F−P‖₁`` and the new denominator ``‖F‖₁`` are computed on the output's
+    device in fp32 (no sync). They are read on the host only when a decision needs them, together with the
+    timestep key in one ``tolist()``: at most one host read per step. A timestep tensor is re-read only if it is
+    not the one read last (same storage/address, shape, stride, dtype and ``_version``; a strong reference keeps
+    that address from being reused): Wan passes the same ``timestep`` tensor to its cond and uncond calls, so the
+    second call costs no sync. Python-number timesteps cost nothing to read.
+
+Memory
+    One previous output per call index is kept: a detached clone (so in-place edits of the returned output or
+    reused output buffers, e.g. CUDA graphs, cannot change it), in the output's own dtype and device.
+
+Two models (the two experts of Wan 2.2)
+    By default every compiled model gets its own controller. To make both experts share one, pass the same
+    instance to both runtimes (``dvdq_compile.share_controller(pipe.transformer, pipe.transformer_2)``); a
+    controller holds no per-model state, so sharing is just using one object. Wan 2.2 switches expert at a
+    boundary timestep: a shared controller sees one continuous decreasing step sequence (the first low-noise
+    step compares its output with the high-noise expert's last one); separate controllers each see their own
+    part, and the low-noise expert's controller starts a fresh run (A8 first) at the boundary.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+__all__ = ["DeltaController", "StepRecord", "SUPPORTED_BITS", "MODES", "bits_pattern"]
+
+SUPPORTED_BITS = (3, 4, 5, 6, 7, 8)  # activation bit widths the kernels support (= quant.act.ACT_BITS)
+MODES = ("switch", "low", "high")
+INF = math.inf
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"DeltaController option {name}={value!r} is not allowed; expected {allowed}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _host_read(t: torch.Tensor) -> list[float]:
+    """The controller's only device->host read (tests count calls to this)."""
+    return t.tolist()
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One denoising step as the controller saw it.
+
+    ``l1``: relative L1 change of this step's output w.r.t. the previous step (mean over call indices); None
+    when undefined (first step of a run, no comparable previous output) and, for the step in progress, the
+    value over the calls that have ended so far. ``acc``: the accumulator the decision was taken on (+inf: no
+    reference since the last reset). ``calls``: how many model calls the step had.
+    """
+
+    run: int
+    step: int
+    timestep: float | None
+    l1: float | None
+    acc: float
+    bits: int
+    calls: int
+
+
+class _Row:
+    __slots__ = ("run", "step", "timestep", "acc", "bits", "calls", "l1s", "pending")
+
+    def __init__(self, run: int, step: int, timestep: float | None, acc: float, bits: int):
+        self.run, self.step, self.timestep, self.acc, self.bits = run, step, timestep, acc, bits
+        self.calls = 0
+        self.l1s: dict[int, float] = {}  # call index -> host L1
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (call index, num, den) on device
+
+    def l1(self) -> float | None:
+        if not self.l1s:
+            return None
+        return sum(self.l1s.values()) / len(self.l1s)
+
+    def record(self) -> StepRecord:
+        return StepRecord(self.run, self.step, self.timestep, self.l1(), self.acc, self.bits, self.calls)
+
+
+class DeltaController:
+    """Per-denoising-step activation bit choice (δ-GBS); see the module docstring for the exact semantics.
+
+    ``mode``: ``"switch"`` (δ-guided), ``"low"`` / ``"high"`` (force every step to ``low`` / ``high`` bits; L1 and
+    the accumulator are still traced, e.g. to pick δ from an all-A8 run).
+    """
+
+    def __init__(self, delta: float = 0.09, low: int = 4, high: int = 8, min_high_steps: int = 1,
+                 mode: str = "switch"):
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta) \
+                or delta <= 0:
+            _fail("delta", delta, "a finite number > 0 (threshold on the accumulated relative L1 change)")
+        for name, v in (("low", low), ("high", high)):
+            if not _is_int(v) or v not in SUPPORTED_BITS:
+                _fail(name, v, f"an activation bit width in {SUPPORTED_BITS}")
+        if low >= high:
+            raise ValueError(f"DeltaController options low={low!r}, high={high!r} are not allowed; expected "
+                             f"low < high, both in {SUPPORTED_BITS}")
+        if not _is_int(min_high_steps) or min_high_steps < 1:
+            _fail("min_high_steps", min_high_steps, "an int >= 1 (steps that always run high bits at the start "
+                                                    "of a sampling run)")
+        if not isinstance(mode, str) or mode not in MODES:
+            _fail("mode", mode, f"one of {MODES}")
+        self.delta = float(delta)
+        self.low = int(low)
+        self.high = int(high)
+        self.min_high_steps = int(min_high_steps)
+        self.mode = mode
+        self._rows: list[_Row] = []
+        self._run = -1  # run index of the last step started (incremented when a run's first step starts)
+        self._new_run = True  # the next step starts a run
+        self._boundary = False  # step() was called: the next begin_call starts a step
+        self._boundary_ts: float | None = None
+        self._prev: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # call index -> (output clone, ‖out‖₁)
+        self._acc = INF
+        self._row: _Row | None = None  # the step in progress
+        self._call: int | None = None  # call index of the open call (between begin_call and end_call)
+        self._ts_tensor: torch.Tensor | None = None  # the timestep tensor read last (kept alive on purpose)
+        self._ts_sig: tuple | None = None
+        self._ts_key: float | None = None
+
+    # ---------------------------------------------------------------------------------------------------- API
+    def begin_call(self, timestep: Any = None) -> int:
+        """Start one model call; returns the activation bits it must run with.
+
+        On a new step (the timestep key changed, or :meth:`step` was called) this finalizes the previous step
+        (its L1 and the accumulator) and decides the new step's bits; otherwise it returns the current bits.
+        """
+        key = self._timestep_key(timestep)
+        row = self._row
+        if key is None and self._boundary:
+            key = self._boundary_ts
+        new_step = row is None or self._new_run or self._boundary or (key is not None and key != row.timestep)
+        if not new_step:
+            # a call with a None timestep joins the step, and so does an equal key
+            self._call = row.calls
+            row.calls += 1
+            return row.bits
+        self._boundary, self._boundary_ts = False, None
+        if row is not None and not self._new_run:
+            self._finish(row)
+            if key is not None and row.timestep is not None and key > row.timestep:
+                self._start_run()  # the timestep jumped up: a new sampling run
+        if self._new_run:
+            self._new_run = False
+            self._run += 1
+            step = 0
+        else:
+            step = row.step + 1
+        if self.mode == "low":
+            bits = self.low
+        elif self.mode == "high" or step < self.min_high_steps:
+            bits = self.high
+        else:
+            bits = self.low if self._acc < self.delta else self.high
+        row = _Row(self._run, step, key, self._acc, bits)
+        self._rows.append(row)
+        self._row = row
+        self._call = 0
+        row.calls = 1
+        return bits
+
+    def end_call(self, output: Any) -> None:
+        """Record the output of the call opened by the last :meth:`begin_call` (a tuple/list, a dict-like
+        diffusers output or an object with ``.sample``: its first tensor)."""
+        if self._call is None or self._row is None:
+            raise RuntimeError("DeltaController.end_call() without a matching begin_call()")
+        j, row = self._call, self._row
+        self._call = None
+        f = _first_tensor(output).detach()
+        with torch.no_grad():
+            f32 = f.float()  # L1 in fp32 whatever the output dtype (no copy for fp32 outputs)
+            den = f32.abs().sum()
+            prev = self._prev.get(j)
+            if prev is not None and prev[0].shape == f.shape and prev[0].device == f.device:
+                num = (f32 - prev[0].float()).abs().sum()
+                row.pending.append((j, num, prev[1]))
+            # one previous output per call index: the old one is dropped here
+            self._prev[j] = (f.clone(), den)
+
+    def step(self, timestep: float | None = None) -> None:
+        """Mark a step boundary: the next :meth:`begin_call` starts a new step (use with ``begin_call(None)``).
+
+        ``timestep`` (optional) is recorded in the trace and used to detect a new run (a jump up)."""
+        self._boundary = True
+        self._boundary_ts = None if timestep is None else self._timestep_key(timestep)
+
+    def reset(self) -> None:
+        """Start a new sampling run: previous outputs dropped, accumulator +inf, step index 0; trace kept."""
+        if self._row is not None and not self._new_run:
+            self._resolve([self._row])
+        self._start_run()
+        self._boundary, self._boundary_ts = False, None
+
+    @property
+    def trace(self) -> list[StepRecord]:
+        """Every step so far, all runs (reading it resolves pending L1 values: one host read)."""
+        self._resolve(self._rows)
+        return [r.record() for r in self._rows]
+
+    def average_bits(self, run: int | None = None) -> float:
+        """Mean activation bits over the traced steps (of one ``run``, or all); NaN when there are none."""
+        bits = [r.bits for r in self._rows if run is None or r.run == run]
+        return sum(bits) / len(bits) if bits else math.nan
+
+    @property
+    def bits(self) -> int | None:
+        """Bits of the step in progress (None before the first call)."""
+        return None if self._row is None else self._row.bits
+
+    def summary(self) -> str:
+        rows = self.trace
+        head = (f"δ-GBS delta={self.delta:g} A{self.low}/A{self.high} mode={self.mode} "
+                f"min_high_steps={self.min_high_steps}")
+        if not rows:
+            return head + ": no steps yet"
+        runs = sorted({r.run for r in rows})
+        n_low = sum(r.bits == self.low for r in rows)
+        n_high = sum(r.bits == self.high for r in rows)
+        lines = [f"{head}: {len(runs)} run(s), {len(rows)} steps, average {self.average_bits():.2f} bits "
+                 f"(A{self.high} x{n_high}, A{self.low} x{n_low})"]
+        for run in runs:
+            rr = [r for r in rows if r.run == run]
+            pattern = bits_pattern(rr)
+            lines.append(f"  run {run}: {len(rr)} steps, average {self.average_bits(run):.2f} bits, "
+                         f"bits {pattern}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Config and trace as plain python (non-finite floats, i.e. acc=+inf or undefined L1, become None)."""
+        def clean(v):
+            return v if not isinstance(v, float) or math.isfinite(v) else None
+
+        return {
+            "delta": self.delta, "low": self.low, "high": self.high, "min_high_steps": self.min_high_steps,
+            "mode": self.mode, "average_bits": clean(self.average_bits()),
+            "trace": [{k: clean(v) for k, v in asdict(r).items()} for r in self.trace],
+        }
+
+    def to_json(self, **kwargs) -> str:
+        """:meth:`to_dict` as strict JSON (``null`` for +inf / NaN / undefined)."""
+        return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"DeltaController(delta={self.delta:g}, low={self.low}, high={self.high}, "
+                f"min_high_steps={self.min_high_steps}, mode={self.mode!r}; {len(self._rows)} steps traced)")
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _start_run(self) -> None:
+        self._prev.clear()
+        self._acc = INF
+        self._new_run = True
+        self._call = None
+
+    def _finish(self, row: _Row) -> None:
+        """Finalize a completed step: its L1 (host) and the accumulator update of the pseudocode."""
+        self._resolve([row])
+        l1 = row.l1()
+        l1 = INF if l1 is None or math.isnan(l1) else l1  # undefined (or NaN) counts as +inf
+        self._acc = l1 if row.bits == self.high else self._acc + l1
+
+    def _resolve(self, rows: Iterable[_Row], extra: torch.Tensor | None = None) -> float | None:
+        """Read all pending device terms of ``rows`` (plus the scalar ``extra``, returned) on the host:
+        one ``tolist()`` per device, ``extra``'s device first."""
+        items = [(row, j, num, den) for row in rows for (j, num, den) in row.pending]
+        if not items and extra is None:
+            return None
+        by_dev: dict[torch.device, list] = {}
+        if extra is not None:
+            by_dev[extra.device] = []
+        for it in items:
+            by_dev.setdefault(it[2].device, []).append(it)
+        out = None
+        for dev, its in by_dev.items():
+            dt = torch.float32 if dev.type == "mps" else torch.float64
+            parts = [extra.reshape(1).to(dt)] if (extra is not None and dev == extra.device) else []
+            if its:
+                parts.append(torch.stack([torch.stack([n.to(dt), d.to(dt)]) for _, _, n, d in its]).reshape(-1))
+            vals = _host_read(torch.cat(parts))
+            if parts and extra is not None and dev == extra.device:
+                out, vals = vals[0], vals[1:]
+            for k, (row, j, _, _) in enumerate(its):
+                n, d = vals[2 * k], vals[2 * k + 1]
+                row.l1s[j] = n / d if d > 0 else (0.0 if n == 0 else (math.nan if math.isnan(n) else INF))
+        for row in rows:
+            row.pending.clear()
+        return out
+
+    def _timestep_key(self, ts: Any) -> float | None:
+        if ts is None:
+            return None
+        if isinstance(ts, torch.Tensor):
+            if ts.numel() == 0:
+                raise ValueError("DeltaController: empty timestep tensor")
+            sig = self._ts_signature(ts)
+            if sig is not None and sig == self._ts_sig:
+                return self._ts_key  # the tensor read last, unchanged: no host read
+            with torch.no_grad():
+                t = ts.detach().max() if ts.numel() > 1 else ts.detach().reshape(())
+                if not t.dtype.is_floating_point:
+                    t = t.double() if t.device.type != "mps" else t.float()
+            # bundle the step's pending L1 terms with this read (one sync serves both)
+            rows = [self._row] if self._row is not None else []
+            key = float(self._resolve(rows, extra=t))
+            self._ts_tensor, self._ts_sig, self._ts_key = ts, sig, key
+            return key
+        if isinstance(ts, numbers.Real) and not isinstance(ts, bool):
+            return float(ts)
+        if hasattr(ts, "item") and hasattr(ts, "size"):  # numpy array / scalar
+            import numpy as np
+            return float(np.max(ts))
+        raise TypeError(f"DeltaController: timestep must be a number, a tensor or None, got {type(ts).__name__}")
+
+    @staticmethod
+    def _ts_signature(ts: torch.Tensor) -> tuple | None:
+        if ts.is_inference():
+            return None  # no version counter: in-place edits cannot be detected, always read
+        try:
+            return (ts.data_ptr(), ts.device, ts.dtype, tuple(ts.shape), ts.stride(), ts._version)
+        except RuntimeError:
+            return None
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        for o in output:
+            if isinstance(o, torch.Tensor):
+                return o
+    elif isinstance(output, dict):
+        for o in output.values():
+            if isinstance(o, torch.Tensor):
+                return o
+    elif isinstance(getattr(output, "sample", None), torch.Tensor):
+        return output.sample
+    raise TypeError(f"DeltaController.end_call: expected a tensor or a tuple/list holding one, got "
+                    f"{type(output).__name__}")
+
+
+def bits_pattern(records: Sequence[StepRecord]) -> str:
+    """Compact string of the bits per step, e.g. ``'8848484…'`` (bits 3..8 are single digits)."""
+    return "".join(str(r.bits) for r in records)

@@ -1,0 +1,86 @@
+"""What the backend returns: a callable that feeds cached quantized weights to the lowered variants.
+
+On each call: map the runtime weight arguments to their quantized tensors (``CACHE``, keyed by parameter identity
+and ``_version``), ask the δ controller which activation variant runs (one decision per denoising step, keyed by the
+``timestep`` input), run it, and hand the output back to the controller (DESIGN §3 step 6, §6).
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Callable
+
+import torch
+
+from ..config import QuantConfig
+from .cache import CACHE
+from .report import CompileReport
+
+log = logging.getLogger("dvdq_compile")
+
+GRAPHS: "weakref.WeakSet[CompiledGraph]" = weakref.WeakSet()
+# id(parameter) -> controller shared by the user across models (see dvdq_compile.share_controller).
+SHARED_CONTROLLERS: dict[int, object] = {}
+
+
+class CompiledGraph:
+    def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
+                 timestep_index: int | None):
+        self.variants = variants
+        self.weights = weights
+        self.cfg = cfg
+        self.report = report
+        self.timestep_index = timestep_index
+        self._specs = [w.spec for w in weights]
+        self._names = [", ".join(w.layers) for w in weights]
+        # id(first weight parameter) -> [weakref(param) per weight]: which models ran through this graph.
+        self.bound: dict[int, list] = {}
+        self.controllers: dict[int, object] = {}
+        self._warned_grad = False
+        self.calls = {b: 0 for b in variants}
+        GRAPHS.add(self)
+
+    # -- δ controller per model (two experts sharing this graph get one each unless shared) ------------------
+    def controller_for(self, key_param: torch.Tensor):
+        key = id(key_param)
+        shared = SHARED_CONTROLLERS.get(key)
+        if shared is not None:
+            return shared
+        ctrl = self.controllers.get(key)
+        if ctrl is None:
+            from .delta import DeltaController
+            c = self.cfg
+            ctrl = DeltaController(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high,
+                                   min_high_steps=c.min_high_steps)
+            self.controllers[key] = ctrl
+        return ctrl
+
+    def __call__(self, *args):
+        args = list(args)
+        extra: list[torch.Tensor] = []
+        if self.weights:
+            params = [args[w.arg_index] for w in self.weights]
+            qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress)
+            for q in qws:
+                extra += q.tensors()
+            key = id(params[0])
+            if key not in self.bound:
+                self.bound[key] = [weakref.ref(p) for p in params]
+        if torch.is_grad_enabled() and not self._warned_grad and \
+                any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            self._warned_grad = True
+            log.warning("dvdquant is inference-only: the compiled model runs under no_grad and its outputs carry "
+                        "no autograd history (call it under torch.no_grad() to silence this)")
+        ctrl = None
+        if len(self.variants) > 1:
+            ctrl = self.controller_for(args[self.weights[0].arg_index])
+            t = args[self.timestep_index] if self.timestep_index is not None else None
+            bits = ctrl.begin_call(t)
+        else:
+            (bits,) = self.variants
+        self.calls[bits] += 1
+        with torch.no_grad():
+            out = self.variants[bits](*args, *extra)  # unboxed, as Dynamo calls it
+        if ctrl is not None:
+            ctrl.end_call(out)
+        return out

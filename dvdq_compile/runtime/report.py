@@ -1,0 +1,74 @@
+"""The compile report: what the backend did with every linear, and the weight memory before/after."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LayerReport:
+    name: str
+    n: int
+    k: int
+    decision: str  # quantize | weight_only | skip
+    reason: str
+    weight_bits: int | None
+    act_bits: str  # "4/8" (switched), "8", "16", "-"
+    kernel: str  # triton | reference | "-" (full precision)
+    bytes_before: int
+    bytes_after: int
+    mse: float | None = None  # weight MSE of the chosen quantizer (rotated basis), after quantization
+    mse_minmax: float | None = None  # MinMax weight MSE on the same rotated weight
+
+
+@dataclass
+class CompileReport:
+    layers: list[LayerReport] = field(default_factory=list)
+    kernels: str = ""
+    kernels_reason: str = ""
+    variants: tuple = ()
+    lowering: str = ""
+    recipe: str = ""
+    compile_seconds: float = 0.0
+    graphs: int = 1
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(r.bytes_before for r in self.layers)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(r.bytes_after for r in self.layers)
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+
+    def count(self, decision: str) -> int:
+        return sum(r.decision == decision for r in self.layers)
+
+    def summary(self) -> str:
+        return (f"dvdquant [{self.recipe}]: {len(self.layers)} linears: {self.count('quantize')} quantized, "
+                f"{self.count('weight_only')} weight-only, {self.count('skip')} skipped; activation variants "
+                f"{list(self.variants)}; kernels: {self.kernels} ({self.kernels_reason}); lowering {self.lowering}; "
+                f"linear weights {self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
+                f"({self.ratio:.3f}x); compile {self.compile_seconds:.1f} s")
+
+    def table(self) -> str:
+        head = f"{'layer':<48} {'N':>6} {'K':>6} {'decision':<11} {'W':>2} {'A':>5} {'kernel':<9} " \
+               f"{'bytes':>10} {'-> bytes':>10} {'mse/minmax':>10}  reason"
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            rel = f"{r.mse / r.mse_minmax:.3f}" if r.mse is not None and r.mse_minmax else "-"
+            lines.append(f"{r.name[-48:]:<48} {r.n:>6} {r.k:>6} {r.decision:<11} {r.weight_bits or '-':>2} "
+                         f"{r.act_bits:>5} {r.kernel:<9} {r.bytes_before:>10} {r.bytes_after:>10} {rel:>10}  "
+                         f"{r.reason}")
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(bytes_before=self.bytes_before, bytes_after=self.bytes_after, ratio=self.ratio)
+        return d
+
+    def __str__(self) -> str:
+        return self.table()
