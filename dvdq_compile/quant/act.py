@@ -42,10 +42,10 @@ def quantize_act(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_s
         raise ValueError(f"activation scale group {group} does not divide K={k} (shape {tuple(x.shape)})")
     xr = _prepare(x, rotate, sign_seed)
     xg = xr.reshape(*x.shape[:-1], k // group, group)
-    scales = xg.abs().amax(-1) / qmax
-    safe = torch.where(torch.isfinite(scales) & (scales > 0), scales, torch.ones_like(scales))
-    codes = torch.round(xg / safe[..., None]).clamp_(-qmax, qmax)
-    codes = torch.where(torch.isfinite(codes), codes, torch.zeros_like(codes))
+    scales = xg.abs().amax(-1) / qmax if xg.numel() else xg.new_zeros(xg.shape[:-1])
+    ok = (torch.isfinite(scales) & (scales > 0))[..., None]
+    codes = torch.round(xg / torch.where(ok, scales[..., None], 1.0)).clamp_(-qmax, qmax)
+    codes = torch.where(ok, codes, 0.0)  # all-zero or non-finite group: codes 0 (its scale carries the NaN/Inf)
     return codes.to(torch.int8).reshape(x.shape), scales
 
 
@@ -66,6 +66,8 @@ def fake_quant_per_channel(x: torch.Tensor, bits: int, rotate: int = 0, sign_see
     xr = _prepare(x, rotate, sign_seed)
     xb = xr if xr.dim() >= 3 else xr.unsqueeze(0)
     xb = xb.reshape(xb.shape[0], -1, xb.shape[-1])
+    if xb.numel() == 0:
+        return xr
     s = xb.abs().amax(1, keepdim=True)
     safe = torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))
     a = torch.round(xb / safe * qmax).clamp_(-qmax, qmax)

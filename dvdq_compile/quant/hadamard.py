@@ -36,8 +36,9 @@ def _matrix_cpu(block: int, sign_seed: int) -> torch.Tensor:
 
 
 def hadamard_matrix(block: int, sign_seed: int = NO_SIGNS, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The ``block × block`` orthonormal rotation ``D·H`` used for every diagonal block."""
-    return _matrix_cpu(block, sign_seed).to(device=device, dtype=dtype)
+    """The ``block × block`` orthonormal rotation ``D·H`` used for every diagonal block (a fresh tensor)."""
+    _check_block(block)
+    return _matrix_cpu(block, sign_seed).to(device=device, dtype=dtype, copy=True)
 
 
 def rotate(x: torch.Tensor, block: int, sign_seed: int = NO_SIGNS) -> torch.Tensor:
@@ -46,6 +47,6 @@ def rotate(x: torch.Tensor, block: int, sign_seed: int = NO_SIGNS) -> torch.Tens
     _check_block(block)
     if k % block:
         raise ValueError(f"Hadamard block {block} does not divide the last dim {k} (shape {tuple(x.shape)})")
-    h = hadamard_matrix(block, sign_seed, device=x.device)
+    h = _matrix_cpu(block, sign_seed).to(device=x.device)  # read-only use: no copy needed
     xf = x.to(torch.float32).reshape(*x.shape[:-1], k // block, block)
     return (xf @ h).reshape(x.shape)

@@ -16,6 +16,8 @@ def as_rows(w: torch.Tensor, group: int | None) -> torch.Tensor:
     """[N, K] -> [N·G, group] fp32 rows (group None/0/K: one row per output channel)."""
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        raise ValueError(f"cannot quantize an empty weight of shape {tuple(w.shape)}")
     n, k = w.shape
     if not group or group == k:
         return w.to(torch.float32)
