@@ -61,3 +61,34 @@ def resolve(kernels: str, device: torch.device) -> tuple[str, str]:
     if kernels == "triton":
         raise RuntimeError(f"dvdquant option kernels='triton' cannot be honoured: {why}")
     return "reference", f"PyTorch reference ({why})"
+
+
+def linear_impl(impl: str, wbits: int, weight_groups: int, n: int, k: int, act_group: int,
+                rotate: int) -> tuple[str, str]:
+    """Per-linear choice: the graph-level ``impl`` unless the Triton kernels do not cover this linear."""
+    if impl != "triton":
+        return impl, ""
+    from . import kernels
+
+    why = kernels.unsupported_reason(wbits, (n, weight_groups), act_group, k, rotate)
+    return ("reference", f"reference kernels: {why}") if why else ("triton", "")
+
+
+def act_impl(impl: str, act_group: int, rotate: int, k: int) -> str:
+    if impl != "triton":
+        return impl
+    from . import kernels
+
+    return "triton" if kernels.supports_act_quant(act_group, rotate, k) else "reference"
+
+
+def gemm_variant(impl: str, m, n: int, k: int, abits: int, device, act_group: int, rotate: int, wbits: int,
+                 weight_groups: int) -> str:
+    """"fused" (one launch) or "split" (act_quant + qlinear), from the measured decision table (codegen/table.json)."""
+    if impl != "triton":
+        return "split"
+    from . import kernels
+
+    if kernels.unsupported_reason(wbits, (n, weight_groups), act_group, k, rotate, variant="fused"):
+        return "split"
+    return kernels.choose_variant(m, n, k, abits, device, group=act_group, rotate=rotate)

@@ -37,9 +37,12 @@ MAX_BLOCK_K = 256 if INTERPRET else 128
 
 
 def _gpu_configs():
+    # Checked offline for sm_90 (tests/codegen/aot_sm90.py; ptxas resource usage, group 128 / per-token):
+    # 128x128 (8 warps), 64x128, 128x64, 64x64 (4 warps) compile to wgmma without spills; 128x256 / 256x128
+    # spill ~200 B (an int32 group partial and the fp32 accumulator are both live) but stay as candidates.
     out = []
-    for bm, bn, w, st in ((128, 128, 8, 3), (128, 256, 8, 3), (256, 128, 8, 3), (64, 256, 4, 4),
-                          (128, 128, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 4)):
+    for bm, bn, w, st in ((128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3),
+                          (64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 4)):
         out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=st))
     return out
 
@@ -124,8 +127,13 @@ def _qlinear_kernel(
         n_groups = K // GROUP_K
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for g in range(0, n_groups):
-            acc_i = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
-            for _kk in tl.static_range(GROUP_K // BLOCK_K):
+            # the first K-block of a group starts its int32 accumulator (no zero tile to add)
+            a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
+            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K)
+            acc_i = tl.dot(a, b, out_dtype=tl.int32)
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K // 2
+            for _kk in tl.static_range(GROUP_K // BLOCK_K - 1):
                 a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
                 b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K)
                 acc_i = tl.dot(a, b, acc_i, out_dtype=tl.int32)

@@ -71,8 +71,8 @@ def rotate_tile(x, h, BM: tl.constexpr, T: tl.constexpr, ROT: tl.constexpr, ROT_
 def quantize_rows(xr, amax, QMAX: tl.constexpr, USE_RINT: tl.constexpr):
     """Codes (fp32 integer values) for ``xr`` [..., G] with row absmax ``amax`` [..., 1]; returns (codes, scale).
 
-    Exactly ``quant.quantize_act``: ``s = amax / qmax``; ``safe = s`` if finite and > 0 else 1;
-    ``c = round(x / safe)`` clamped to ±qmax (±inf clamps to ±qmax), NaN codes -> 0.
+    Exactly ``quant.quantize_act``: ``s = amax / qmax``; ``c = round(x / s)`` clamped to ±qmax where ``s`` is
+    finite and > 0; codes 0 in a group whose scale is 0 (all-zero) or non-finite (NaN/Inf inside).
     """
     s = tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32))
     ok = ((s - s) == 0.0) & (s > 0.0)  # finite and positive
@@ -80,7 +80,7 @@ def quantize_rows(xr, amax, QMAX: tl.constexpr, USE_RINT: tl.constexpr):
     c = round_half_even(tl.math.div_rn(xr, safe), USE_RINT)
     c = tl.where(c > QMAX, QMAX, c)
     c = tl.where(c < -QMAX, -QMAX, c)
-    c = tl.where(c == c, c, 0.0)
+    c = tl.where(ok, c, 0.0)
     return c, s
 
 

@@ -55,10 +55,12 @@ def device_name(device) -> str:
     return d.type
 
 
-def choose_variant(M: int, N: int, K: int, abits: int, device=None, table: dict | None = None) -> str:
+def choose_variant(M: int, N: int, K: int, abits: int, device=None, table: dict | None = None,
+                   group: int | None = None, rotate: int | None = None) -> str:
     """``"fused"`` or ``"split"`` for an (M, N, K) linear with ``abits``-bit activations on ``device``.
 
-    ``M`` may be a SymInt/symbol; a non-integer M uses the table default.
+    ``M`` may be a SymInt/symbol; a non-integer M uses the table default. ``group``/``rotate``, when given, must
+    match an entry's (entries without them match any).
     """
     t = table if table is not None else load_table()
     default = t.get("default", "split")
@@ -72,6 +74,9 @@ def choose_variant(M: int, N: int, K: int, abits: int, device=None, table: dict 
         if e.get("device") != name or int(e.get("abits", -1)) != int(abits):
             continue
         if int(e.get("N", -1)) != int(N) or int(e.get("K", -1)) != int(K):
+            continue
+        if (group is not None and e.get("group") not in (None, group)) or \
+                (rotate is not None and e.get("rotate") not in (None, rotate)):
             continue
         d = abs(math.log2(max(m, 1)) - math.log2(max(int(e.get("M", 1)), 1)))
         if d < best_d:

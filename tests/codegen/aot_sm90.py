@@ -1,0 +1,121 @@
+"""Compile the dvdq kernels for Hopper (sm_90) without a GPU, and report ptxas resource usage.
+
+The interpreter accepts dot shapes, layouts and intrinsics that real NVIDIA codegen rejects (platform.md §2: "CI
+cannot catch this"). Triton can still compile to a cubin offline with the ptxas bundled in its wheel, so this
+catches GPU-only compile errors (int8 dot K-block, wgmma layouts, libdevice.rint, div_rn, 3-D reshapes) on the
+CPU machine. It cannot check numerics or speed.
+
+Run in a process WITHOUT ``TRITON_INTERPRET`` (the kernels must be real ``JITFunction``\\ s)::
+
+    env -u TRITON_INTERPRET python tests/codegen/aot_sm90.py [--all]
+
+Prints one JSON line per specialization: name, ok, error, registers, stack (spill) bytes, shared memory, and the
+number of wgmma instructions in the PTX.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from dvdq_compile.codegen import act_quant as A, fused as F, qlinear as Q, tl_common as T  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def compile_one(name, autotuned, sig, const, num_warps, num_stages):
+    fn = autotuned.fn
+    full = {a: ("constexpr" if a in const else sig[a]) for a in fn.arg_names}
+    # what the launcher specializes at run time for 16-divisible pointers/strides/K
+    div = [a for a in fn.arg_names if a not in const and (full[a].startswith("*") or a.startswith("stride")
+                                                           or a == "K")]
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
+    rec = {"name": name, "warps": num_warps, "stages": num_stages, **{k: v for k, v in const.items()
+                                                                       if k.startswith("BLOCK")}}
+    try:
+        k = triton.compile(ASTSource(fn, full, constexprs=const, attrs=attrs), target=TARGET,
+                           options={"num_warps": num_warps, "num_stages": num_stages})
+    except Exception as e:  # report, do not stop
+        rec.update(ok=False, error=f"{type(e).__name__}: {str(e)[:400]}")
+        return rec
+    rec.update(ok=True, shared=k.metadata.shared, wgmma=k.asm["ptx"].count("wgmma.mma_async"))
+    if CUOBJDUMP.exists():
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+            f.write(k.asm["cubin"])
+        try:
+            out = subprocess.run([str(CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True).stdout
+        finally:
+            os.unlink(f.name)
+        m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+        if m:
+            rec.update(regs=int(m.group(1)), stack=int(m.group(2)))
+    return rec
+
+
+def act_specs():
+    base = {"M": "i32", "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_cm": "i32", "stride_sm": "i32",
+            "c_ptr": "*i8", "s_ptr": "*fp32"}
+    for xdt, group, t, rot, mode, pt in (("bf16", 128, 256, 128, T.ROT_PM1, False),
+                                         ("fp16", 64, 256, 128, T.ROT_PM1, False),
+                                         ("bf16", 1, 128, 128, T.ROT_PM1, True),
+                                         ("fp32", 64, 64, 64, T.ROT_FP32, False),
+                                         ("fp32", 1, 128, 0, T.ROT_FP32, True)):
+        sig = dict(base, x_ptr=f"*{xdt}", h_ptr="*fp32" if mode == T.ROT_FP32 else f"*{xdt}")
+        const = dict(QMAX=127, GROUP=group, T=t, ROT=rot, ROT_MODE=mode, ROT_SCALE=1 / rot**0.5 if rot else 1.0,
+                     PER_TOKEN=pt, USE_RINT=True, BLOCK_M=64)
+        yield f"act_quant {xdt} g{group} T{t} r{rot} pt={pt}", A._act_quant_kernel, sig, const, 4, 2
+
+
+def qlinear_specs(all_configs):
+    sig = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*u8", "ws_ptr": "*fp32", "wz_ptr": "*i32",
+           "bias_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
+           "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
+    cfgs = Q._gpu_configs() if all_configs else Q._gpu_configs()[:1]
+    for gk, bk, pt, part in ((128, 128, False, False), (3072, 128, True, False), (256, 128, False, True),
+                             (32, 32, False, False)):
+        for c in cfgs:
+            s = dict(sig, c_ptr="*i32" if part else "*bf16")
+            const = dict(GROUP_K=gk, BLOCK_K=bk, PER_TOKEN=pt, HAS_BIAS=not part, PARTIALS=part, **c.kwargs)
+            yield f"qlinear g{gk} bk{bk} pt={pt} partials={part}", Q._qlinear_kernel, s, const, c.num_warps, \
+                c.num_stages
+
+
+def fused_specs(all_configs):
+    cfgs = F._gpu_configs() if all_configs else F._gpu_configs()[:1]
+    for xdt, gk, pt, rot, mode in (("bf16", 128, False, 128, T.ROT_PM1), ("bf16", 128, True, 128, T.ROT_PM1),
+                                   ("fp32", 64, False, 64, T.ROT_FP32)):
+        sig = {"x_ptr": f"*{xdt}", "h_ptr": "*fp32" if mode == T.ROT_FP32 else f"*{xdt}", "w_ptr": "*u8",
+               "ws_ptr": "*fp32", "wz_ptr": "*i32", "bias_ptr": f"*{xdt}", "c_ptr": f"*{xdt}", "M": "i32",
+               "N": "i32", "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
+        for c in cfgs:
+            const = dict(QMAX=7, GROUP_K=gk, PER_TOKEN=pt, ROT=rot, ROT_MODE=mode,
+                         ROT_SCALE=1 / rot**0.5 if rot else 1.0, USE_RINT=True, HAS_BIAS=True, **c.kwargs)
+            yield f"fused {xdt} g{gk} pt={pt} r{rot}", F._fused_qlinear_kernel, sig, const, c.num_warps, c.num_stages
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    all_configs = "--all" in argv
+    assert not T.INTERPRET and T.USE_RINT, "run without TRITON_INTERPRET"
+    ok = True
+    for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs)):
+        rec = compile_one(*spec)
+        ok &= rec["ok"]
+        print(json.dumps(rec), flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Compiled kernels on a CUDA GPU: bf16 inputs, autotuned configs, video-DiT-sized shapes, vs the reference.
+
+Run with ``TRITON_INTERPRET=0 python -m pytest tests/codegen -m gpu`` (skipped on CPU and under the interpreter).
+"""
+import pytest
+import torch
+
+from dvdq_compile import quant
+from dvdq_compile.codegen import act_quant as aq_mod, fused as fused_mod, kernels, qlinear as ql_mod
+
+from .helpers import assert_out_close, assert_out_close_rotated, make_weight, make_x, near_tie_x
+
+pytestmark = pytest.mark.gpu
+DEV = "cuda"
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False   # keeps the reference's fp32 matmuls exact
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_autotune_has_several_configs():
+    assert len(ql_mod._CONFIGS) > 1 and len(aq_mod._CONFIGS) > 1 and len(fused_mod._CONFIGS) > 1
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, 128)])
+def test_act_quant_division_and_rounding_exact(bits, group):
+    """Near-tie data: codes match only with IEEE division (div_rn) and round-half-even (rint) in compiled code."""
+    x = near_tie_x(512, 1024, group, bits, gen=_gen(bits)).to(DEV)
+    c, s = kernels.act_quant(x, bits, group, 0, quant.NO_SIGNS)
+    rc, rs = quant.quantize_act(x, bits, group)
+    assert torch.equal(s, rs) and torch.equal(c, rc)
+
+
+@pytest.mark.parametrize("group", [128, 3072])
+def test_act_quant_bf16_rotated(group):
+    x = make_x(4096, 3072, torch.bfloat16, gen=_gen(1)).to(DEV)
+    c, s = kernels.act_quant(x, 8, group, 128, 17)
+    rc, rs = quant.quantize_act(x, 8, group, 128, 17)
+    torch.testing.assert_close(s, rs, rtol=1e-5, atol=0)
+    d = (c.int() - rc.int()).abs()
+    assert int(d.max()) <= 1 and float((d > 0).float().mean()) <= 1e-3
+    c0, s0 = kernels.act_quant(x, 4, group, 0, quant.NO_SIGNS)
+    rc0, rs0 = quant.quantize_act(x, 4, group)
+    assert torch.equal(c0, rc0) and torch.equal(s0, rs0)
+
+
+@pytest.mark.parametrize("group", [128, 1024])
+def test_int_partials_exact(group):
+    x = make_x(1000, 1024, gen=_gen(2)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(520, 1024, 4, gen=_gen(3)))
+    c, s = quant.quantize_act(x, 8, group)
+    p = kernels.qlinear_int_partials(c, s, packed, ws, wz, 4)
+    assert torch.equal(p, quant.int_partials(c, packed, wz, 4, group))
+
+
+@pytest.mark.parametrize("abits,group", [(8, 128), (4, 128), (8, 3072), (4, 64)])
+def test_large_bf16_vs_reference(abits, group):
+    m, n, k = 4096, 3072, 3072
+    x = make_x(m, k, torch.bfloat16, gen=_gen(4)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(5)))
+    bias = torch.randn(n, generator=_gen(6)).to(torch.bfloat16).to(DEV)
+    rc, rs = quant.quantize_act(x, abits, group, 128 if group != 64 else 64, 3)
+    yr = quant.qlinear_ref(rc, rs, packed, ws, wz, bias, 4, torch.bfloat16)
+    # same codes: tight
+    y = kernels.qlinear(rc, rs, packed, ws, wz, bias, 4, torch.bfloat16)
+    assert_out_close(y, yr, torch.bfloat16)
+    # split and fused from bf16 activations (rotation: a few codes may differ by one)
+    rot = 128 if group != 64 else 64
+    c, s = kernels.act_quant(x, abits, group, rot, 3)
+    ys = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16)
+    assert_out_close_rotated(ys, yr, rs, ws, 4, torch.bfloat16, frac_ok=0.99)
+    if kernels.supports(4, tuple(ws.shape), group, k, rotate=rot, variant="fused"):
+        yf = kernels.fused_qlinear(x, packed, ws, wz, bias, 4, abits, group, rot, 3)
+        assert_out_close_rotated(yf, yr, rs, ws, 4, torch.bfloat16, frac_ok=0.99)
+
+
+@pytest.mark.parametrize("m", [1, 17, 300])
+def test_ragged_small_m_fp16(m):
+    x = make_x(m, 1536, torch.float16, gen=_gen(m)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(1000, 1536, 3, gen=_gen(7)))
+    rc, rs = quant.quantize_act(x, 8, 128)
+    yr = quant.qlinear_ref(rc, rs, packed, ws, wz, None, 3, torch.float16)
+    out = torch.full((m, 1000), float("nan"), dtype=torch.float16, device=DEV)
+    assert_out_close(kernels.qlinear(rc, rs, packed, ws, wz, None, 3, torch.float16, out=out), yr, torch.float16)
+    assert_out_close(kernels.fused_qlinear(x, packed, ws, wz, None, 3, 8, 128, 0, -1), yr, torch.float16)
+
+
+def test_fp32_input_rotated():
+    x = make_x(512, 1024, torch.float32, gen=_gen(8)).to(DEV)
+    c, s = kernels.act_quant(x, 8, 128, 128, 5)
+    rc, rs = quant.quantize_act(x, 8, 128, 128, 5)
+    torch.testing.assert_close(s, rs, rtol=1e-5, atol=0)
+    assert int((c.int() - rc.int()).abs().max()) <= 1
+
+
+def test_int64_offsets_large_m():
+    """M·K > 2^31 elements in the activation: int64 row offsets."""
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs ~20 GB")
+    m, k, n = 2**31 // 1024 + 64, 1024, 64
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=DEV)
+    c, s = kernels.act_quant(x, 8, 128, 0, -1)
+    tail = slice(m - 100, m)
+    rc, rs = quant.quantize_act(x[tail], 8, 128)
+    assert torch.equal(c[tail], rc) and torch.equal(s[tail], rs)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(9)))
+    y = kernels.qlinear(c, s, packed, ws, wz, None, 4, torch.bfloat16)
+    assert_out_close(y[tail], quant.qlinear_ref(rc, rs, packed, ws, wz, None, 4, torch.bfloat16), torch.bfloat16)
