@@ -534,8 +534,9 @@ def _fake_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def test_scheduler_loop(monkeypatch):
-    diffusers = pytest.importorskip("diffusers")
-    sched = diffusers.FlowMatchEulerDiscreteScheduler()
+    # the submodule directly: importing the diffusers package top level costs seconds
+    mod = pytest.importorskip("diffusers.schedulers.scheduling_flow_match_euler_discrete")
+    sched = mod.FlowMatchEulerDiscreteScheduler()
     sched.set_timesteps(20)
     c = DeltaController(delta=0.09)
     cnt = SyncCounter(monkeypatch, c)
@@ -563,3 +564,22 @@ def test_scheduler_loop(monkeypatch):
         assert r.bits == (8 if i < 1 or not acc < 0.09 else 4)
         l1 = INF if r.l1 is None else r.l1
         acc = l1 if r.bits == 8 else acc + l1
+
+
+def test_plot_trace_smoke(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "delta_plot.py"
+    spec = importlib.util.spec_from_file_location("_delta_plot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = DeltaController()
+    fl = Flipper()
+    drive(c, [0.05] * 4, flipper=fl)
+    drive(c, [0.02] * 4, flipper=fl)  # a second run: drawn after a separator
+    out = mod.plot_trace(c.trace, c.delta, str(tmp_path / "t.png"))
+    assert Path(out).stat().st_size > 1000
+    out = mod.plot_trace(json.loads(c.to_json())["trace"], c.delta, str(tmp_path / "j.png"))  # JSON rows
+    assert Path(out).stat().st_size > 1000
