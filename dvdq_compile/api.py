@@ -22,8 +22,8 @@ def _graphs_of(model):
     out = []
     for g in list(GRAPHS):
         for refs in g.bound.values():
-            params = [r() for r in refs]
-            if params and all(p is not None and id(p) in ids for p in params):
+            params = {i: r() for i, r in refs.items()}
+            if params and all(p is not None and id(p) in ids for p in params.values()):
                 out.append((g, params))
     return out
 
@@ -42,9 +42,9 @@ def report(model) -> CompileReport:
     merged.graphs = len(graphs)
     for g, params in graphs:
         by_name = {}
-        for w, p in zip(g.weights, params):
+        for w in g.weights:
             for name in w.layers:
-                by_name[name] = CACHE.stats_for(p)
+                by_name[name] = CACHE.stats_for(params[w.arg_index])
         for row in copy.deepcopy(g.report.layers):
             stats = by_name.get(row.name, {})
             row.mse, row.mse_minmax = stats.get("mse"), stats.get("mse_minmax")
@@ -57,7 +57,7 @@ def controller(model):
     """The δ-GBS controller that drives ``model``'s A4/A8 choice (None with fixed activation bits)."""
     for g, params in _graphs_of(model):
         if len(g.variants) > 1:
-            return g.controller_for(params[0])
+            return g.controller_for(params[g.weights[0].arg_index])
     return None
 
 

@@ -17,7 +17,7 @@ from . import ops  # noqa: F401  (registers the dvdq ops)
 from .codegen.dispatch import resolve
 from .config import QuantConfig
 from .passes.find_linears import LinearSite, find_linears
-from .passes.rewrite import QUANTIZED, rewrite, weight_examples, weight_inputs
+from .passes.rewrite import QUANTIZED, assign_impls, rewrite, weight_examples, weight_inputs
 from .quant.qweight import quantized_bytes
 from .runtime.graph import CompiledGraph
 from .runtime.report import CompileReport, LayerReport
@@ -66,7 +66,7 @@ def _report(sites, example_inputs, cfg: QuantConfig, impl: str, why: str) -> Com
             name=s.name, n=s.n, k=s.k, decision=s.decision, reason=s.reason,
             weight_bits=cfg.weight_bits if q else None,
             act_bits=("16" if s.decision == "weight_only" else act) if q else "-",
-            kernel=(impl if s.decision == "quantize" and cfg.act_scale != "channel" else "reference") if q else "-",
+            kernel=s.impl,
             bytes_before=before, bytes_after=quantized_bytes(s.n, s.k, spec) if q else before))
     return CompileReport(layers=rows, kernels=impl, kernels_reason=why, variants=cfg.act_variants,
                          lowering=cfg.lowering, recipe=cfg.recipe)
@@ -81,6 +81,7 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     t0 = time.perf_counter()
     sites = find_linears(gm, example_inputs, cfg)
     impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
+    assign_impls(sites, cfg, impl)
     weights = weight_inputs(sites, example_inputs, cfg)
     examples = list(example_inputs) + weight_examples(weights, detect_fake_mode(example_inputs))
     if weights:
@@ -92,4 +93,5 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     report = _report(sites, example_inputs, cfg, impl, why)
     report.compile_seconds = time.perf_counter() - t0
     log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
-    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm))
+    params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
+    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm), params)

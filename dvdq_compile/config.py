@@ -18,7 +18,7 @@ GROUPS = (64, 128, 256)
 ACT_SCALES = ("group", "token", "channel")
 KERNELS = ("auto", "triton", "reference")
 LOWERINGS = ("inductor", "eager")
-DEFAULT_BLOCK_PATTERN = r"^(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+\."
+DEFAULT_BLOCK_PATTERN = r"^(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+(\.|$)"
 DEFAULT_MODULATION_PATTERN = r"(^|\.)(norm[^.]*|[^.]*modulation[^.]*|adaln[^.]*)\.[^.]+$"
 
 # What each option accepts, for error messages and the README option table.
@@ -30,6 +30,7 @@ ALLOWED: dict[str, str] = {
     "act_bits_low": f"one of {ACT_BITS}, below act_bits_high",
     "act_bits_high": f"one of {ACT_BITS}, above act_bits_low",
     "delta": "a finite float > 0 (threshold on the accumulated relative L1 change of the model output)",
+    "delta_mode": "'switch' (delta-GBS), 'low' or 'high' (force one variant of a switching compile)",
     "min_high_steps": "an int >= 1: denoising steps that always run act_bits_high at the start of a sampling run",
     "group": f"one of {GROUPS}: Hadamard block and activation scale group along K",
     "rotate": "bool: block-Hadamard rotation of weights (offline) and activations (online)",
@@ -64,6 +65,7 @@ class QuantConfig:
     act_bits_low: int = 4
     act_bits_high: int = 8
     delta: float = 0.09
+    delta_mode: str = "switch"
     min_high_steps: int = 1
     group: int = 128
     rotate: bool = True
@@ -134,6 +136,8 @@ class QuantConfig:
         if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or \
                 not math.isfinite(self.delta) or self.delta <= 0:
             _fail("delta", self.delta)
+        if self.delta_mode not in ("switch", "low", "high"):
+            _fail("delta_mode", self.delta_mode)
         if not is_int(self.min_high_steps) or self.min_high_steps < 1:
             _fail("min_high_steps", self.min_high_steps)
         if not is_int(self.group) or self.group not in GROUPS:

@@ -10,6 +10,9 @@ settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True
 settings.load_profile("ci")
 
 HAS_CUDA = torch.cuda.is_available()
+# The tests run many small ops: one intra-op thread is as fast on 2 idle cores and avoids OpenMP spin-waits
+# (100x slowdowns seen on a loaded machine). Benchmarks do not inherit this.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

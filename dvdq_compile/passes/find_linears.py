@@ -39,13 +39,18 @@ class LinearSite:
     dtype: torch.dtype | None  # activation dtype
     decision: str = "skip"
     reason: str = ""
+    impl: str = "-"  # kernel that runs it: triton | reference | "-" (full precision); set by rewrite.assign_impls
+    device: torch.device | None = None
+    weight_groups: int = 1
 
 
 def module_path(stack_entry: str) -> str:
     """Normalize an ``nn_module_stack`` path (``L['self'].__dict__['_modules']['blocks']._modules['0'].ffn``)."""
-    s = re.sub(r"^L\['[^']*'\]", "", stack_entry)
+    s = stack_entry
+    while (t := re.sub(r"getattr\(([^()]*), '([^']*)'\)", r"\1.\2", s)) != s:
+        s = t
+    s = re.sub(r"^L\['[^']*'\]", "", s)
     s = s.replace(".__dict__['_modules']", "").replace("._modules", "")
-    s = re.sub(r"getattr\((.*?), '([^']*)'\)", r"\1.\2", s)
     s = re.sub(r"\['([^']*)'\]", r".\1", s)
     s = re.sub(r"\[(\d+)\]", r".\1", s)
     return s.strip(".")
@@ -126,7 +131,9 @@ def find_linears(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[L
         n_, k_ = (int(w_val.shape[0]), int(w_val.shape[1])) if w_val is not None and w_val.dim() == 2 else (0, 0)
         site = LinearSite(node=node, name=_layer_name(node, node.name), x=x, w=w,
                           b=b if isinstance(b, fx.Node) else None, w_index=w_index, n=n_, k=k_,
-                          m=_static_m(x_val), dtype=getattr(x_val, "dtype", None))
+                          m=_static_m(x_val), dtype=getattr(x_val, "dtype", None),
+                          device=getattr(w_ex, "device", None),
+                          weight_groups=(k_ // cfg.weight_group) if cfg.weight_group and k_ else 1)
         site.decision, site.reason = decide(site, cfg, is_param, getattr(w_ex, "dtype", None))
         sites.append(site)
     return sites

@@ -16,11 +16,25 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
+from ..codegen.dispatch import act_impl, gemm_variant, linear_impl
 from ..config import QuantConfig
 from ..quant.qweight import WeightSpec
 from .find_linears import LinearSite
 
 QUANTIZED = ("quantize", "weight_only")
+
+
+def assign_impls(sites: list[LinearSite], cfg: QuantConfig, impl: str) -> None:
+    """Per-linear kernel choice (``site.impl``); a fallback to the reference is appended to the reason."""
+    for s in sites:
+        s.impl = "-"
+        if s.decision == "weight_only" or (s.decision == "quantize" and cfg.act_scale == "channel"):
+            s.impl = "reference"
+        elif s.decision == "quantize":
+            a_group = s.k if cfg.act_scale == "token" else cfg.group
+            s.impl, why = linear_impl(impl, cfg.weight_bits, s.weight_groups, s.n, s.k, a_group, cfg.rotate_block)
+            if why:
+                s.reason += f"; {why}"
 
 
 @dataclass
@@ -103,7 +117,11 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
             nodes.append(last)
         extra[wi.arg_index] = tuple(nodes)
 
-    seed, rot = cfg.seed, cfg.rotate_block
+    seed, rot, wbits = cfg.seed, cfg.rotate_block, cfg.weight_bits
+    consumers: dict[fx.Node, int] = {}
+    for s in sites:
+        if s.decision == "quantize":
+            consumers[s.x] = consumers.get(s.x, 0) + 1
     shared: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
     for s in sites:
         if s.decision not in QUANTIZED:
@@ -111,21 +129,25 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
         node, x = val_map[s.node], val_map[s.x]
         b = val_map[s.b] if s.b is not None else None
         packed, scale, zero = extra[s.w_index]
-        wbits = cfg.weight_bits
+        a_group = s.k if cfg.act_scale == "token" else cfg.group
         with g.inserting_before(node):
             if s.decision == "weight_only" or cfg.act_scale == "channel":
                 mode = "none" if s.decision == "weight_only" else "channel"
                 y = g.call_function(torch.ops.dvdq.dq_linear.default,
                                     (x, packed, scale, zero, b, wbits, rot, seed, mode, act_bits))
+            elif consumers[s.x] == 1 and s.impl == "triton" and gemm_variant(
+                    s.impl, s.m, s.n, s.k, act_bits, s.device, a_group, rot, wbits, s.weight_groups) == "fused":
+                y = g.call_function(torch.ops.dvdq.fused_qlinear.default,
+                                    (x, packed, scale, zero, b, wbits, act_bits, a_group, rot, seed, s.impl))
             else:
                 if x not in shared:  # sites come in graph order: this is x's first quantized consumer
-                    a_group = s.k if cfg.act_scale == "token" else cfg.group
-                    aq = g.call_function(torch.ops.dvdq.act_quant.default, (x, act_bits, a_group, rot, seed, impl))
+                    aq = g.call_function(torch.ops.dvdq.act_quant.default,
+                                         (x, act_bits, a_group, rot, seed, act_impl(impl, a_group, rot, s.k)))
                     shared[x] = (g.call_function(operator.getitem, (aq, 0)),
                                  g.call_function(operator.getitem, (aq, 1)))
                 codes, scales = shared[x]
                 y = g.call_function(torch.ops.dvdq.qlinear.default,
-                                    (codes, scales, packed, scale, zero, b, wbits, s.dtype, impl))
+                                    (codes, scales, packed, scale, zero, b, wbits, s.dtype, s.impl))
         y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
         node.replace_all_uses_with(y)
         g.erase_node(node)

@@ -25,7 +25,7 @@ SHARED_CONTROLLERS: dict[int, object] = {}
 
 class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
-                 timestep_index: int | None):
+                 timestep_index: int | None, param_indices: list[int]):
         self.variants = variants
         self.weights = weights
         self.cfg = cfg
@@ -33,8 +33,9 @@ class CompiledGraph:
         self.timestep_index = timestep_index
         self._specs = [w.spec for w in weights]
         self._names = [", ".join(w.layers) for w in weights]
-        # id(first weight parameter) -> [weakref(param) per weight]: which models ran through this graph.
-        self.bound: dict[int, list] = {}
+        self.param_indices = param_indices  # graph inputs that are nn.Parameters
+        # id(first parameter input) -> {input index: weakref(param)}: which models ran through this graph.
+        self.bound: dict[int, dict[int, weakref.ref]] = {}
         self.controllers: dict[int, object] = {}
         self._warned_grad = False
         self.calls = {b: 0 for b in variants}
@@ -51,7 +52,7 @@ class CompiledGraph:
             from .delta import DeltaController
             c = self.cfg
             ctrl = DeltaController(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high,
-                                   min_high_steps=c.min_high_steps)
+                                   min_high_steps=c.min_high_steps, mode=c.delta_mode)
             self.controllers[key] = ctrl
         return ctrl
 
@@ -63,9 +64,8 @@ class CompiledGraph:
             qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress)
             for q in qws:
                 extra += q.tensors()
-            key = id(params[0])
-            if key not in self.bound:
-                self.bound[key] = [weakref.ref(p) for p in params]
+        if self.param_indices and id(args[self.param_indices[0]]) not in self.bound:
+            self.bound[id(args[self.param_indices[0]])] = {i: weakref.ref(args[i]) for i in self.param_indices}
         if torch.is_grad_enabled() and not self._warned_grad and \
                 any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             self._warned_grad = True
