@@ -31,7 +31,8 @@ def _graphs_of(model):
 def report(model) -> CompileReport:
     """The per-layer compile report of ``model`` (after its first compiled call), with per-layer weight errors.
 
-    If Dynamo split the model into several graphs, their layers are concatenated.
+    If Dynamo split the model into several graphs (graph breaks), their layers are concatenated; a layer that
+    appears in several graphs (recompiles for new shapes) is listed once, from the first graph.
     """
     graphs = _graphs_of(model)
     if not graphs:
@@ -40,12 +41,16 @@ def report(model) -> CompileReport:
     merged = copy.deepcopy(graphs[0][0].report)
     merged.layers = []
     merged.graphs = len(graphs)
+    seen = set()
     for g, params in graphs:
         by_name = {}
         for w in g.weights:
             for name in w.layers:
                 by_name[name] = CACHE.stats_for(params[w.arg_index])
         for row in copy.deepcopy(g.report.layers):
+            if row.name in seen:
+                continue
+            seen.add(row.name)
             stats = by_name.get(row.name, {})
             row.mse, row.mse_minmax = stats.get("mse"), stats.get("mse_minmax")
             merged.layers.append(row)

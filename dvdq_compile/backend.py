@@ -59,7 +59,7 @@ def _report(sites, example_inputs, cfg: QuantConfig, impl: str, why: str) -> Com
     act = "/".join(map(str, cfg.act_variants))
     rows = []
     for s in sites:
-        w = example_inputs[s.w_index] if s.w_index is not None else None
+        w = example_inputs[s.w_index] if s.w_index is not None else s.w.meta.get("example_value")
         before = s.n * s.k * (w.element_size() if isinstance(w, torch.Tensor) else 2)
         q = s.decision in QUANTIZED
         rows.append(LayerReport(

@@ -18,7 +18,7 @@ GROUPS = (64, 128, 256)
 ACT_SCALES = ("group", "token", "channel")
 KERNELS = ("auto", "triton", "reference")
 LOWERINGS = ("inductor", "eager")
-DEFAULT_BLOCK_PATTERN = r"^(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+(\.|$)"
+DEFAULT_BLOCK_PATTERN = r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+(\.|$)"
 DEFAULT_MODULATION_PATTERN = r"(^|\.)(norm[^.]*|[^.]*modulation[^.]*|adaln[^.]*)\.[^.]+$"
 
 # What each option accepts, for error messages and the README option table.

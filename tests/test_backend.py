@@ -303,3 +303,32 @@ def test_kernels_triton_without_interpreter_or_cuda_is_a_clear_error(monkeypatch
     with pytest.raises(Exception, match="kernels='triton' cannot be honoured: CPU tensors need TRITON_INTERPRET=1"):
         with torch.no_grad():
             compiled(TinyDiT(), act_bits=8, kernels="triton")(X, T)
+
+
+class CondDiT(torch.nn.Module):
+    """A block whose FFN runs under torch.cond (the branch linears' weights are cond operands)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(128, 128), torch.nn.Linear(128, 128)])
+        self.alt = torch.nn.ModuleList([torch.nn.Linear(128, 128)])
+
+    def forward(self, x, flag):
+        h = self.blocks[0](x)
+        h = torch.cond(flag.sum() > 0, lambda h: self.alt[0](h).relu(), lambda h: h * 2, (h,))
+        return self.blocks[1](h)
+
+
+def test_torch_cond_compiles_and_branch_linears_are_reported():
+    model = CondDiT()
+    x = torch.randn(2, 24, 128)
+    with torch.no_grad():
+        c = compiled(model, act_bits=8)
+        for flag in (torch.ones(1), -torch.ones(1)):
+            y, fp = c(x, flag), model(x, flag)
+            assert 0 < rel_err(y, fp) < 0.2
+    rows = {r.name: r for r in dvdq_compile.report(model).layers}
+    assert rows["blocks.0"].decision == rows["blocks.1"].decision == "quantize"
+    branch = [r for r in rows.values() if "torch.cond branch" in r.reason]
+    assert len(branch) == 1 and branch[0].decision == "skip" and branch[0].n == 128
+    assert branch[0].bytes_before == branch[0].bytes_after == 128 * 128 * 4

@@ -114,7 +114,31 @@ def decide(site: LinearSite, cfg: QuantConfig, is_param: bool, w_dtype: torch.dt
     return "quantize", "transformer-block linear"
 
 
+def _branch_linears(gm: fx.GraphModule, prefix: str = ""):
+    """Linears inside higher-order-op subgraphs (``torch.cond`` branches), recursively: (name, n, k)."""
+    for attr, sub in gm.named_children():
+        if not isinstance(sub, fx.GraphModule):
+            continue
+        for node in sub.graph.nodes:
+            if node.op == "call_function" and node.target is torch._C._nn.linear:
+                w = _example(node.args[1]) if isinstance(node.args[1], fx.Node) else None
+                n_, k_ = (int(w.shape[0]), int(w.shape[1])) if w is not None and w.dim() == 2 else (0, 0)
+                yield _layer_name(node, f"{prefix}{attr}.{node.name}"), node, n_, k_
+        yield from _branch_linears(sub, f"{prefix}{attr}.")
+
+
 def find_linears(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[LinearSite]:
+    """Every linear of ``gm`` with its decision. Linears inside ``torch.cond`` branches are listed as skipped:
+    their weights reach the branch as cond operands, and rewriting them is not implemented yet."""
+    sites = _top_level(gm, example_inputs, cfg)
+    for name, node, n_, k_ in _branch_linears(gm):
+        sites.append(LinearSite(node=node, name=name, x=node.args[0], w=node.args[1], b=None, w_index=None,
+                                n=n_, k=k_, m=None, dtype=None, decision="skip",
+                                reason="inside a torch.cond branch: not rewritten (kept in full precision)"))
+    return sites
+
+
+def _top_level(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[LinearSite]:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     index = {n: i for i, n in enumerate(placeholders)}
     sites = []

@@ -158,7 +158,9 @@ def load_checkpoint(path, *, dtype=torch.float32, device="cpu"):
         table = class_table()
     model = build_model(cfg)
     model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True)
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        model = model.to(dtype=dtype)  # diffusers warns that rope / time_embedder / norms prefer fp32
+    model = model.to(device=device).eval().requires_grad_(False)
     return model, table.to(torch.float32), meta
 
 

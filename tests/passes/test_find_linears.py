@@ -90,3 +90,17 @@ def test_small_static_m_runs_weight_only():
 def test_act_bits_16_is_weight_only_everywhere_in_blocks():
     sites = _sites(TinyDiT(), _inputs(), act_bits=16)
     assert {s.decision for n, s in sites.items() if n.startswith("blocks.")} == {"weight_only"}
+
+
+def test_blocks_of_a_wrapped_model_are_found():
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = TinyDiT()
+
+        def forward(self, x, t):
+            return self.transformer(x, t)
+
+    sites = _sites(Wrapper(), _inputs())
+    assert sites["transformer.blocks.0.to_q"].decision == "quantize"
+    assert sites["transformer.proj_out"].decision == "skip"
