@@ -62,8 +62,9 @@ ZOO_DIR = Path(__file__).resolve().parents[2] / "bench" / "zoo"
 EXPERTS = {"high": "wan_zoo", "wan_zoo": "wan_zoo", "main": "wan_zoo", "low": "wan_zoo_low", "wan_zoo_low": "wan_zoo_low"}
 TABLE_KEY = "zoo.class_table"
 TRAIN_CMD = {
-    "wan_zoo": "nice -n 19 python3 bench/zoo/train.py --expert main",
-    "wan_zoo_low": "nice -n 19 python3 bench/zoo/train.py --expert low --init bench/zoo/wan_zoo.safetensors",
+    "wan_zoo": "nice -n 19 python3 bench/zoo/train.py --expert main --steps 1300 --minutes 48",
+    "wan_zoo_low": "nice -n 19 python3 bench/zoo/train.py --expert low --init bench/zoo/wan_zoo.safetensors "
+    "--steps 400 --minutes 11",
 }
 
 
@@ -126,6 +127,7 @@ def save_checkpoint(model, path, table: torch.Tensor, *, dtype=torch.float16, me
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     tmp = path.with_suffix(".tmp")
     save_file(sd, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
     tmp.replace(path)
     return path
 

@@ -142,3 +142,22 @@ def test_two_expert_sampling_routes_by_timestep():
     assert [s[0] for s in seen] == ["high", "high", "low", "low"]
     assert [s[2] for s in seen] == [False, True, False, True]
     assert seen[0][1] >= 500 > seen[2][1]
+
+
+def test_wan_pipeline_matches_own_sampler():
+    pytest.importorskip("transformers", reason="diffusers.WanPipeline needs `transformers` (optional)")
+    from dvdq_compile.zoo import make_wan_pipeline, wan_pipeline_kwargs
+
+    torch.manual_seed(0)
+    hi, lo = build_model().eval(), build_model().eval()
+    table = class_table()
+    ids = [1, 6]
+    kw = wan_pipeline_kwargs(ids, table, steps=3, guidance=3.0)
+    noise = torch.randn(2, 3, F, H, W, generator=torch.Generator().manual_seed(3))
+    pipe = make_wan_pipeline(hi, lo, boundary=0.5)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(**kw, latents=noise.clone()).frames
+    ours = sample(hi, ids, steps=3, guidance=3.0, noise=noise, model_low=lo, boundary=0.5, progress=False,
+                  table=table, clip=False)
+    assert ref.shape == ours.shape == (2, 3, F, H, W)
+    torch.testing.assert_close(ref, ours, rtol=1e-4, atol=1e-4)
