@@ -113,3 +113,49 @@ def test_two_expert_wan_pipeline_runs_each_expert_with_its_own_weights():
     assert rel_err(q1, f1) < BOUNDS["W4A8"] and rel_err(q2, f2) < BOUNDS["W4A8"]
     assert rel_err(q1, f2) > 0.5 and rel_err(q2, f1) > 0.5
     assert len(dvdq_compile.report(e1).layers) == len(dvdq_compile.report(e2).layers) == 26
+
+
+def test_wan_scheduler_loop_switches_between_two_variants_without_recompiles():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dvdq_compile.backend import dvdquant
+    model, kw = wan(), wan_inputs()
+    calls = []
+
+    def backend(gm, ex, **k):
+        calls.append(1)
+        return dvdquant(gm, ex, options={"delta": 1.5, "lowering": "eager", "kernels": "reference", "progress": False})
+
+    torch._dynamo.reset()
+    c = torch.compile(model, backend=backend, fullgraph=True)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(12)
+    x, enc = kw["hidden_states"], kw["encoder_hidden_states"]
+    with torch.no_grad():
+        for t in sched.timesteps:
+            cond = c(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=enc, return_dict=False)[0]
+            unc = c(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=0 * enc, return_dict=False)[0]
+            x = sched.step(unc + 3.0 * (cond - unc), t, x).prev_sample
+    rows = dvdq_compile.controller(c).trace
+    assert len(calls) == 1 and len(rows) == 12 and all(r.calls == 2 for r in rows)
+    assert {r.bits for r in rows} == {4, 8} and torch.isfinite(x).all()
+
+
+def test_two_expert_wan_pipeline_with_delta_switching():
+    pipe = _tiny_wan_pipeline()
+    e1, e2 = pipe.transformer, pipe.transformer_2
+    torch._dynamo.reset()
+    opts = {"lowering": "eager", "kernels": "reference", "progress": False, "delta": 1.5}
+    pipe.transformer = torch.compile(e1, backend="dvdquant", options=opts)
+    pipe.transformer_2 = torch.compile(e2, backend="dvdquant", options=opts)
+    g = torch.Generator().manual_seed(0)
+    emb, neg = torch.randn(1, 12, 16, generator=g), torch.randn(1, 12, 16, generator=g)
+    out = pipe(prompt_embeds=emb, negative_prompt_embeds=neg, height=64, width=64, num_frames=5,
+               num_inference_steps=8, guidance_scale=3.0, output_type="latent",
+               generator=torch.Generator().manual_seed(0)).frames
+    assert torch.isfinite(out).all()
+    c1, c2 = dvdq_compile.controller(e1), dvdq_compile.controller(e2)
+    assert c1 is not c2  # separate controllers by default (see DESIGN §6 / README)
+    t1, t2 = [r.timestep for r in c1.trace], [r.timestep for r in c2.trace]
+    assert len(t1) + len(t2) == 8 and min(t1) >= 875 > max(t2)  # boundary_ratio 0.875 of 1000 train steps
+    assert all(r.calls == 2 for r in c1.trace + c2.trace)  # CFG: cond + uncond per step, same bits
