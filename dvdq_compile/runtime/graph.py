@@ -14,13 +14,14 @@ import torch
 
 from ..config import QuantConfig
 from .cache import CACHE
+from .identity import IdentityMap
 from .report import CompileReport
 
 log = logging.getLogger("dvdq_compile")
 
 GRAPHS: "weakref.WeakSet[CompiledGraph]" = weakref.WeakSet()
-# id(parameter) -> controller shared by the user across models (see dvdq_compile.share_controller).
-SHARED_CONTROLLERS: dict[int, object] = {}
+# parameter -> controller shared by the user across models (see dvdq_compile.share_controller).
+SHARED_CONTROLLERS = IdentityMap()
 
 
 class CompiledGraph:
@@ -34,26 +35,25 @@ class CompiledGraph:
         self._specs = [w.spec for w in weights]
         self._names = [", ".join(w.layers) for w in weights]
         self.param_indices = param_indices  # graph inputs that are nn.Parameters
-        # id(first parameter input) -> {input index: weakref(param)}: which models ran through this graph.
-        self.bound: dict[int, dict[int, weakref.ref]] = {}
-        self.controllers: dict[int, object] = {}
+        # first parameter input -> {input index: weakref(param)}: which models ran through this graph.
+        self.bound = IdentityMap()
+        self.controllers = IdentityMap()  # first weight parameter of a model -> its controller
         self._warned_grad = False
         self.calls = {b: 0 for b in variants}
         GRAPHS.add(self)
 
     # -- δ controller per model (two experts sharing this graph get one each unless shared) ------------------
     def controller_for(self, key_param: torch.Tensor):
-        key = id(key_param)
-        shared = SHARED_CONTROLLERS.get(key)
+        shared = SHARED_CONTROLLERS.get(key_param)
         if shared is not None:
             return shared
-        ctrl = self.controllers.get(key)
+        ctrl = self.controllers.get(key_param)
         if ctrl is None:
             from .delta import DeltaController
             c = self.cfg
             ctrl = DeltaController(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high,
                                    min_high_steps=c.min_high_steps, mode=c.delta_mode)
-            self.controllers[key] = ctrl
+            self.controllers[key_param] = ctrl
         return ctrl
 
     def __call__(self, *args):
@@ -64,8 +64,8 @@ class CompiledGraph:
             qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress)
             for q in qws:
                 extra += q.tensors()
-        if self.param_indices and id(args[self.param_indices[0]]) not in self.bound:
-            self.bound[id(args[self.param_indices[0]])] = {i: weakref.ref(args[i]) for i in self.param_indices}
+        if self.param_indices and args[self.param_indices[0]] not in self.bound:
+            self.bound[args[self.param_indices[0]]] = {i: weakref.ref(args[i]) for i in self.param_indices}
         if torch.is_grad_enabled() and not self._warned_grad and \
                 any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             self._warned_grad = True
