@@ -73,7 +73,7 @@ def share_controller(*models, controller=None):
         controller = DeltaController()
     for m in models:
         for p in _module(m).parameters():
-            SHARED_CONTROLLERS[id(p)] = controller
+            SHARED_CONTROLLERS[p] = controller
     return controller
 
 
