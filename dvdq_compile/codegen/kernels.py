@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import triton  # noqa: F401  (ImportError here = no triton)
 
-from ..quant.hadamard import NO_SIGNS
 from .act_quant import act_quant, supports_act_quant
 from .fused import fused_qlinear, unsupported_reason as _fused_reason
 from .qlinear import qlinear, qlinear_int_partials, unsupported_reason as _qlinear_reason

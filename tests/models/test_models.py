@@ -85,6 +85,17 @@ def _tiny_wan_pipeline():
                        transformer=expert(1), transformer_2=expert(2), boundary_ratio=0.875)
 
 
+def _run_pipeline(pipe, steps):
+    """Sample 64x64x5 latents with CFG 3 (M = 32 tokens per call); returns the generator and prompt embedding."""
+    g = torch.Generator().manual_seed(0)
+    emb, neg = torch.randn(1, 12, 16, generator=g), torch.randn(1, 12, 16, generator=g)
+    out = pipe(prompt_embeds=emb, negative_prompt_embeds=neg, height=64, width=64, num_frames=5,
+               num_inference_steps=steps, guidance_scale=3.0, output_type="latent",
+               generator=torch.Generator().manual_seed(0)).frames
+    assert torch.isfinite(out).all()
+    return g, emb
+
+
 def test_two_expert_wan_pipeline_runs_each_expert_with_its_own_weights():
     pipe = _tiny_wan_pipeline()
     e1, e2 = pipe.transformer, pipe.transformer_2
@@ -97,12 +108,7 @@ def test_two_expert_wan_pipeline_runs_each_expert_with_its_own_weights():
 
     torch._dynamo.reset()
     pipe.transformer, pipe.transformer_2 = torch.compile(e1, backend=backend), torch.compile(e2, backend=backend)
-    g = torch.Generator().manual_seed(0)
-    emb, neg = torch.randn(1, 12, 16, generator=g), torch.randn(1, 12, 16, generator=g)
-    out = pipe(prompt_embeds=emb, negative_prompt_embeds=neg, height=64, width=64, num_frames=5,
-               num_inference_steps=4, guidance_scale=3.0, output_type="latent",
-               generator=torch.Generator().manual_seed(0)).frames
-    assert torch.isfinite(out).all()
+    g, emb = _run_pipeline(pipe, steps=4)
     assert len(calls) == 1  # one graph shared by both experts (same class and config)
     # Each compiled expert runs its own weights: close to its own FP model, far from the other expert.
     kw = dict(hidden_states=torch.randn(1, 16, 2, 8, 8, generator=g), timestep=torch.tensor([700]),
@@ -148,12 +154,7 @@ def test_two_expert_wan_pipeline_with_delta_switching():
     opts = {"lowering": "eager", "kernels": "reference", "progress": False, "delta": 1.5}
     pipe.transformer = torch.compile(e1, backend="dvdquant", options=opts)
     pipe.transformer_2 = torch.compile(e2, backend="dvdquant", options=opts)
-    g = torch.Generator().manual_seed(0)
-    emb, neg = torch.randn(1, 12, 16, generator=g), torch.randn(1, 12, 16, generator=g)
-    out = pipe(prompt_embeds=emb, negative_prompt_embeds=neg, height=64, width=64, num_frames=5,
-               num_inference_steps=8, guidance_scale=3.0, output_type="latent",
-               generator=torch.Generator().manual_seed(0)).frames
-    assert torch.isfinite(out).all()
+    _run_pipeline(pipe, steps=8)
     c1, c2 = dvdq_compile.controller(e1), dvdq_compile.controller(e2)
     assert c1 is not c2  # separate controllers by default (see DESIGN §6 / README)
     t1, t2 = [r.timestep for r in c1.trace], [r.timestep for r in c2.trace]

@@ -520,6 +520,7 @@ def test_cuda_bf16_at_most_one_sync_per_step():
     assert bits == [(b, b) for b in [8, 8, 4, 8, 4, 8, 4, 8]]
     assert [r.l1 for r in c.trace][1:] == pytest.approx([0.05] * 7)
     (p0, _), (p1, _) = c._prev[0], c._prev[1]
+    assert p1.device.type == "cuda"
     assert p0.device.type == "cuda" and p0.dtype == torch.bfloat16
 
 
