@@ -1,0 +1,1 @@
+"""Quality evaluation: video metrics and the ablation harness behind ``dvdq eval``."""
