@@ -3,10 +3,14 @@
     model = torch.compile(model, backend="dvdquant")                              # W4, δ-switched A4/A8
     model = torch.compile(model, backend="dvdquant", options={"act_bits": 8})     # fixed W4A8
     dvdq_compile.report(model)                                                    # per-layer compile report
+    cal = dvdq_compile.calibrate(model, run_fn)                                   # calibrated recipes
+    model = torch.compile(model, backend="dvdquant", options={"recipe": "smoothquant", "artifact": cal})
 """
 from .api import controller, report, requantize, share_controller
 from .backend import dvdquant
+from .calibrate import Calibration, calibrate
 from .config import QuantConfig
 
-__all__ = ["QuantConfig", "controller", "dvdquant", "report", "requantize", "share_controller"]
+__all__ = ["Calibration", "QuantConfig", "calibrate", "controller", "dvdquant", "report", "requantize",
+           "share_controller"]
 __version__ = "0.1.0"

@@ -10,14 +10,22 @@ import logging
 import time
 
 import torch
-import torch.fx as fx
+from torch import fx
 from torch._guards import detect_fake_mode
 
 from . import ops  # noqa: F401  (registers the dvdq ops)
+from .calibrate import as_calibration
 from .codegen.dispatch import resolve
 from .config import QuantConfig
 from .passes.find_linears import LinearSite, find_linears
-from .passes.rewrite import QUANTIZED, assign_impls, rewrite, weight_examples, weight_inputs
+from .passes.rewrite import (
+    QUANTIZED,
+    assign_impls,
+    rewrite,
+    weight_examples,
+    weight_inputs,
+)
+from .passes.smooth import plan_smoothing
 from .quant.qweight import quantized_bytes
 from .runtime.graph import CompiledGraph
 from .runtime.report import CompileReport, LayerReport
@@ -82,10 +90,15 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     sites = find_linears(gm, example_inputs, cfg)
     impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
     assign_impls(sites, cfg, impl)
-    weights = weight_inputs(sites, example_inputs, cfg)
+    cal, smooth_x, smooth_w = None, {}, {}
+    if cfg.smooth:
+        cal = as_calibration(cfg.artifact)
+        smooth_x, smooth_w = plan_smoothing(sites, example_inputs, cfg, cal)
+    weights = weight_inputs(sites, example_inputs, cfg, smooth_w)
     examples = list(example_inputs) + weight_examples(weights, detect_fake_mode(example_inputs))
     if weights:
-        variants = {bits: _lower(rewrite(gm, sites, weights, cfg, bits, impl), examples, cfg, kwargs.get("mode"))
+        variants = {bits: _lower(rewrite(gm, sites, weights, cfg, bits, impl, smooth_x), examples, cfg,
+                                 kwargs.get("mode"))
                     for bits in cfg.act_variants}
     else:  # nothing to quantize in this graph: one plain variant
         plain = fx.GraphModule(gm, gm.graph)
@@ -94,4 +107,4 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     report.compile_seconds = time.perf_counter() - t0
     log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
     params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
-    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm), params)
+    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm), params, calibration=cal)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -50,6 +51,11 @@ ALLOWED: dict[str, str] = {
     "bgr_max_shrink": "a float in [0, 1): largest total fraction of a row's range BGR clips",
     "bgr_max_iter": "an int >= 1: BGR refinement iteration cap",
     "progress": "bool: progress bar while weights are quantized",
+    "artifact": "None, or a dvdq_compile.Calibration / the path of one saved by Calibration.save "
+                "(calibrated recipes: smoothquant)",
+    "smooth": "bool: SmoothQuant smoothing of the quantized linears from the artifact's activation ranges "
+              "(needs 'artifact')",
+    "smooth_alpha": "a float in [0, 1]: SmoothQuant migration strength alpha",
 }
 
 
@@ -84,11 +90,14 @@ class QuantConfig:
     bgr_max_shrink: float = 0.9
     bgr_max_iter: int = 64
     progress: bool = True
+    artifact: Any = None
+    smooth: bool = False
+    smooth_alpha: float = 0.5
     # Set by recipes, not by users: the modulation (adaLN) name pattern.
     modulation_pattern: str = field(default=DEFAULT_MODULATION_PATTERN, repr=False)
 
     @classmethod
-    def from_options(cls, options: dict | None = None) -> "QuantConfig":
+    def from_options(cls, options: dict | None = None) -> QuantConfig:
         from .recipes import get_recipe
 
         options = dict(options or {})
@@ -113,7 +122,7 @@ class QuantConfig:
         cfg.validate()
         return cfg
 
-    def replace(self, **kw) -> "QuantConfig":
+    def replace(self, **kw) -> QuantConfig:
         cfg = dataclasses.replace(self, **kw)
         cfg.validate()
         return cfg
@@ -176,6 +185,21 @@ class QuantConfig:
             _fail("bgr_max_iter", self.bgr_max_iter)
         if not isinstance(self.progress, bool):
             _fail("progress", self.progress)
+        from .calibrate import Calibration
+        if self.artifact is not None and not isinstance(self.artifact, (str, os.PathLike, Calibration)):
+            _fail("artifact", self.artifact)
+        if not isinstance(self.smooth, bool):
+            _fail("smooth", self.smooth)
+        if isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, (int, float)) or \
+                not 0 <= self.smooth_alpha <= 1:
+            _fail("smooth_alpha", self.smooth_alpha)
+        if self.smooth and self.artifact is None:
+            raise ValueError(f"dvdquant recipe {self.recipe!r} / option smooth=True needs calibration statistics: "
+                             "pass options={'artifact': dvdq_compile.calibrate(model, run_fn)} (or the path of a "
+                             "saved calibration)")
+        if self.smooth and self.act_scale == "channel":
+            raise ValueError("dvdquant option smooth=True cannot be combined with act_scale='channel' (the "
+                             "per-channel fake-quant already scales every channel on its own)")
         if self.act_scale == "channel" and self.kernels == "triton":
             raise ValueError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
                              "reference path only; it cannot be combined with kernels='triton'")

@@ -10,11 +10,12 @@ The GraphModule that Dynamo handed the backend is never edited (Dynamo still rea
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 from ..codegen.dispatch import act_impl, gemm_variant, linear_impl
 from ..config import QuantConfig
@@ -46,16 +47,23 @@ class WeightInput:
     k: int
     device: torch.device
     layers: list[str] = field(default_factory=list)
+    pre_scale: torch.Tensor | None = None  # SmoothQuant's s [K]: the weight is quantized as W·diag(s)
 
 
-def weight_inputs(sites: list[LinearSite], example_inputs, cfg: QuantConfig) -> list[WeightInput]:
+def weight_inputs(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
+                  pre_scales: dict[int, torch.Tensor] | None = None) -> list[WeightInput]:
+    from .smooth import scale_key
+
     out: dict[int, WeightInput] = {}
     spec = cfg.weight_spec()
+    pre_scales = pre_scales or {}
     for s in sites:
         if s.decision not in QUANTIZED:
             continue
         if s.w_index not in out:
-            out[s.w_index] = WeightInput(s.w_index, spec, s.n, s.k, example_inputs[s.w_index].device)
+            ps = pre_scales.get(s.w_index)
+            sp = dataclasses.replace(spec, pre_scale=scale_key(ps)) if ps is not None else spec
+            out[s.w_index] = WeightInput(s.w_index, sp, s.n, s.k, example_inputs[s.w_index].device, pre_scale=ps)
         out[s.w_index].layers.append(s.name)
     return list(out.values())
 
@@ -97,9 +105,23 @@ def _fake_like(ref: fx.Node | None, t: torch.Tensor):
         return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
+def _smoothed(new: fx.GraphModule, x: fx.Node, s: torch.Tensor, dtype, before: fx.Node) -> fx.Node:
+    """``x·diag(s)⁻¹`` in fp32, back in x's dtype: a graph constant and one pointwise op (Inductor fuses it)."""
+    name = f"dvdq_smooth_{len([n for n, _ in new.named_buffers() if n.startswith('dvdq_smooth_')])}"
+    new.register_buffer(name, (1.0 / s.to(torch.float32)).contiguous())
+    g = new.graph
+    with g.inserting_before(before):
+        inv = g.get_attr(name)
+        y = g.call_function(torch.mul, (x, inv))
+        if dtype is not None and dtype != torch.float32:
+            y = g.call_method("to", (y, dtype))
+    return y
+
+
 def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInput], cfg: QuantConfig,
-            act_bits: int, impl: str) -> fx.GraphModule:
-    """A new GraphModule with the quantized linears of ``sites`` at ``act_bits`` activations."""
+            act_bits: int, impl: str, smooth: dict[fx.Node, torch.Tensor] | None = None) -> fx.GraphModule:
+    """A new GraphModule with the quantized linears of ``sites`` at ``act_bits`` activations; activations in
+    ``smooth`` (original graph nodes) are divided by their SmoothQuant factors first."""
     new, val_map = _copy(gm)
     g = new.graph
     placeholders = [n for n in g.nodes if n.op == "placeholder"]
@@ -123,10 +145,15 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
         if s.decision == "quantize":
             consumers[s.x] = consumers.get(s.x, 0) + 1
     shared: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
+    smoothed: dict[fx.Node, fx.Node] = {}
     for s in sites:
         if s.decision not in QUANTIZED:
             continue
         node, x = val_map[s.node], val_map[s.x]
+        if smooth and s.x in smooth and s.decision == "quantize":
+            if x not in smoothed:  # first quantized consumer in graph order: the mul goes before it
+                smoothed[x] = _smoothed(new, x, smooth[s.x], s.dtype, node)
+            x = smoothed[x]
         b = val_map[s.b] if s.b is not None else None
         packed, scale, zero = extra[s.w_index]
         a_group = s.k if cfg.act_scale == "token" else cfg.group

@@ -25,6 +25,9 @@ class WeightSpec:
     bgr_n: int = 64
     bgr_max_shrink: float = 0.9
     bgr_max_iter: int = 64
+    # Non-empty when the weight is multiplied per input channel before rotation (SmoothQuant's diag(s)·Wᵀ):
+    # a hash of ``s``, so the cache keeps one quantized copy per (weight, smoothing).
+    pre_scale: str = ""
 
     def __post_init__(self):
         if self.bits not in WEIGHT_BITS:
@@ -61,12 +64,21 @@ def quantized_bytes(n: int, k: int, spec: WeightSpec) -> int:
     return packed_bytes(n, k, spec.bits) + n * g * (4 + 4)
 
 
-def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False) -> QuantizedWeight:
-    """Rotate (``W·H_bd``) then quantize ``w`` [N, K] per ``spec``. Runs on ``w``'s device in fp32."""
+def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False,
+                    pre_scale: torch.Tensor | None = None) -> QuantizedWeight:
+    """Scale columns by ``pre_scale`` [K] (if given), rotate (``W·H_bd``), then quantize ``w`` [N, K] per ``spec``.
+    Runs on ``w``'s device in fp32."""
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
     if not w.is_floating_point():
         raise TypeError(f"weight must be floating point, got {w.dtype}")
+    if bool(spec.pre_scale) != (pre_scale is not None):
+        raise ValueError(f"weight spec pre_scale={spec.pre_scale!r} and the pre_scale tensor "
+                         f"({'given' if pre_scale is not None else 'missing'}) disagree")
+    if pre_scale is not None:
+        if pre_scale.shape != (w.shape[1],):
+            raise ValueError(f"pre_scale must have shape [K]=({w.shape[1]},), got {tuple(pre_scale.shape)}")
+        w = w.detach().to(torch.float32) * pre_scale.to(device=w.device, dtype=torch.float32)
     wr = rotate(w.detach(), spec.rotate, spec.sign_seed) if spec.rotate else w.detach().to(torch.float32)
     group = spec.group or None
     if spec.method == "bgr":

@@ -1,8 +1,8 @@
 """Recipes: small declarative objects that set QuantConfig defaults (DESIGN §7).
 
 A recipe says how weights are quantized, how activations are scaled and which kernels run. Users can still
-override any option on top of a recipe. Calibrated recipes (SmoothQuant, SVDQuant+GPTQ, Q-VDiT) come later and
-will add an artifact; the data-free ones below need none.
+override any option on top of a recipe. Calibrated recipes take an artifact (``options={"artifact": ...}``, made
+by ``dvdq_compile.calibrate``): ``smoothquant`` now; SVDQuant+GPTQ and Q-VDiT later.
 """
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ _RECIPES = {r.name: r for r in (
            {"weight_method": "minmax", "rotate": False, "act_scale": "token", "act_bits": 8}),
     Recipe("quarot", "QuaRot-style: block-Hadamard rotation + MinMax (RTN) weights + per-token activations",
            {"weight_method": "minmax", "rotate": True, "act_scale": "token", "act_bits": 8}),
+    Recipe("smoothquant", "SmoothQuant: calibrated per-channel smoothing (needs options['artifact']) + MinMax "
+                          "weights + per-token activations, no rotation",
+           {"weight_method": "minmax", "rotate": False, "act_scale": "token", "act_bits": 8, "smooth": True}),
     Recipe("bgr_only", "ablation: BGR weights without rotation, per-token activations",
            {"weight_method": "bgr", "rotate": False, "act_scale": "token", "act_bits": 8}),
     Recipe("arq_only", "ablation: rotation + per-(token, group) activations with MinMax weights",

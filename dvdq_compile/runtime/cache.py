@@ -52,8 +52,9 @@ class WeightCache:
         entries[key] = _Entry(weakref.ref(p, drop), p._version, qw)
 
     def get_many(self, params: list[torch.Tensor], specs: list[WeightSpec], names: list[str],
-                 progress: bool = True) -> list[QuantizedWeight]:
-        """Quantized weights for ``params``, quantizing the missing or stale ones (with a progress bar)."""
+                 progress: bool = True, pre_scales: list | None = None) -> list[QuantizedWeight]:
+        """Quantized weights for ``params``, quantizing the missing or stale ones (with a progress bar).
+        ``pre_scales[i]`` (or None) multiplies weight i's columns first (its spec carries the matching key)."""
         out = [self.lookup(p, s) for p, s in zip(params, specs)]
         todo = [i for i, q in enumerate(out) if q is None]
         if todo:
@@ -66,7 +67,8 @@ class WeightCache:
                     raise RuntimeError(f"dvdquant: weight of {names[i]} has no storage (freed) and no cached "
                                        "quantized copy; reload the model's weights")
                 try:
-                    qw = quantize_weight(p, specs[i], with_stats=True)
+                    qw = quantize_weight(p, specs[i], with_stats=True,
+                                         pre_scale=pre_scales[i] if pre_scales is not None else None)
                 except ValueError as e:
                     raise ValueError(f"dvdquant: cannot quantize {names[i]}: {e}") from None
                 self.put(p, specs[i], qw)

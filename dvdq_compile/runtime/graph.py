@@ -26,7 +26,7 @@ SHARED_CONTROLLERS = IdentityMap()
 
 class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
-                 timestep_index: int | None, param_indices: list[int]):
+                 timestep_index: int | None, param_indices: list[int], calibration=None):
         self.variants = variants
         self.weights = weights
         self.cfg = cfg
@@ -34,6 +34,8 @@ class CompiledGraph:
         self.timestep_index = timestep_index
         self._specs = [w.spec for w in weights]
         self._names = [", ".join(w.layers) for w in weights]
+        self._pre_scales = [w.pre_scale for w in weights] if any(w.pre_scale is not None for w in weights) else None
+        self.calibration = calibration  # a calibrated recipe's artifact: checked against every model bound
         self.param_indices = param_indices  # graph inputs that are nn.Parameters
         # first parameter input -> {input index: weakref(param)}: which models ran through this graph.
         self.bound = IdentityMap()
@@ -56,12 +58,22 @@ class CompiledGraph:
             self.controllers[key_param] = ctrl
         return ctrl
 
+    def _check_calibration(self, params) -> None:
+        """A graph shared by several models (Wan 2.2's experts) must not apply one model's calibration to
+        another: the artifact's per-layer weight fingerprints must match every model that runs through it."""
+        for w, p in zip(self.weights, params):
+            if w.pre_scale is not None:
+                for name in w.layers:
+                    self.calibration.check(name, p)
+
     def __call__(self, *args):
         args = list(args)
         extra: list[torch.Tensor] = []
         if self.weights:
             params = [args[w.arg_index] for w in self.weights]
-            qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress)
+            if self.calibration is not None and args[self.param_indices[0]] not in self.bound:
+                self._check_calibration(params)
+            qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress, self._pre_scales)
             for q in qws:
                 extra += q.tensors()
         if self.param_indices and args[self.param_indices[0]] not in self.bound:
