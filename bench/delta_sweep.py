@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import dvdq_compile  # noqa: E402
-from dvdq_compile.cli import _psnr, _rel  # noqa: E402
-from dvdq_compile.zoo import load_pipeline, sample  # noqa: E402
+import dvdq_compile
+from dvdq_compile.eval.metrics import psnr
+from dvdq_compile.zoo import load_pipeline, sample
 
 DELTAS = (0.03, 0.06, 0.09, 0.12, 0.18)
 
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
                 traces.setdefault(name, []).append(ctrl)
         avg = sum(bits) / len(bits) if bits else float(opts["act_bits"])
         schedule = "".join(str(b) for b in bits) if bits else str(opts["act_bits"]) * args.steps
-        rows.append({"setting": name, "avg_act_bits": avg, "psnr_db": _psnr(q, fp), "rel_l2": _rel(q, fp),
+        rows.append({"setting": name, "avg_act_bits": avg, "psnr_db": psnr(q, fp),
+                     "rel_l2": float((q - fp).norm() / fp.norm()),
                      "schedule": schedule, "wall_s": wall})
         print(f"{name:>8}: avg bits {avg:.2f}  PSNR {rows[-1]['psnr_db']:.2f} dB  rel-L2 {rows[-1]['rel_l2']:.4f}  "
               f"bits {schedule}", flush=True)

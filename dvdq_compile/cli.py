@@ -3,26 +3,20 @@
     dvdq demo            sample the project's own trained video DiT in full precision and with backend="dvdquant"
                          (default: W4, δ-switched A4/A8), print the compile report and the error vs full precision,
                          write a frame grid PNG and a side-by-side GIF
+    dvdq eval            the ablation table (MinMax, SmoothQuant, QuaRot, BGR/ARQ ablations, DVD-Quant) on the zoo
+                         model: PSNR, SSIM, temporal consistency, layer SQNR, bits, weight bytes ->
+                         bench/results/quality.{md,json,png}
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR for videos in [-1, 1] (peak-to-peak 2)."""
-    mse = float((a.float() - b.float()).square().mean())
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:
@@ -69,11 +63,13 @@ def _act_bits(v: str):
 
 def demo(args) -> int:
     from . import api
+    from .eval import metrics
     from .zoo import class_names, load_pipeline, sample
 
     device = _device(args.device)
     lowering = args.lowering or ("inductor" if device.type == "cuda" else "eager")
-    options = {"act_bits": args.act_bits, "lowering": lowering, "progress": not args.no_progress}
+    options = {"act_bits": args.act_bits, "lowering": lowering, "progress": not args.no_progress,
+               "kernels": args.kernels}
     if args.delta is not None:
         options["delta"] = args.delta
     try:
@@ -123,15 +119,61 @@ def demo(args) -> int:
     save_grid(fp, q, out / "grid.png")
     save_gif(fp, q, out / "side_by_side.gif")
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    q = q.to(fp.device)
+    result = {"psnr": metrics.psnr(q, fp), "ssim": metrics.ssim(q, fp), "frame_diff_corr": metrics.frame_diff_corr(q, fp),
+              "rel_l2": float((q - fp).norm() / fp.norm()), "avg_act_bits": avg_bits,
+              "weight_bytes_before": mem_before, "weight_bytes_after": mem_after, "seconds_fp": t_fp,
+              "seconds_quantized": t_q, "device": dev, "kernels": rep.kernels, "lowering": lowering,
+              "steps": args.steps, "classes": list(args.classes), "seed": args.seed, "act_bits": args.act_bits}
+    (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
     print("\n| metric | value |\n|---|---|")
-    print(f"| PSNR vs full precision (dB) | {_psnr(q, fp):.2f} |")
-    print(f"| relative L2 error vs full precision | {_rel(q, fp):.4f} |")
+    print(f"| PSNR vs full precision (dB) | {result['psnr']:.2f} |")
+    print(f"| SSIM vs full precision | {result['ssim']:.4f} |")
+    print(f"| frame-difference correlation vs full precision | {result['frame_diff_corr']:.4f} |")
+    print(f"| relative L2 error vs full precision | {result['rel_l2']:.4f} |")
     print(f"| average activation bits | {avg_bits:.2f} |")
     print(f"| linear weight memory | {mem_before / 2**20:.2f} MiB -> {mem_after / 2**20:.2f} MiB "
           f"({mem_after / mem_before:.3f}x) |")
     print(f"| wall time FP / quantized (incl. compile + weight quantization) | {t_fp:.1f} s / {t_q:.1f} s |")
     print(f"| device, kernels, lowering | {dev}, {rep.kernels}, {lowering} |")
-    print(f"\nwrote {out / 'grid.png'} (rows: FP, quantized per sample) and {out / 'side_by_side.gif'}")
+    print(f"\nwrote {out / 'grid.png'} (rows: FP, quantized per sample), {out / 'side_by_side.gif'} and "
+          f"{out / 'metrics.json'}")
+    return 0
+
+
+def eval_cmd(args) -> int:
+    from .eval.harness import ROWS, EvalSetup, run, select_rows
+
+    if args.list_rows:
+        for r in ROWS:
+            print(f"{r.label!r}: {r.options}")
+        return 0
+    rows = tuple(args.rows) if args.rows else tuple(r.label for r in ROWS)
+    try:
+        select_rows(rows)
+    except ValueError as e:
+        print(f"dvdq eval: {e}", file=sys.stderr)
+        return 2
+    device = _device(args.device)
+    setup = EvalSetup(classes=tuple(args.classes), seed=args.seed, steps=args.steps, guidance=args.guidance,
+                      calib_steps=args.calib_steps, two_experts=not args.one_expert, device=str(device),
+                      lowering=args.lowering or ("inductor" if device.type == "cuda" else "eager"),
+                      kernels=args.kernels, rows=rows)
+    from .zoo import class_names
+    bad = [c for c in setup.classes if not 0 <= c < len(class_names())]
+    if bad:
+        print(f"dvdq eval: --classes {bad} out of range; the zoo model has classes 0..{len(class_names()) - 1}",
+              file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        doc = run(setup, Path(args.out), progress=not args.no_progress, stem=args.stem)
+    except FileNotFoundError as e:
+        print(f"dvdq eval: {e}", file=sys.stderr)
+        return 2
+    from .eval.harness import markdown
+    print(markdown(doc))
+    print(f"wrote {Path(args.out) / (args.stem + '.md')} (+ .json, .png) in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
@@ -150,15 +192,41 @@ def main(argv=None) -> int:
     d.add_argument("--device", default="auto", help="auto, cpu or cuda")
     d.add_argument("--lowering", choices=("eager", "inductor"), default=None,
                    help="default: inductor on CUDA, eager on CPU")
+    d.add_argument("--kernels", choices=("auto", "triton", "reference"), default="auto",
+                   help="auto: Triton on CUDA, the PyTorch reference on CPU")
     d.add_argument("--one-expert", action="store_true", help="use only the main expert (no low-noise expert)")
     d.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     d.add_argument("--no-progress", action="store_true")
+    e = sub.add_parser("eval", help="the ablation table of quantization methods on the zoo model",
+                       description="Score every method row against full precision on the same seeds: PSNR, SSIM, "
+                                   "temporal consistency, layer SQNR, activation bits, weight bytes. Writes "
+                                   "<out>/<stem>.md, .json and .png.")
+    e.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    e.add_argument("--classes", type=int, nargs="+", default=list(range(16)), help="class ids (default all 16)")
+    e.add_argument("--guidance", type=float, default=3.0, help="CFG scale (default 3.0)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--calib-steps", type=int, default=8, help="steps of the SmoothQuant calibration run")
+    e.add_argument("--rows", nargs="+", default=None, metavar="LABEL", help="row labels (default: all; "
+                   "see --list-rows)")
+    e.add_argument("--list-rows", action="store_true", help="print the row labels and their options, then exit")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--lowering", choices=("eager", "inductor"), default=None,
+                   help="default: inductor on CUDA, eager on CPU")
+    e.add_argument("--kernels", choices=("auto", "triton", "reference"), default="auto")
+    e.add_argument("--one-expert", action="store_true", help="use only the main expert")
+    e.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
+    e.add_argument("--stem", default="quality", help="results file name stem (default quality)")
+    e.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    logging.basicConfig(level=logging.WARNING)
     if args.cmd == "demo":
-        if args.steps < 1:
-            p.error("--steps must be >= 1")
-        logging.basicConfig(level=logging.WARNING)
         return demo(args)
+    if args.cmd == "eval":
+        if args.calib_steps < 1:
+            p.error("--calib-steps must be >= 1")
+        return eval_cmd(args)
     return 1
 
 
