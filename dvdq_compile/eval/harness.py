@@ -268,13 +268,13 @@ def markdown(doc: dict) -> str:
     lines = [
         "# Quality: quantization methods on the zoo video DiT",
         "",
-        f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; {env['date']}. Zoo model "
+        (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; {env['date']}. Zoo model "
         f"({'two experts, boundary 0.5' if s['two_experts'] else 'one expert'}), {len(s['classes'])} classes, "
         f"seed {s['seed']}, {s['steps']} Euler steps, CFG {s['guidance']}, lowering {s['lowering']}, "
-        f"kernels {s['kernels']}. Every row is scored against the full-precision videos of the same seeds.",
+        f"kernels {s['kernels']}. Every row is scored against the full-precision videos of the same seeds."),
         "",
-        "| method | PSNR dB | SSIM | frame-diff corr | relation KL | rel L2 | layer SQNR mean / worst dB | "
-        "avg A bits | weight MiB | time s |",
+        ("| method | PSNR dB | SSIM | frame-diff corr | relation KL | rel L2 | layer SQNR mean / worst dB | "
+        "avg A bits | weight MiB | time s |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
@@ -286,12 +286,12 @@ def markdown(doc: dict) -> str:
     fp_mib = doc["rows"][0]["weight_bytes_fp"] / 2**20 if doc["rows"] else 0
     lines += [
         "",
-        f"Full-precision linear weights: {fp_mib:.2f} MiB (fp32 checkpoint). Layer SQNR: each quantized linear "
+        (f"Full-precision linear weights: {fp_mib:.2f} MiB (fp32 checkpoint). Layer SQNR: each quantized linear "
         "alone on inputs captured from the full-precision run (worst layer named in the JSON); δ-GBS rows weight "
         "the A4 and A8 variants by the calls each served. Relation KL: Q-VDiT's inter-frame relation-matrix KL "
         "(0 = the frame-to-frame similarity structure is preserved). SmoothQuant: α chosen from "
         f"{list(ALPHAS)} by calibration-set PSNR (classes {s['calib_classes']}, seed {s['calib_seed']}, "
-        f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search.",
+        f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search."),
         "",
     ]
     return "\n".join(lines)
