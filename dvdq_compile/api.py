@@ -17,10 +17,10 @@ def _module(model) -> torch.nn.Module:
 
 
 def _graphs_of(model):
-    """(graph, params bound to it) for the compiled graphs this model has run through."""
+    """(graph, params bound to it) for the compiled graphs this model has run through, newest graph first."""
     ids = {id(p) for p in _module(model).parameters()}
     out = []
-    for g in list(GRAPHS):
+    for g in sorted(GRAPHS, key=lambda g: g.serial, reverse=True):
         for refs in g.bound.values():
             params = {i: r() for i, r in refs.items()}
             if params and all(p is not None and id(p) in ids for p in params.values()):
@@ -31,8 +31,9 @@ def _graphs_of(model):
 def report(model) -> CompileReport:
     """The per-layer compile report of ``model`` (after its first compiled call), with per-layer weight errors.
 
-    If Dynamo split the model into several graphs (graph breaks), their layers are concatenated; a layer that
-    appears in several graphs (recompiles for new shapes) is listed once, from the first graph.
+    If Dynamo split the model into several graphs (graph breaks), their layers are concatenated in module order; a
+    layer that appears in several graphs (recompiles for new shapes, or the model compiled again with other
+    options) is listed once, from the newest graph.
     """
     graphs = _graphs_of(model)
     if not graphs:
@@ -54,6 +55,8 @@ def report(model) -> CompileReport:
             stats = by_name.get(row.name, {})
             row.mse, row.mse_minmax = stats.get("mse"), stats.get("mse_minmax")
             merged.layers.append(row)
+    order = {name: i for i, (name, _) in enumerate(_module(model).named_modules())}
+    merged.layers.sort(key=lambda r: order.get(r.name, len(order)))
     merged.compile_seconds = sum(g.report.compile_seconds for g, _ in graphs)
     return merged
 

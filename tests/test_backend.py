@@ -109,16 +109,23 @@ def test_rewritten_graph_shares_activation_quantization_and_keeps_dynamo_graph_i
 
 def test_inductor_lowering_matches_eager_lowering():
     """Inductor fuses the FP ops around the quantized linears (norms, GELU, softmax) with a different fp32 order
-    (~4e-7 relative), which can flip an activation code sitting on a rounding boundary: agreement is therefore
-    checked far below the quantization error (0.17 here), not bitwise. A wrong variant or weight gives > 0.1."""
+    (~4e-7 relative; the order depends on the CPU's vector ISA), which flips activation codes sitting on a rounding
+    boundary by one LSB; each flip perturbs the next layer's input and triggers more flips, so the end-to-end gap
+    is chaotic, not a fixed fraction of the quantization error. It is therefore compared with the gap the eager
+    lowering itself shows when its input moves by a few ulps (measured: 0.004 vs 0.007-0.010 for 1e-6). A wrong
+    variant (A4) or weight (W8) gives 0.16-0.21, far outside."""
     model = TinyDiT()
     with torch.no_grad():
         fp = model(X, T)
         ye = compiled(model, act_bits=8)(X, T)
         yi = compiled(model, act_bits=8, lowering="inductor")(X, T)
         y_fp_ind = compiled(model, act_bits=8, lowering="inductor", exclude=["*"])(X, T)
+        eager = compiled(model, act_bits=8)
+        g = torch.Generator().manual_seed(7)
+        ulps = max(rel_err(eager(X * (1 + 1e-6 * torch.randn(X.shape, generator=g)), T), ye) for _ in range(3))
     assert rel_err(y_fp_ind, fp) < 1e-5
-    assert rel_err(yi, ye) < 0.02 * rel_err(ye, fp) + 1e-5, (rel_err(yi, ye), rel_err(ye, fp))
+    assert ulps < 0.1 * rel_err(ye, fp)  # the yardstick stays far below the quantization error (0.16)
+    assert rel_err(yi, ye) < 2 * ulps, (rel_err(yi, ye), ulps, rel_err(ye, fp))
 
 
 def test_dynamic_shapes_symint_inputs():
@@ -265,6 +272,23 @@ def test_ops_reject_integer_and_complex_activations():
             torch.ops.dvdq.act_quant(bad, 8, 128, 128, -1, "reference")
         with pytest.raises(TypeError, match="dvdq::dq_linear: activation dtype"):
             torch.ops.dvdq.dq_linear(bad, *qw.tensors(), None, 4, 128, -1, "none", 16)
+
+
+def test_report_follows_the_newest_compile():
+    """A model compiled again with other options is reported (and its layers measured) with the new graph, whatever
+    order the registry of live graphs iterates in."""
+    import gc
+
+    model = TinyDiT()
+    gc.disable()  # a reset Dynamo cache frees old graphs only when the cycle collector runs (CI saw it late)
+    try:
+        for bits in (8, 6, 8, 6, 4):
+            with torch.no_grad():
+                compiled(model, act_bits=bits)(X, T)
+            assert dvdq_compile.report(model).variants == (bits,)
+            assert all(r.act_bits == str(bits) for r in dvdq_compile.report(model).layers if r.decision == "quantize")
+    finally:
+        gc.enable()
 
 
 def test_cached_graphs_are_registered():

@@ -6,6 +6,7 @@ and ``_version``), ask the δ controller which activation variant runs (one deci
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
 from typing import Callable
@@ -22,6 +23,7 @@ log = logging.getLogger("dvdq_compile")
 GRAPHS: "weakref.WeakSet[CompiledGraph]" = weakref.WeakSet()
 # parameter -> controller shared by the user across models (see dvdq_compile.share_controller).
 SHARED_CONTROLLERS = IdentityMap()
+_SERIAL = itertools.count()
 
 
 class CompiledGraph:
@@ -42,6 +44,9 @@ class CompiledGraph:
         self.controllers = IdentityMap()  # first weight parameter of a model -> its controller
         self._warned_grad = False
         self.calls = {b: 0 for b in variants}
+        # creation order: GRAPHS is a WeakSet (iteration order follows addresses), and a model compiled again
+        # with other options must be reported with its newest graph.
+        self.serial = next(_SERIAL)
         GRAPHS.add(self)
 
     # -- δ controller per model (two experts sharing this graph get one each unless shared) ------------------
