@@ -6,11 +6,12 @@
     cal = dvdq_compile.calibrate(model, run_fn)                                   # calibrated recipes
     model = torch.compile(model, backend="dvdquant", options={"recipe": "smoothquant", "artifact": cal})
 """
-from .api import controller, report, requantize, share_controller
+from .api import controller, freed_weights, report, requantize, restore_weights, share_controller
 from .backend import dvdquant
 from .calibrate import Calibration, calibrate
 from .config import QuantConfig
+from .runtime.free import FreedWeightError
 
-__all__ = ["Calibration", "QuantConfig", "calibrate", "controller", "dvdquant", "report", "requantize",
-           "share_controller"]
+__all__ = ["Calibration", "FreedWeightError", "QuantConfig", "calibrate", "controller", "dvdquant", "freed_weights", "report",
+           "requantize", "restore_weights", "share_controller"]
 __version__ = "0.1.0"

@@ -51,6 +51,12 @@ def _device(sites: list[LinearSite], example_inputs) -> torch.device:
     return torch.device("cpu")
 
 
+def _param_reads(gm: fx.GraphModule, params: list[int]) -> frozenset:
+    """Indices of the parameter inputs that ``gm`` still uses (free_weights must keep them)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return frozenset(i for i in params if placeholders[i].users)
+
+
 def _lower(gm: fx.GraphModule, example_inputs: list, cfg: QuantConfig, mode: str | None):
     if cfg.lowering == "eager":
         return gm
@@ -96,15 +102,14 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
         smooth_x, smooth_w = plan_smoothing(sites, example_inputs, cfg, cal)
     weights = weight_inputs(sites, example_inputs, cfg, smooth_w)
     examples = list(example_inputs) + weight_examples(weights, detect_fake_mode(example_inputs))
+    params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
     if weights:
-        variants = {bits: _lower(rewrite(gm, sites, weights, cfg, bits, impl, smooth_x), examples, cfg,
-                                 kwargs.get("mode"))
-                    for bits in cfg.act_variants}
+        graphs = {bits: rewrite(gm, sites, weights, cfg, bits, impl, smooth_x) for bits in cfg.act_variants}
     else:  # nothing to quantize in this graph: one plain variant
-        plain = fx.GraphModule(gm, gm.graph)
-        variants = {cfg.act_variants[-1]: _lower(plain, examples, cfg, kwargs.get("mode"))}
+        graphs = {cfg.act_variants[-1]: fx.GraphModule(gm, gm.graph)}
+    reads = frozenset().union(*(_param_reads(g, params) for g in graphs.values()))
+    variants = {bits: _lower(g, examples, cfg, kwargs.get("mode")) for bits, g in graphs.items()}
     report = _report(sites, example_inputs, cfg, impl, why)
     report.compile_seconds = time.perf_counter() - t0
     log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
-    params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
-    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm), params, calibration=cal)
+    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm), params, calibration=cal, reads=reads)

@@ -56,6 +56,8 @@ ALLOWED: dict[str, str] = {
     "smooth": "bool: SmoothQuant smoothing of the quantized linears from the artifact's activation ranges "
               "(needs 'artifact')",
     "smooth_alpha": "a float in [0, 1]: SmoothQuant migration strength alpha",
+    "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
+                    "(eager use then raises; dvdq_compile.restore_weights brings them back)",
 }
 
 
@@ -93,6 +95,7 @@ class QuantConfig:
     artifact: Any = None
     smooth: bool = False
     smooth_alpha: float = 0.5
+    free_weights: bool = False
     # Set by recipes, not by users: the modulation (adaLN) name pattern.
     modulation_pattern: str = field(default=DEFAULT_MODULATION_PATTERN, repr=False)
 
@@ -193,6 +196,8 @@ class QuantConfig:
         if isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, (int, float)) or \
                 not 0 <= self.smooth_alpha <= 1:
             _fail("smooth_alpha", self.smooth_alpha)
+        if not isinstance(self.free_weights, bool):
+            _fail("free_weights", self.free_weights)
         if self.smooth and self.artifact is None:
             raise ValueError(f"dvdquant recipe {self.recipe!r} / option smooth=True needs calibration statistics: "
                              "pass options={'artifact': dvdq_compile.calibrate(model, run_fn)} (or the path of a "

@@ -19,11 +19,31 @@ from torch import fx
 from ..calibrate import Calibration
 from ..config import QuantConfig
 from ..quant.smooth import smooth_factors, weight_absmax
+from ..runtime.free import FreedWeightError, is_freed
+from ..runtime.identity import IdentityMap
 from .find_linears import LinearSite
 
 
 def scale_key(s: torch.Tensor) -> str:
     return hashlib.sha256(s.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+# parameter -> (_version, max |W_{:,j}| [K]): a recompile (new shape) after free_weights released the weight
+# still needs its column ranges; the calibration check of a freed weight already ran before it was freed.
+_COLUMN_ABSMAX = IdentityMap()
+
+
+def _column_absmax(w: torch.Tensor) -> torch.Tensor:
+    e = _COLUMN_ABSMAX.get(w)
+    if e is not None and e[0] == w._version:
+        return e[1]
+    if is_freed(w):
+        raise FreedWeightError("dvdquant free_weights: SmoothQuant needs the column ranges of a released weight "
+                               "that were never recorded; restore the weights (dvdq_compile.restore_weights) "
+                               "before compiling again")
+    m = weight_absmax([w])
+    _COLUMN_ABSMAX[w] = (w._version, m)
+    return m
 
 
 def plan_smoothing(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
@@ -40,7 +60,8 @@ def plan_smoothing(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
     by_x, by_w = {}, {}
     for x, group in groups.items():
         for s in group:
-            cal.check(s.name, example_inputs[s.w_index])
+            if not is_freed(example_inputs[s.w_index]):
+                cal.check(s.name, example_inputs[s.w_index])
         if any(users[s.w_index] != {(x, "quantize")} for s in group):
             for s in group:
                 s.reason += "; not smoothed: its weight also serves another input"
@@ -53,7 +74,7 @@ def plan_smoothing(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
         if stats.absmax.shape != (group[0].k,):
             raise ValueError(f"dvdquant option artifact: layer {group[0].name!r} has K={group[0].k} but its "
                              f"calibration statistics have {tuple(stats.absmax.shape)} channels")
-        w_max = weight_absmax([example_inputs[s.w_index] for s in group])
+        w_max = torch.stack([_column_absmax(example_inputs[s.w_index]) for s in group]).amax(0)
         sf = smooth_factors(stats.absmax.to(w_max.device), w_max, float(cfg.smooth_alpha))
         by_x[x] = sf
         for s in group:

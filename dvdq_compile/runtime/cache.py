@@ -64,8 +64,9 @@ class WeightCache:
             for i in bar:
                 p = params[i]
                 if p.untyped_storage().nbytes() == 0 and p.numel():
-                    raise RuntimeError(f"dvdquant: weight of {names[i]} has no storage (freed) and no cached "
-                                       "quantized copy; reload the model's weights")
+                    from .free import FreedWeightError, message
+                    raise FreedWeightError(message(names[i], "quantizing it again (other options, or an edit of "
+                                                             "the parameter)"))
                 try:
                     qw = quantize_weight(p, specs[i], with_stats=True,
                                          pre_scale=pre_scales[i] if pre_scales is not None else None)

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from ..config import QuantConfig
+from . import free
 from .cache import CACHE
 from .identity import IdentityMap
 from .report import CompileReport
@@ -28,7 +29,8 @@ _SERIAL = itertools.count()
 
 class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
-                 timestep_index: int | None, param_indices: list[int], calibration=None):
+                 timestep_index: int | None, param_indices: list[int], calibration=None,
+                 reads: frozenset = frozenset()):
         self.variants = variants
         self.weights = weights
         self.cfg = cfg
@@ -39,6 +41,12 @@ class CompiledGraph:
         self._pre_scales = [w.pre_scale for w in weights] if any(w.pre_scale is not None for w in weights) else None
         self.calibration = calibration  # a calibrated recipe's artifact: checked against every model bound
         self.param_indices = param_indices  # graph inputs that are nn.Parameters
+        # parameter inputs the lowered graph still reads (full-precision layers, other uses): never freed here,
+        # and a call with one of them freed (by another graph) raises instead of reading released memory.
+        self.reads = reads
+        # first parameter of a model -> free.epoch() when its weights were last freed / its reads last checked
+        self._freed_at = IdentityMap()
+        self._checked_at = IdentityMap()
         # first parameter input -> {input index: weakref(param)}: which models ran through this graph.
         self.bound = IdentityMap()
         self.controllers = IdentityMap()  # first weight parameter of a model -> its controller
@@ -67,9 +75,31 @@ class CompiledGraph:
         """A graph shared by several models (Wan 2.2's experts) must not apply one model's calibration to
         another: the artifact's per-layer weight fingerprints must match every model that runs through it."""
         for w, p in zip(self.weights, params):
-            if w.pre_scale is not None:
+            if w.pre_scale is not None and not free.is_freed(p):  # a freed weight was checked before it was freed
                 for name in w.layers:
                     self.calibration.check(name, p)
+
+    def _free(self, params) -> None:
+        """Release the storage of this model's quantized weights (their quantized copies are cached now)."""
+        total = 0
+        for w, p, name in zip(self.weights, params, self._names):
+            if w.arg_index not in self.reads:
+                total += free.free(p, name)
+        if total:
+            log.info("dvdquant free_weights: released %.1f MiB of 16-bit weights", total / 2**20)
+        self._freed_at[params[0]] = free.epoch()
+
+    def _check_reads(self, args) -> None:
+        key = args[self.param_indices[0]]
+        if self._checked_at.get(key) == free.epoch():
+            return
+        for i in sorted(self.reads):
+            info = free.FREED.get(args[i])
+            if info is not None:
+                raise free.FreedWeightError(free.message(info.name, "a compiled graph that keeps this weight in "
+                                                                    "full precision (other options, or a layer "
+                                                                    "this graph does not quantize)"))
+        self._checked_at[key] = free.epoch()
 
     def __call__(self, *args):
         args = list(args)
@@ -81,6 +111,10 @@ class CompiledGraph:
             qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress, self._pre_scales)
             for q in qws:
                 extra += q.tensors()
+            if self.cfg.free_weights and self._freed_at.get(params[0]) != free.epoch():
+                self._free(params)
+        if len(free.FREED) and self.reads and self.param_indices:
+            self._check_reads(args)
         if self.param_indices and args[self.param_indices[0]] not in self.bound:
             self.bound[args[self.param_indices[0]]] = {i: weakref.ref(args[i]) for i in self.param_indices}
         if torch.is_grad_enabled() and not self._warned_grad and \

@@ -31,6 +31,11 @@ class IdentityMap:
 
         d[key] = (weakref.ref(obj, drop), value)
 
+    def pop(self, obj, default=None):
+        if obj not in self:
+            return default
+        return self._d.pop(id(obj))[1]
+
     def values(self):
         return [e[1] for e in list(self._d.values()) if e[0]() is not None]
 

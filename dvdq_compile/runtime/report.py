@@ -18,6 +18,7 @@ class LayerReport:
     bytes_after: int
     mse: float | None = None  # weight MSE of the chosen quantizer (rotated basis), after quantization
     mse_minmax: float | None = None  # MinMax weight MSE on the same rotated weight
+    freed: bool = False  # free_weights released its 16-bit storage
 
 
 @dataclass
@@ -30,6 +31,7 @@ class CompileReport:
     recipe: str = ""
     compile_seconds: float = 0.0
     graphs: int = 1
+    freed_bytes: int = 0  # 16-bit weight storage released by free_weights
 
     @property
     def bytes_before(self) -> int:
@@ -51,7 +53,9 @@ class CompileReport:
                 f"{self.count('weight_only')} weight-only, {self.count('skip')} skipped; activation variants "
                 f"{list(self.variants)}; kernels: {self.kernels} ({self.kernels_reason}); lowering {self.lowering}; "
                 f"linear weights {self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
-                f"({self.ratio:.3f}x); compile {self.compile_seconds:.1f} s")
+                f"({self.ratio:.3f}x)" + (f", 16-bit copies released: {self.freed_bytes / 2**20:.2f} MiB"
+                                          if self.freed_bytes else "") +
+                f"; compile {self.compile_seconds:.1f} s")
 
     def table(self) -> str:
         head = f"{'layer':<48} {'N':>6} {'K':>6} {'decision':<11} {'W':>2} {'A':>5} {'kernel':<9} " \
