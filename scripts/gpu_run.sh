@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # A whole GPU run, in stages that each fit one device command (<= 10 min). Standing order: whenever a GPU is lent,
 # run every stage and commit what they write. On the device machine (its torch is kept; nothing is fetched):
-#   PYTHONUNBUFFERED=1 bash scripts/gpu_run.sh STAGE "$OUT"      STAGE: tests | kernels-quick | kernels | sweep
+#   PYTHONUNBUFFERED=1 bash scripts/gpu_run.sh STAGE "$OUT"
+#   STAGE: tests | kernels-quick | kernels | sweep | e2e-base | e2e-dvdq | e2e-14b | e2e-hunyuan
 # Results and logs go under $2 (default bench/results/gpu); copy them into bench/results/ and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?usage: gpu_run.sh tests|kernels-quick|kernels|sweep [OUT]}
+STAGE=${1:?usage: gpu_run.sh tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan [OUT]}
 OUT=${2:-bench/results/gpu}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -16,5 +17,17 @@ case "$STAGE" in
   kernels-quick)  timeout 540 python3 bench/kernels.py --quick --out "$OUT" 2>&1 | tee "$OUT/kernels_quick.log" ;;
   kernels)        timeout 540 python3 bench/kernels.py --write-table --out "$OUT" 2>&1 | tee "$OUT/kernels_full.log" ;;
   sweep)          timeout 540 python3 bench/delta_sweep.py --out "$OUT" 2>&1 | tee "$OUT/delta_sweep.log" ;;
+  # End to end (bench/e2e.py): Wan 2.1-1.3B at 480p/81 frames in two halves that each fit one command (both
+  # include Inductor bf16, the baseline); 14B and HunyuanVideo with fewer blocks (stated in their results).
+  e2e-base)       timeout 540 python3 bench/e2e.py --config wan1.3b --no-bgr --stem e2e_wan1.3b_base --out "$OUT" \
+                    --rows "eager bf16" "inductor bf16" "inductor bf16 + CUDA graphs" "torchao int8 dynamic" \
+                    "torchao fp8 row-wise" 2>&1 | tee "$OUT/e2e_base.log" ;;
+  e2e-dvdq)       timeout 540 python3 bench/e2e.py --config wan1.3b --stem e2e_wan1.3b_dvdq --out "$OUT" \
+                    --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A4" "dvdquant W4A8 free_weights" \
+                    "dvdquant W4A8 + CUDA graphs" "dvdquant delta (A4/A8)" 2>&1 | tee "$OUT/e2e_dvdq.log" ;;
+  e2e-14b)        timeout 540 python3 bench/e2e.py --config wan14b --layers 12 --stem e2e_wan14b_12blocks --out "$OUT" \
+                    --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 free_weights" 2>&1 | tee "$OUT/e2e_14b.log" ;;
+  e2e-hunyuan)    timeout 540 python3 bench/e2e.py --config hunyuan --layers 6 --stem e2e_hunyuan_6blocks --out "$OUT" \
+                    --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 free_weights" 2>&1 | tee "$OUT/e2e_hunyuan.log" ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
