@@ -76,7 +76,7 @@ def message(name: str, what: str) -> str:
 
 def _guard(module, _args):
     # Under tracing this is a no-op: the compiled graph reads the quantized copy, not the parameter.
-    if torch.compiler.is_compiling() or not len(FREED):
+    if torch.compiler.is_compiling() or not FREED.nonempty():
         return
     for pname, p in module._parameters.items():
         if p is not None and p in FREED:

@@ -113,7 +113,7 @@ class CompiledGraph:
                 extra += q.tensors()
             if self.cfg.free_weights and self._freed_at.get(params[0]) != free.epoch():
                 self._free(params)
-        if len(free.FREED) and self.reads and self.param_indices:
+        if free.FREED.nonempty() and self.reads and self.param_indices:
             self._check_reads(args)
         if self.param_indices and args[self.param_indices[0]] not in self.bound:
             self.bound[args[self.param_indices[0]]] = {i: weakref.ref(args[i]) for i in self.param_indices}

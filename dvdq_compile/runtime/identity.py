@@ -39,6 +39,10 @@ class IdentityMap:
     def values(self):
         return [e[1] for e in list(self._d.values()) if e[0]() is not None]
 
+    def nonempty(self) -> bool:
+        """O(1) (``len`` walks the entries): dead keys are dropped by their weakref callbacks."""
+        return bool(self._d)
+
     def __len__(self) -> int:
         return sum(e[0]() is not None for e in self._d.values())
 
