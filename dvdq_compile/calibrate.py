@@ -88,7 +88,8 @@ class Calibration:
         want = self.weights.get(name)
         if want is None:
             return
-        got = weight_fingerprint(w)
+        from .runtime.free import fingerprint_of
+        got = fingerprint_of(w)  # a weight released by free_weights: the fingerprint taken before release
         if got != want:
             raise ValueError(
                 f"dvdquant option artifact: calibration {self.meta.get('path', '(in memory)')} was made for a "

@@ -29,7 +29,7 @@ def scale_key(s: torch.Tensor) -> str:
 
 
 # parameter -> (_version, max |W_{:,j}| [K]): a recompile (new shape) after free_weights released the weight
-# still needs its column ranges; the calibration check of a freed weight already ran before it was freed.
+# still needs its column ranges.
 _COLUMN_ABSMAX = IdentityMap()
 
 
@@ -60,8 +60,7 @@ def plan_smoothing(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
     by_x, by_w = {}, {}
     for x, group in groups.items():
         for s in group:
-            if not is_freed(example_inputs[s.w_index]):
-                cal.check(s.name, example_inputs[s.w_index])
+            cal.check(s.name, example_inputs[s.w_index])
         if any(users[s.w_index] != {(x, "quantize")} for s in group):
             for s in group:
                 s.reason += "; not smoothed: its weight also serves another input"

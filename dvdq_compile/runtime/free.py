@@ -43,6 +43,7 @@ class Freed:
     name: str  # the quantized layer(s) that own it
     nbytes: int
     checksum: tuple  # of the values at free time: a restore with other values invalidates the quantized copy
+    fingerprint: str  # calibrate.weight_fingerprint at free time: artifacts are still checked against it
 
 
 FREED = IdentityMap()  # parameter -> Freed
@@ -111,8 +112,18 @@ def checksum(p: torch.Tensor) -> tuple[int, int]:
     return int(i.sum()), int((i * pos).sum())  # int64 wrap-around is deterministic: fine for a checksum
 
 
+def fingerprint_of(w: torch.Tensor) -> str:
+    """``calibrate.weight_fingerprint`` of ``w``, without reading a released weight."""
+    from ..calibrate import weight_fingerprint
+
+    info = FREED.get(w)
+    return info.fingerprint if info is not None else weight_fingerprint(w)
+
+
 def free(p: torch.Tensor, name: str) -> int:
     """Release ``p``'s storage; returns the bytes freed (0 if it must stay, with the reason logged)."""
+    from ..calibrate import weight_fingerprint
+
     if p in FREED:
         return 0
     why = not_freeable(p)
@@ -121,7 +132,7 @@ def free(p: torch.Tensor, name: str) -> int:
         return 0
     _install_guard()
     nbytes = p.untyped_storage().nbytes()
-    FREED[p] = Freed(name, nbytes, checksum(p))
+    FREED[p] = Freed(name, nbytes, checksum(p), weight_fingerprint(p))
     p.untyped_storage().resize_(0)
     _EPOCH[0] += 1
     return nbytes

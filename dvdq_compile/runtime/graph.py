@@ -75,7 +75,7 @@ class CompiledGraph:
         """A graph shared by several models (Wan 2.2's experts) must not apply one model's calibration to
         another: the artifact's per-layer weight fingerprints must match every model that runs through it."""
         for w, p in zip(self.weights, params):
-            if w.pre_scale is not None and not free.is_freed(p):  # a freed weight was checked before it was freed
+            if w.pre_scale is not None:
                 for name in w.layers:
                     self.calibration.check(name, p)
 
