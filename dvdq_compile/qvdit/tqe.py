@@ -112,6 +112,8 @@ class TQELinear(nn.Module):
             raise TypeError(f"TQELinear wraps an nn.Linear, got {type(linear).__name__}")
         self.cfg = cfg
         self.frames = frames
+        self.integer = False     # evaluation on the integer reference path (swap.set_integer)
+        self.quant_act = True    # False: FP activations (Q-VDiT optimises the estimator with FP activations)
         w = linear.weight.detach().to(torch.float32)
         n, k = w.shape
         self.in_features, self.out_features = k, n
@@ -155,7 +157,7 @@ class TQELinear(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------
     def _act(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.act_bits == 16:
+        if self.cfg.act_bits == 16 or not self.quant_act:
             return x.float()
         return fake_quant_act(x, self.cfg.act_bits, self.cfg.act_sym)
 
@@ -175,6 +177,8 @@ class TQELinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"TQELinear expects inputs [..., {self.in_features}], got shape {tuple(x.shape)}")
+        if self.integer:
+            return self.integer_forward(x)
         xq = self._act(x)
         y = xq @ self.qweight().T
         r = self._rank1(xq)
