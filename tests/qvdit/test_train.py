@@ -70,3 +70,19 @@ def test_bad_train_config():
         train.TrainConfig(iters=0)
     with pytest.raises(ValueError, match="not allowed; expected one of"):
         train.train_setting("w2a2", None, train.TrainConfig())
+
+
+def test_record_calls_splits_the_zoo_run_by_expert():
+    from dvdq_compile.zoo import load_pipeline
+
+    pipe = load_pipeline()
+    # 4 steps: t = 1000, 667 (high expert), 334, 1 (low expert)
+    calls = train.record_calls(pipe, classes=(1, 2), seed=3, steps=4)
+    assert set(calls) == {"high", "low"}
+    assert len(calls["high"]) == len(calls["low"]) == 2 * 2 * 2          # 2 steps x (cond, uncond) x 2 classes
+    assert (calls["high"].t >= 500).all() and (calls["low"].t < 500).all()
+    c = calls["low"]
+    with torch.no_grad():
+        y = pipe.model_low(hidden_states=c.x[:2], timestep=c.t[:2], encoder_hidden_states=c.enc[:2],
+                           return_dict=False)[0]
+    assert torch.equal(y, c.target[:2])
