@@ -156,8 +156,10 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         st = torch.load(path, weights_only=True)
-        if st["config"] != asdict(self.cfg):
-            diff = {k: (st["config"].get(k), v) for k, v in asdict(self.cfg).items() if st["config"].get(k) != v}
+        # the wall-time cap may change between sessions (that is what resuming is for); nothing else may
+        diff = {k: (st["config"].get(k), v) for k, v in asdict(self.cfg).items()
+                if k != "minutes" and st["config"].get(k) != v}
+        if diff:
             raise ValueError(f"qvdit train --resume: checkpoint {path} was made with other settings "
                              f"(checkpoint, now): {diff}")
         if len(st["params"]) != len(self.params) or any(a.shape != b.shape for a, b in zip(st["params"], self.params)):
