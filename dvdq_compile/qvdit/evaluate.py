@@ -93,7 +93,8 @@ def _backend_row(pipe, ec, fp, options: dict) -> tuple[dict, float]:
     return _scores(v, fp), time.perf_counter() - t0
 
 
-def evaluate(artifacts_dir: Path, ec: EvalConfig = EvalConfig(), settings=tuple(SETTINGS)) -> dict:
+def evaluate(artifacts_dir: Path, ec: EvalConfig = EvalConfig(), settings=tuple(SETTINGS),
+             baselines: bool = True) -> dict:
     from ..zoo import load_pipeline
 
     pipe = load_pipeline()
@@ -112,12 +113,15 @@ def evaluate(artifacts_dir: Path, ec: EvalConfig = EvalConfig(), settings=tuple(
         sc, t = _eager_row(pipe, ec, fp, cfg, arts)
         rows.append({"label": f"qvdit {cfg.label}", "kind": "trained (eager, integer reference)", **sc,
                      "sample_seconds": t, "train_seconds": secs, "train_iters": iters})
+        if not baselines:
+            continue
         sc, t = _eager_row(pipe, ec, fp, replace(cfg, lora=False), None)
         rows.append({"label": f"RTN {cfg.label}", "kind": "untrained (eager, integer reference)", **sc,
                      "sample_seconds": t, "train_seconds": 0.0})
     for label, opts in (("MinMax W3A6 (backend)", {"recipe": "minmax", "weight_bits": 3, "act_bits": 6}),
                         ("DVD-Quant W3A6 (backend)", {"recipe": "dvdquant", "weight_bits": 3, "act_bits": 6}),
-                        ("DVD-Quant W4A6 (backend)", {"recipe": "dvdquant", "weight_bits": 4, "act_bits": 6})):
+                        ("DVD-Quant W4A6 (backend)", {"recipe": "dvdquant", "weight_bits": 4, "act_bits": 6})
+                        ) if baselines else ():
         sc, t = _backend_row(pipe, ec, fp, opts)
         rows.append({"label": label, "kind": "backend " + json.dumps(opts), **sc, "sample_seconds": t,
                      "train_seconds": 0.0})
@@ -161,10 +165,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=EvalConfig.seed)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=sorted(SETTINGS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-baselines", action="store_true", help="trained rows only (no RTN / backend rows)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     ec = EvalConfig(tuple(a.classes), a.seed, a.steps)
-    res = evaluate(a.artifacts, ec, tuple(a.settings))
+    res = evaluate(a.artifacts, ec, tuple(a.settings), baselines=not a.no_baselines)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(a.out) + ".json").write_text(json.dumps(res, indent=1) + "\n")
     md = to_markdown(res)
