@@ -1,0 +1,127 @@
+"""The ``qvdit`` artifact: the learned TQE tensors of one model as safetensors + a JSON manifest.
+
+Tensors are stored as ``<layer>::<name>`` (``lora_A``, ``lora_B``, ``a1``, ``b1``, ``mask``); the manifest (in the
+safetensors metadata and beside it as ``<path>.json``) holds the recipe, its bits, every layer's bits and weight
+fingerprint (``dvdq_compile.calibrate.weight_fingerprint``), the layers kept at W8A8 in the faithful setting, and the
+model fingerprint. Loading into a model whose weights differ is refused with a ``ValueError`` naming the layer, as
+for the calibration artifacts. The (Δ, z) of each layer are not stored: they are MinMax of the model's own weight,
+recomputed bit-exactly on load.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..calibrate import model_fingerprint, weight_fingerprint
+from .swap import QVDiTConfig, install, tqe_layers
+from .tqe import TQEConfig
+
+FORMAT = "dvdq-qvdit/1"
+
+
+@dataclass
+class QVDiTArtifact:
+    cfg: QVDiTConfig
+    layers: dict[str, TQEConfig]
+    weights: dict[str, str]                       # layer -> weight fingerprint
+    tensors: dict[str, dict[str, torch.Tensor]]   # layer -> learned tensors
+    frames: dict[str, int | None] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.weights)
+
+    @property
+    def kept_w8a8(self) -> list[str]:
+        return [n for n, lc in self.layers.items() if (lc.weight_bits, lc.act_bits) == (8, 8)]
+
+    @classmethod
+    def from_model(cls, model: nn.Module, cfg: QVDiTConfig, meta: dict | None = None) -> QVDiTArtifact:
+        layers = tqe_layers(model)
+        if not layers:
+            raise ValueError("qvdit artifact: the model has no TQE layers (install them with qvdit.swap.install)")
+        return cls(cfg, {n: m.cfg for n, m in layers.items()},
+                   {n: weight_fingerprint(m.weight) for n, m in layers.items()},
+                   {n: {k: v.clone() for k, v in m.learned().items()} for n, m in layers.items()},
+                   {n: m.frames for n, m in layers.items()}, dict(meta or {}))
+
+    def manifest(self) -> dict:
+        cfg = asdict(self.cfg)
+        return {"format": FORMAT, "recipe": "qvdit", "config": cfg, "label": self.cfg.label,
+                "fingerprint": self.fingerprint, "kept_w8a8": self.kept_w8a8,
+                "layers": {n: {"config": asdict(lc), "weight": self.weights[n], "frames": self.frames.get(n),
+                               "tensors": sorted(self.tensors[n])} for n, lc in self.layers.items()},
+                "meta": self.meta}
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        flat = {f"{n}::{k}": v.detach().cpu().contiguous() for n, ts in self.tensors.items() for k, v in ts.items()}
+        man = self.manifest()
+        save_file(flat, str(path), metadata={"manifest": json.dumps(man)})
+        Path(str(path) + ".json").write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> QVDiTArtifact:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"qvdit artifact: no file at {path}")
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("manifest")
+            if raw is None:
+                raise ValueError(f"qvdit artifact: {path} has no manifest (not a qvdit artifact)")
+            man = json.loads(raw)
+            if man.get("format") != FORMAT:
+                raise ValueError(f"qvdit artifact: {path} has format {man.get('format')!r}, expected {FORMAT!r}")
+            c = man["config"]
+            for k in ("mlp", "weight_only", "temporal"):
+                c[k] = tuple(c[k])
+            cfg = QVDiTConfig(**c)
+            layers, weights, tensors, frames = {}, {}, {}, {}
+            for n, info in man["layers"].items():
+                layers[n] = TQEConfig(**info["config"])
+                weights[n] = info["weight"]
+                frames[n] = info["frames"]
+                tensors[n] = {k: f.get_tensor(f"{n}::{k}") for k in info["tensors"]}
+        art = cls(cfg, layers, weights, tensors, frames, dict(man.get("meta", {}), path=str(path)))
+        if art.fingerprint != man["fingerprint"]:
+            raise ValueError(f"qvdit artifact: {path} is corrupt (manifest fingerprint {man['fingerprint']} != "
+                             f"{art.fingerprint} recomputed from its layers)")
+        return art
+
+    def check(self, model: nn.Module) -> None:
+        """Raise unless every layer of this artifact exists in ``model`` with the weight it was trained on."""
+        where = self.meta.get("path", "(in memory)")
+        for n, want in self.weights.items():
+            try:
+                mod = model.get_submodule(n)
+            except AttributeError:
+                raise ValueError(f"qvdit artifact {where}: layer {n!r} does not exist in this model") from None
+            got = weight_fingerprint(mod.weight)
+            if got != want:
+                raise ValueError(f"qvdit artifact {where} was trained for a different model: layer {n!r} has weight "
+                                 f"fingerprint {got}, the artifact expects {want}. Train qvdit on this model "
+                                 "(python -m dvdq_compile.qvdit.train) or pass the artifact made for it.")
+
+    def apply(self, model: nn.Module) -> dict:
+        """Install the TQE layers into ``model`` (in place) with the learned tensors; checks the weights first."""
+        self.check(model)
+        layers = install(model, self.cfg, plan=self.layers)
+        with torch.no_grad():
+            for n, m in layers.items():
+                if m.frames != self.frames.get(n):
+                    raise ValueError(f"qvdit artifact: layer {n!r} has a token mask over {self.frames.get(n)} frames "
+                                     f"in the artifact, {m.frames} in this install")
+                for k, v in self.tensors[n].items():
+                    getattr(m, k).copy_(v)
+        return layers
