@@ -10,7 +10,8 @@ from .api import controller, report, requantize, share_controller
 from .backend import dvdquant
 from .calibrate import Calibration, calibrate
 from .config import QuantConfig
+from .recipes.svdquant_gptq_ts import SVDQuantTSConfig, calibrate_svdquant_ts
 
-__all__ = ["Calibration", "QuantConfig", "calibrate", "controller", "dvdquant", "report", "requantize",
-           "share_controller"]
+__all__ = ["Calibration", "QuantConfig", "SVDQuantTSConfig", "calibrate", "calibrate_svdquant_ts", "controller",
+           "dvdquant", "report", "requantize", "share_controller"]
 __version__ = "0.1.0"
