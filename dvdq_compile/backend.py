@@ -7,6 +7,7 @@ Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), s
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -113,6 +114,11 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
         plain = fx.GraphModule(gm, gm.graph)
         variants = {cfg.act_variants[-1]: _lower(plain, examples, cfg, kwargs.get("mode"))}
     report = _report(sites, example_inputs, cfg, impl, why)
+    if extras is not None:  # the 16-bit branch and tables are memory too
+        for row in report.layers:
+            if row.name in extras.sites:
+                row.bytes_after += sum(math.prod(e.shape) * e.dtype.itemsize for e in extras.inputs
+                                       if e.site == row.name)
     report.compile_seconds = time.perf_counter() - t0
     log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
     params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]

@@ -147,3 +147,56 @@ def test_config_errors():
     cfg = QuantConfig.from_options({"recipe": "svdquant_gptq_ts", "artifact": ["a", "b"]})
     assert cfg.artifact == ("a", "b") and hash(cfg)
     assert dataclasses.replace(FAST, timestep_bins=None).timestep_bins is None
+
+
+def test_clip_search_picks_the_known_best_per_bin():
+    """Bin 1 (t >= 500): Gaussian tokens; bin 0: the same plus one 40x spike per 64-group of every token, where
+    clipping the spike pays off. The ratio chosen per bin must be the brute-force argmin of the measured output
+    error over the grid on that bin's activations, and the two bins must differ (the constructed 'known best')."""
+    model = One()
+    g = torch.Generator().manual_seed(11)
+    hi = [torch.randn(1, 64, 128, generator=g) for _ in range(2)]
+    lo = [torch.randn(1, 64, 128, generator=g) for _ in range(2)]
+    for x in lo:
+        x[..., ::64] *= 40
+    cfg = dataclasses.replace(FAST, rank=0, gptq=False, alphas=(0.0,))
+    cal = calibrate_svdquant_ts(model, _run(hi + lo, [900.0, 800.0, 100.0, 200.0]), cfg)
+    e = {k: cal.extras[f"blocks.0.lin::{k}"] for k in ("lam", "packed", "scale", "zero", "clip")}
+    from dvdq_compile.quant import dequantize_act
+    from dvdq_compile.quant.minmax import dequantize
+    from dvdq_compile.quant.pack import unpack
+    r = dequantize(unpack(e["packed"], 4), e["scale"], e["zero"])
+    w = model.blocks[0].lin.weight.detach()
+
+    def best(xs):
+        errs = []
+        for c in cfg.clip_grid:
+            err = 0.0
+            for x in xs:
+                x2 = x.reshape(-1, 128)
+                xh = x2 / e["lam"]
+                xq = dequantize_act(*quantize_act(xh, 4, 64, clip=torch.tensor([c], dtype=torch.float32)))
+                err += float((x2 @ w.T - xq @ r.T).double().square().sum())
+            errs.append(err)
+        return cfg.clip_grid[min(range(len(errs)), key=errs.__getitem__)]
+    want = [best(lo), best(hi)]
+    assert e["clip"].tolist() == pytest.approx(want), (e["clip"], want)
+    assert want[0] != want[1]
+
+
+def test_layer_sqnr_measures_the_extras_path():
+    """dvdq eval's per-layer SQNR rebuilds the recipe's path (smoothing, clip, low-rank): it must equal the SQNR of
+    the reference written out here (mean over the clip table's bins)."""
+    from dvdq_compile.eval.layers import layer_sqnr
+    from dvdq_compile.eval.metrics import sqnr_db
+
+    model = One()
+    cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0, 800.0, 200.0]), FAST)
+    x = _xs(4, 1)[0]
+    compiled(model, recipe="svdquant_gptq_ts", artifact=cal)(x, torch.tensor([10.0]))
+    x2 = x.reshape(-1, 128)
+    with torch.no_grad():
+        ref = model.blocks[0].lin(x2)
+        want = sum(sqnr_db(_ref_one(model, cal, x2, t), ref) for t in (100.0, 900.0)) / 2
+    got = layer_sqnr(model, {"blocks.0.lin": [x2]})["blocks.0.lin"]
+    assert got == pytest.approx(want, rel=1e-6) and got > 15
