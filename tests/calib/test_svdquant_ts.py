@@ -200,3 +200,22 @@ def test_layer_sqnr_measures_the_extras_path():
         want = sum(sqnr_db(_ref_one(model, cal, x2, t), ref) for t in (100.0, 900.0)) / 2
     got = layer_sqnr(model, {"blocks.0.lin": [x2]})["blocks.0.lin"]
     assert got == pytest.approx(want, rel=1e-6) and got > 15
+
+
+def test_inductor_and_triton_kernels_match_the_reference():
+    """Inductor lowering (bucketize/index_select of the bin lookup in the lowered graph) with the Triton kernels
+    (interpreter): bit-equal to the reference, one graph across timesteps of both bins."""
+    model = One()
+    cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0, 800.0, 200.0]), FAST)
+    cal.extras["blocks.0.lin::clip"] = torch.tensor([0.6, 1.0])
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    f = torch.compile(model, backend="dvdquant", options={"recipe": "svdquant_gptq_ts", "artifact": cal,
+                                                          "lowering": "inductor", "kernels": "triton",
+                                                          "progress": False})
+    x = _xs(5, 1)[0]
+    with torch.no_grad():
+        for t in (900.0, 100.0, 50.0):
+            assert torch.equal(f(x, torch.tensor([t])), _ref_one(model, cal, x, t)), t
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert next(r for r in report(model).layers if r.name == "blocks.0.lin").kernel == "triton"
