@@ -87,8 +87,9 @@ def calibrate_svdquant_ts(model: torch.nn.Module, run_fn: Callable[[torch.nn.Mod
     model = getattr(model, "_orig_mod", model)
     t0 = time.perf_counter()
     bins = TimestepBins.of(cfg.timestep_bins if cfg.timestep_bins not in (None, 1) else None)
+    by_bin = bins if bins.n > 1 else None  # one bin: the model need not even take a timestep
     cal = calibrate(model, run_fn, hessian=True, layers=layers or default_layers, meta=meta,
-                    timestep_bins=bins, progress=progress)
+                    timestep_bins=by_bin, progress=progress)
     mods = dict(model.named_modules())
     svd_cfg = cfg.svd()
     group_of, plans = {}, {}
@@ -127,7 +128,7 @@ def calibrate_svdquant_ts(model: torch.nn.Module, run_fn: Callable[[torch.nn.Mod
             xq = dequantize_act(*quantize_act(xh, cfg.act_bits, cfg.act_group, clip=c))
             tables[name][b, i] += sum(float((t - xq @ r.T).double().square().sum()) for t, r in targets)
 
-    calibrate(model, run_fn, layers=lambda n, m: n in plans, timestep_bins=bins, observers=observe)
+    calibrate(model, run_fn, layers=lambda n, m: n in plans, timestep_bins=by_bin, observers=observe)
     extras = {}
     clips = {}
     for g, (group, res) in plans.items():

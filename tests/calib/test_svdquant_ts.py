@@ -219,3 +219,14 @@ def test_inductor_and_triton_kernels_match_the_reference():
             assert torch.equal(f(x, torch.tensor([t])), _ref_one(model, cal, x, t)), t
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert next(r for r in report(model).layers if r.name == "blocks.0.lin").kernel == "triton"
+
+
+def test_no_timestep_bins_ablation():
+    model = One()
+    cfg = dataclasses.replace(FAST, timestep_bins=None)
+    cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0]), cfg)
+    assert cal.bins.n == 1 and cal.extras["blocks.0.lin::clip"].shape == (1,)
+    x = _xs(2, 1)[0]
+    f = compiled(model, recipe="svdquant_gptq_ts", artifact=cal)
+    for t in (900.0, 10.0):
+        assert torch.equal(f(x, torch.tensor([t])), _ref_one(model, cal, x, t))
