@@ -334,7 +334,9 @@ def markdown(doc: dict) -> str:
         "the A4 and A8 variants by the calls each served. Relation KL: Q-VDiT's inter-frame relation-matrix KL "
         "(0 = the frame-to-frame similarity structure is preserved). SmoothQuant: α chosen from "
         f"{list(ALPHAS)} by calibration-set PSNR (classes {s['calib_classes']}, seed {s['calib_seed']}, "
-        f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search."),
+        f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search. SVDQuant-GPTQ-TS rows: "
+        "each expert calibrated on the same calibration set (its own timesteps), time = statistics + SVDQuant/GPTQ + "
+        "clip-ratio search; weight MiB includes the 16-bit low-rank branch."),
         "",
     ]
     return "\n".join(lines)
