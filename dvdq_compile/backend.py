@@ -7,6 +7,7 @@ Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), s
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -17,6 +18,7 @@ from . import ops  # noqa: F401  (registers the dvdq ops)
 from .calibrate import as_calibration
 from .codegen.dispatch import resolve
 from .config import QuantConfig
+from .passes.extras import plan_extras
 from .passes.find_linears import LinearSite, find_linears
 from .passes.rewrite import (
     QUANTIZED,
@@ -27,6 +29,7 @@ from .passes.rewrite import (
 )
 from .passes.smooth import plan_smoothing
 from .quant.qweight import quantized_bytes
+from .runtime.extras import ExtrasSource
 from .runtime.graph import CompiledGraph
 from .runtime.report import CompileReport, LayerReport
 
@@ -95,21 +98,57 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     t0 = time.perf_counter()
     sites = find_linears(gm, example_inputs, cfg)
     impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
+    extras = None
+    if cfg.svdquant:  # before assign_impls: an artifact weight's scale grouping decides its kernel
+        extras = plan_extras(sites, example_inputs, _artifacts(cfg))
     assign_impls(sites, cfg, impl)
     cal, smooth_x, smooth_w = None, {}, {}
     if cfg.smooth:
         cal = as_calibration(cfg.artifact)
         smooth_x, smooth_w = plan_smoothing(sites, example_inputs, cfg, cal)
-    weights = weight_inputs(sites, example_inputs, cfg, smooth_w)
-    examples = list(example_inputs) + weight_examples(weights, detect_fake_mode(example_inputs))
+    weights = weight_inputs(sites, example_inputs, cfg, smooth_w, extras)
+    fake_mode = detect_fake_mode(example_inputs)
+    examples = list(example_inputs) + weight_examples(weights, fake_mode) + _extras_examples(extras, fake_mode,
+                                                                                              _device(sites,
+                                                                                                      example_inputs))
+    t_index = _timestep_index(gm)
     params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
     if weights:
-        graphs = {bits: rewrite(gm, sites, weights, cfg, bits, impl, smooth_x) for bits in cfg.act_variants}
+        graphs = {bits: rewrite(gm, sites, weights, cfg, bits, impl, smooth_x, extras, t_index)
+                  for bits in cfg.act_variants}
     else:  # nothing to quantize in this graph: one plain variant
         graphs = {cfg.act_variants[-1]: fx.GraphModule(gm, gm.graph)}
     reads = frozenset().union(*(_param_reads(g, params) for g in graphs.values()))
     variants = {bits: _lower(g, examples, cfg, kwargs.get("mode")) for bits, g in graphs.items()}
     report = _report(sites, example_inputs, cfg, impl, why)
+    if extras is not None:  # the 16-bit branch and tables are memory too
+        for row in report.layers:
+            if row.name in extras.sites:
+                row.bytes_after += sum(math.prod(e.shape) * e.dtype.itemsize for e in extras.inputs
+                                       if e.site == row.name)
     report.compile_seconds = time.perf_counter() - t0
     log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
-    return CompiledGraph(variants, weights, cfg, report, _timestep_index(gm), params, calibration=cal, reads=reads)
+    source = ExtrasSource(extras, weights) if extras is not None and extras.sites else None
+    return CompiledGraph(variants, weights, cfg, report, t_index, params, calibration=cal, extras=source,
+                         reads=reads)
+
+
+def _artifacts(cfg: QuantConfig) -> list:
+    """The ``artifact`` option as a list of Calibrations (one per model/expert sharing the compiled graph)."""
+    arts = cfg.artifact if isinstance(cfg.artifact, (list, tuple)) else [cfg.artifact]
+    out = [as_calibration(a) for a in arts]
+    for c in out:
+        ag = (c.meta.get("config") or {}).get("act_group")
+        if ag is not None and ag != cfg.group:
+            raise ValueError(f"dvdquant option group={cfg.group} differs from the activation group {ag} the artifact "
+                             f"{c.meta.get('path', '(in memory)')} was calibrated (clip ratios searched) with")
+    return out
+
+
+def _extras_examples(extras, fake_mode, device) -> list:
+    if extras is None:
+        return []
+    if fake_mode is not None:
+        with fake_mode:
+            return _extras_examples(extras, None, device)
+    return [torch.empty(e.shape, dtype=e.dtype, device=device) for e in extras.inputs]

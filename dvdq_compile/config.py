@@ -52,12 +52,16 @@ ALLOWED: dict[str, str] = {
     "bgr_max_iter": "an int >= 1: BGR refinement iteration cap",
     "progress": "bool: progress bar while weights are quantized",
     "artifact": "None, or a dvdq_compile.Calibration / the path of one saved by Calibration.save "
-                "(calibrated recipes: smoothquant)",
+                "(calibrated recipes: smoothquant, svdquant_gptq_ts), or (svdquant) a list of them, one per model "
+                "sharing the compiled graph (Wan 2.2 experts), matched by weight fingerprint",
     "smooth": "bool: SmoothQuant smoothing of the quantized linears from the artifact's activation ranges "
               "(needs 'artifact')",
     "smooth_alpha": "a float in [0, 1]: SmoothQuant migration strength alpha",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
+    "svdquant": "bool: apply the artifact's per-layer extras (smoothing, 16-bit low-rank branch, precomputed "
+                "GPTQ residual, per-timestep-bin clip ratios; made by dvdq_compile.calibrate_svdquant_ts) to the "
+                "layers it covers (needs 'artifact'; recipe svdquant_gptq_ts)",
 }
 
 
@@ -96,6 +100,7 @@ class QuantConfig:
     smooth: bool = False
     smooth_alpha: float = 0.5
     free_weights: bool = False
+    svdquant: bool = False
     # Set by recipes, not by users: the modulation (adaLN) name pattern.
     modulation_pattern: str = field(default=DEFAULT_MODULATION_PATTERN, repr=False)
 
@@ -121,6 +126,8 @@ class QuantConfig:
             if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
                 _fail(k, v)
             base[k] = tuple(v)
+        if isinstance(base.get("artifact"), list):
+            base["artifact"] = tuple(base["artifact"])  # QuantConfig is hashed
         cfg = cls(**base)
         cfg.validate()
         return cfg
@@ -189,8 +196,25 @@ class QuantConfig:
         if not isinstance(self.progress, bool):
             _fail("progress", self.progress)
         from .calibrate import Calibration
-        if self.artifact is not None and not isinstance(self.artifact, (str, os.PathLike, Calibration)):
+        one = (str, os.PathLike, Calibration)
+        if self.artifact is not None and not isinstance(self.artifact, one) and not (
+                isinstance(self.artifact, tuple) and self.artifact and all(isinstance(a, one) for a in self.artifact)):
             _fail("artifact", self.artifact)
+        if isinstance(self.artifact, tuple) and self.smooth:
+            raise ValueError("dvdquant option smooth=True takes one artifact, not a list (SmoothQuant's factors are "
+                             "graph constants; use recipe svdquant_gptq_ts for per-expert artifacts)")
+        if not isinstance(self.svdquant, bool):
+            _fail("svdquant", self.svdquant)
+        if self.svdquant:
+            if self.artifact is None:
+                raise ValueError(f"dvdquant recipe {self.recipe!r} / option svdquant=True needs its artifact(s): "
+                                 "pass options={'artifact': [dvdq_compile.calibrate_svdquant_ts(model, run_fn), ...]} "
+                                 "(or saved paths), one per expert")
+            if self.smooth or self.rotate or self.act_scale != "group":
+                raise ValueError("dvdquant option svdquant=True needs smooth=False, rotate=False and "
+                                 f"act_scale='group' (got smooth={self.smooth}, rotate={self.rotate}, "
+                                 f"act_scale={self.act_scale!r}): the artifact's factors are for unrotated, "
+                                 "per-(token, group) quantized activations")
         if not isinstance(self.smooth, bool):
             _fail("smooth", self.smooth)
         if isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, (int, float)) or \

@@ -5,7 +5,8 @@
 
 Ops (shapes: ``x`` [..., K], weights [N, ·], M = prod(leading dims)):
 
-- ``dvdq::act_quant(x, bits, group, rotate, sign_seed, impl) -> (codes int8 [..., K], scales fp32 [..., K/group])``
+- ``dvdq::act_quant(x, bits, group, rotate, sign_seed, impl, clip=None) -> (codes int8 [..., K], scales fp32
+  [..., K/group])``; ``clip`` an optional one-element fp32 tensor c: scale = (absmax·c)/qmax (clip-ratio recipes)
 - ``dvdq::qlinear(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, impl) -> y [..., N] out_dtype``
 - ``dvdq::fused_qlinear(x, packed, wscale, wzero, bias?, wbits, abits, group, rotate, sign_seed, impl) -> y``
   (rotate + quantize + GEMM in one launch; same numbers as act_quant → qlinear)
@@ -43,16 +44,17 @@ def _kernels():
 
 
 @torch.library.custom_op("dvdq::act_quant", mutates_args=())
-def act_quant(x: Tensor, bits: int, group: int, rotate: int, sign_seed: int, impl: str) -> tuple[Tensor, Tensor]:
+def act_quant(x: Tensor, bits: int, group: int, rotate: int, sign_seed: int, impl: str,
+              clip: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     _check_x(x, "act_quant")
     _check_impl(impl)
     if impl == "triton":
-        return _kernels().act_quant(x, bits, group, rotate, sign_seed)
-    return quant.quantize_act(x, bits, group, rotate, sign_seed)
+        return _kernels().act_quant(x, bits, group, rotate, sign_seed, clip=clip)
+    return quant.quantize_act(x, bits, group, rotate, sign_seed, clip=clip)
 
 
 @act_quant.register_fake
-def _(x, bits, group, rotate, sign_seed, impl):
+def _(x, bits, group, rotate, sign_seed, impl, clip=None):
     k = x.shape[-1]
     return (x.new_empty(x.shape, dtype=torch.int8),
             x.new_empty((*x.shape[:-1], k // group), dtype=torch.float32))

@@ -3,7 +3,7 @@
 Reference: :func:`dvdq_compile.quant.quantize_act` (the specification; DESIGN §4)::
 
     x̃ = x · (I ⊗ D·H_r)                      # block Hadamard, block r = ``rotate`` (0: no rotation)
-    s[m, g] = max_{k∈g} |x̃[m, k]| / qmax      # qmax = 2^(bits-1) - 1
+    s[m, g] = max_{k∈g} |x̃[m, k]| / qmax      # qmax = 2^(bits-1) - 1; with a clip ratio c: (max·c) / qmax
     codes[m, k] = clamp(round_half_even(x̃[m, k] / s[m, g]), -qmax, qmax)   # all-zero group: s = 0, codes 0
 
 Cost (``cost.act_quant_cost``): FLOPs ``2·M·K·r`` (dense per-block Hadamard) + ``≈4·M·K`` (absmax, divide,
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..quant.act import qmax_for
+from ..quant.act import clip_value, qmax_for
 from ..quant.hadamard import NO_SIGNS
 from .tl_common import (INTERPRET, NAN, USE_RINT, as_rows, configs, hadamard_for, is_pow2, m_bucket, quantize_rows,
                         rotate_tile, row_absmax)
@@ -42,12 +42,12 @@ _CONFIGS = configs(
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "K", "T", "GROUP", "ROT", "PER_TOKEN"])
 @triton.jit
 def _act_quant_kernel(
-    x_ptr, h_ptr, c_ptr, s_ptr,
+    x_ptr, h_ptr, c_ptr, s_ptr, clip_ptr,
     M, K, M_BUCKET,
     stride_xm, stride_cm, stride_sm,
     QMAX: tl.constexpr, GROUP: tl.constexpr, T: tl.constexpr,
     ROT: tl.constexpr, ROT_MODE: tl.constexpr, ROT_SCALE: tl.constexpr,
-    PER_TOKEN: tl.constexpr, USE_RINT: tl.constexpr,
+    PER_TOKEN: tl.constexpr, USE_RINT: tl.constexpr, HAS_CLIP: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -73,6 +73,8 @@ def _act_quant_kernel(
             xr = x.to(tl.float32)
         x3 = tl.reshape(xr, (BLOCK_M, T // GROUP, GROUP))
         amax = row_absmax(x3, 2)
+        if HAS_CLIP:
+            amax = amax * tl.load(clip_ptr)
         c, s = quantize_rows(x3, amax[:, :, None], QMAX, USE_RINT)
         tl.store(c_rows + offs_k[None, :], tl.reshape(c, (BLOCK_M, T)).to(tl.int8), mask=mask_m[:, None])
         offs_g = tl.program_id(1) * (T // GROUP) + tl.arange(0, T // GROUP)
@@ -95,6 +97,8 @@ def _act_quant_kernel(
             amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
             nans = tl.maximum(nans, tl.max((xr != xr).to(tl.int32), axis=1))
         amax = tl.where(nans > 0, NAN, amax)
+        if HAS_CLIP:
+            amax = amax * tl.load(clip_ptr)
         for k0 in range(0, K, T):
             offs_k = k0 + tl.arange(0, T)
             mask = mask_m[:, None] & (offs_k[None, :] < K)
@@ -145,8 +149,11 @@ def supports_act_quant(group: int, rotate: int, k: int) -> bool:
 
 
 def act_quant(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed: int = NO_SIGNS,
-              out: tuple[torch.Tensor, torch.Tensor] | None = None):
+              out: tuple[torch.Tensor, torch.Tensor] | None = None, clip=None):
     """Triton twin of :func:`quant.quantize_act`: ``(codes int8 [..., K], scales fp32 [..., K/group])``.
+
+    ``clip``: optional clip ratio (float or one-element tensor), read by the kernel from memory so a new value
+    (the next timestep bin) needs no recompilation.
 
     ``out``: optional preallocated contiguous ``(codes, scales)`` to write into (tests poison them).
     """
@@ -164,6 +171,7 @@ def act_quant(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed
         if (tuple(codes.shape) != cshape or codes.dtype != torch.int8 or tuple(scales.shape) != sshape
                 or scales.dtype != torch.float32 or not codes.is_contiguous() or not scales.is_contiguous()):
             raise ValueError(f"out must be contiguous int8 {cshape} and fp32 {sshape}")
+    c1 = clip_value(clip)
     x2 = as_rows(x)
     m = x2.shape[0]
     if m == 0 or k == 0:
@@ -176,8 +184,8 @@ def act_quant(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed
     grid = (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)) if per_token else \
         (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), k // t))
     _act_quant_kernel[grid](
-        x2, h, c2, s2, m, k, m_bucket(m), x2.stride(0), c2.stride(0), s2.stride(0),
+        x2, h, c2, s2, c1.to(x.device) if c1 is not None else s2, m, k, m_bucket(m), x2.stride(0), c2.stride(0), s2.stride(0),
         QMAX=qmax, GROUP=group if not per_token else 1, T=t, ROT=rotate, ROT_MODE=mode, ROT_SCALE=rscale,
-        PER_TOKEN=per_token, USE_RINT=USE_RINT,
+        PER_TOKEN=per_token, USE_RINT=USE_RINT, HAS_CLIP=c1 is not None,
     )
     return codes, scales

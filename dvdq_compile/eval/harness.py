@@ -8,6 +8,11 @@ output SQNR on captured full-precision inputs (mean and worst layer), average ac
 SmoothQuant rows are calibrated on a separate calibration set (other classes, other seed, fewer steps) and pick
 their migration strength α from ``ALPHAS`` by the calibration-set PSNR of a short sampling run; the chosen α and the
 calibration time are in the results. Nothing of the evaluation set is seen by calibration.
+
+``svdquant_gptq_ts`` rows calibrate each expert on the same calibration set (``calibrate_svdquant_ts``: statistics,
+SVDQuant + GPTQ, and the clip-ratio search per timestep bin, each expert on its own timesteps) and pass both
+artifacts to the compiled graph; their ablations change one setting of ``SVDQuantTSConfig`` (``Row.calib``).
+Their calibration time is the whole per-expert calibration.
 """
 from __future__ import annotations
 
@@ -32,11 +37,16 @@ ALPHAS = (0.25, 0.5, 0.75)
 class Row:
     label: str
     options: dict
-    group: str = ""  # "baseline" | "ablation" | "ours" | "control"
+    group: str = ""  # "baseline" | "ablation" | "ours" | "control" | "peer"
+    calib: tuple = ()  # svdquant_gptq_ts: (field, value) overrides of SVDQuantTSConfig
 
     @property
     def calibrated(self) -> bool:
         return self.options.get("recipe") == "smoothquant"
+
+    @property
+    def svdquant(self) -> bool:
+        return self.options.get("recipe") == "svdquant_gptq_ts"
 
 
 ROWS = (
@@ -54,6 +64,13 @@ ROWS = (
     Row("BGR+ARQ W4A8", {"recipe": "dvdquant", "act_bits": 8}, "ours"),
     Row("BGR+ARQ W4A4", {"recipe": "dvdquant", "act_bits": 4}, "ours"),
     Row("DVD-Quant δ-GBS W4A4/8", {"recipe": "dvdquant", "act_bits": "auto"}, "ours"),
+    Row("SVDQuant-GPTQ-TS W4A4", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer"),
+    Row("SVDQuant-GPTQ-TS W4A4 (no timestep bins)", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer",
+        (("timestep_bins", None),)),
+    Row("SVDQuant-GPTQ-TS W4A4 (no GPTQ)", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer",
+        (("gptq", False),)),
+    Row("SVDQuant-GPTQ-TS W4A4 (no low-rank)", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer",
+        (("rank", 0),)),
 )
 
 
@@ -143,6 +160,28 @@ class Evaluator:
         self.fp_seconds = time.perf_counter() - t0
         self.inputs = [hi] + ([lo] if lo is not None else [])
         self._calib = None
+        self._svd: dict[tuple, tuple[list, float]] = {}
+
+    def svd_artifacts(self, overrides: tuple) -> tuple[list, float]:
+        """Per-expert ``svdquant_gptq_ts`` artifacts for ``SVDQuantTSConfig(**overrides)`` and the seconds spent."""
+        if overrides not in self._svd:
+            from ..recipes.svdquant_gptq_ts import (
+                SVDQuantTSConfig,
+                calibrate_svdquant_ts,
+            )
+
+            s = self.setup
+            cfg = SVDQuantTSConfig(**dict(overrides))
+            t0 = time.perf_counter()
+            arts = []
+            for i, m in enumerate(self.experts):
+                def run(_m, s=s):  # the whole pipeline, so expert i sees exactly its own timesteps
+                    _sample(self.pipe, self.experts, s, s.calib_classes, s.calib_seed, s.calib_steps)
+                arts.append(calibrate_svdquant_ts(m, run, cfg, meta={"classes": list(s.calib_classes),
+                                                                     "seed": s.calib_seed, "steps": s.calib_steps,
+                                                                     "expert": i}))
+            self._svd[overrides] = (arts, time.perf_counter() - t0)
+        return self._svd[overrides]
 
     # -- SmoothQuant calibration ------------------------------------------------------------------------------
     def calibration(self):
@@ -191,6 +230,9 @@ class Evaluator:
             alpha, t_alpha = self.choose_alpha(options)
             options["smooth_alpha"] = alpha
             artifacts, calib_s = cals, t_stats + t_alpha
+        elif row.svdquant:
+            arts, calib_s = self.svd_artifacts(row.calib)
+            artifacts = [arts] * len(self.experts)  # every expert's graph gets all artifacts (Dynamo may share it)
         t0 = time.perf_counter()
         comp = _compile(self.experts, options, self.setup, artifacts)
         with torch.no_grad():
@@ -278,7 +320,8 @@ def markdown(doc: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
-        extra = f" (α={r['alpha']:g}, calib {r['calib_seconds']:.0f} s)" if r.get("alpha") is not None else ""
+        extra = f" (α={r['alpha']:g}, calib {r['calib_seconds']:.0f} s)" if r.get("alpha") is not None else \
+            (f" (calib {r['calib_seconds']:.0f} s)" if r.get("calib_seconds") else "")
         lines.append(
             f"| {r['label']}{extra} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['frame_diff_corr']:.4f} | "
             f"{r['relation_kl']:.2e} | {r['rel_l2']:.4f} | {r['sqnr_mean']:.1f} / {r['sqnr_worst']:.1f} | "
@@ -291,7 +334,9 @@ def markdown(doc: dict) -> str:
         "the A4 and A8 variants by the calls each served. Relation KL: Q-VDiT's inter-frame relation-matrix KL "
         "(0 = the frame-to-frame similarity structure is preserved). SmoothQuant: α chosen from "
         f"{list(ALPHAS)} by calibration-set PSNR (classes {s['calib_classes']}, seed {s['calib_seed']}, "
-        f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search."),
+        f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search. SVDQuant-GPTQ-TS rows: "
+        "each expert calibrated on the same calibration set (its own timesteps), time = statistics + SVDQuant/GPTQ + "
+        "clip-ratio search; weight MiB includes the 16-bit low-rank branch."),
         "",
     ]
     return "\n".join(lines)
@@ -304,7 +349,8 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = doc["rows"]
-    colours = {"control": "grey", "baseline": "tab:blue", "ablation": "tab:orange", "ours": "tab:green"}
+    colours = {"control": "grey", "baseline": "tab:blue", "ablation": "tab:orange", "ours": "tab:green",
+               "peer": "tab:purple"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(rows) + 1.5), sharey=True)
     labels = [r["label"] for r in rows]
     for ax, key, title in zip(axes, ("psnr", "ssim", "sqnr_mean"),

@@ -60,6 +60,21 @@ def _graph_weights(model):
     return out
 
 
+def extras_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, ex, act_bits: int, clip) -> torch.Tensor:
+    """The output of one extras layer (``passes/extras.py``: smoothing, artifact weight, clip, low-rank branch)."""
+    ops = torch.ops.dvdq
+    xh = torch.mul(x, (1.0 / ex.pre_scale.float()).to(x.device)).to(x.dtype) if ex.pre_scale is not None else x
+    c = None if clip is None else torch.as_tensor(clip, dtype=torch.float32).reshape(1)
+    codes, scales = ops.act_quant(xh, act_bits, cfg.group, 0, cfg.seed, "reference", c)
+    packed, scale, zero = (t.to(x.device) for t in ex.qweight)
+    y = ops.qlinear(codes, scales, packed, scale, zero, lin.bias, cfg.weight_bits, x.dtype, "reference")
+    if ex.lowrank is not None:
+        from ..passes.rewrite import _dequant_act
+        u = xh if ex.lowrank_input == "x" else _dequant_act(codes, scales, x.dtype)
+        y = y + (u @ ex.lowrank[0].to(u)) @ ex.lowrank[1].to(u)
+    return y
+
+
 def quantized_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, spec, pre_scale, decision: str, act_bits: int):
     """The output of one quantized linear on ``x`` [M, K], as the rewritten graph computes it."""
     ops = torch.ops.dvdq
@@ -90,6 +105,9 @@ def layer_sqnr(model, inputs: dict[str, list[torch.Tensor]]) -> dict[str, float]
     modules = dict(base.named_modules())
     rows = {r.name: r for r in report(model).layers}
     out = {}
+    from ..api import _graphs_of
+
+    bound = {id(g): params for g, params in _graphs_of(model)}
     for name, (g, w) in _graph_weights(model).items():
         row, lin = rows.get(name), modules.get(name)
         if row is None or lin is None or name not in inputs or row.decision not in ("quantize", "weight_only"):
@@ -101,7 +119,21 @@ def layer_sqnr(model, inputs: dict[str, list[torch.Tensor]]) -> dict[str, float]
         for bits, calls in g.calls.items():
             if total and not calls:
                 continue
+            if w.source == "artifact":
+                acc += _extras_sqnr(x, ref, lin, g, name, bound[id(g)], bits) * ((calls / total) if total else
+                                                                           1 / len(g.calls))
+                continue
             y = quantized_output(x, lin, g.cfg, w.spec, w.pre_scale, row.decision, bits)
             acc += sqnr_db(y.float(), ref.float()) * ((calls / total) if total else 1 / len(g.calls))
         out[name] = acc
     return out
+
+
+def _extras_sqnr(x, ref, lin, g, name, params, bits) -> float:
+    """An extras layer's SQNR. Captured inputs carry no timestep, so with a clip table it is the mean over the
+    timestep bins of the SQNR with each bin's clip ratio (a bin the layer's expert never runs counts too)."""
+    from ..passes.extras import extras_from_artifact
+
+    ex = extras_from_artifact(g.extras._pick(params), name)
+    clips = [None] if ex.clip is None else [float(c) for c in ex.clip]
+    return sum(sqnr_db(extras_output(x, lin, g.cfg, ex, bits, c).float(), ref.float()) for c in clips) / len(clips)

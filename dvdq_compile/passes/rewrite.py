@@ -48,10 +48,11 @@ class WeightInput:
     device: torch.device
     layers: list[str] = field(default_factory=list)
     pre_scale: torch.Tensor | None = None  # SmoothQuant's s [K]: the weight is quantized as W·diag(s)
+    source: str = "cache"  # "artifact": the quantized tensors come precomputed from the model's artifact (extras)
 
 
 def weight_inputs(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
-                  pre_scales: dict[int, torch.Tensor] | None = None) -> list[WeightInput]:
+                  pre_scales: dict[int, torch.Tensor] | None = None, extras=None) -> list[WeightInput]:
     from .smooth import scale_key
 
     out: dict[int, WeightInput] = {}
@@ -60,6 +61,11 @@ def weight_inputs(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
     for s in sites:
         if s.decision not in QUANTIZED:
             continue
+        if extras is not None and s.name in extras.weight_group:  # precomputed in the artifact (one user)
+            sp = dataclasses.replace(spec, method="minmax", rotate=0, group=extras.weight_group[s.name],
+                                     pre_scale="artifact")
+            out[s.w_index] = WeightInput(s.w_index, sp, s.n, s.k, example_inputs[s.w_index].device,
+                                         source="artifact")
         if s.w_index not in out:
             ps = pre_scales.get(s.w_index)
             sp = dataclasses.replace(spec, pre_scale=scale_key(ps)) if ps is not None else spec
@@ -118,10 +124,37 @@ def _smoothed(new: fx.GraphModule, x: fx.Node, s: torch.Tensor, dtype, before: f
     return y
 
 
+def _timestep_bin(new: fx.GraphModule, t: fx.Node, edges: tuple, before: fx.Node) -> fx.Node:
+    """``bucketize(t.flatten()[:1], edges, right=True)`` (int64 [1]) in the graph: the timestep bin of this call,
+    read by every clip-ratio lookup with no host sync and no recompilation per step."""
+    new.register_buffer("dvdq_tbins", torch.tensor(edges, dtype=torch.float32))
+    g = new.graph
+    with g.inserting_before(before):
+        flat = g.call_method("reshape", (t, -1))
+        first = g.call_function(operator.getitem, (flat, slice(None, 1)))
+        tf = g.call_method("to", (first, torch.float32))
+        edges_n = g.get_attr("dvdq_tbins")
+        return g.call_function(torch.bucketize, (tf, edges_n), {"right": True})
+
+
+def _extras_placeholders(g: fx.Graph, last: fx.Node, ref: fx.Node, plan) -> tuple[list[fx.Node], fx.Node]:
+    nodes = []
+    for e in plan.inputs:
+        with g.inserting_after(last):
+            last = g.placeholder(f"dvdq_x_{e.site.replace('.', '_')}_{e.kind}")
+        fake = _fake_like(ref, torch.empty(e.shape, dtype=e.dtype, device="meta"))
+        if fake is not None:
+            last.meta["example_value"] = last.meta["val"] = fake
+        nodes.append(last)
+    return nodes, last
+
+
 def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInput], cfg: QuantConfig,
-            act_bits: int, impl: str, smooth: dict[fx.Node, torch.Tensor] | None = None) -> fx.GraphModule:
+            act_bits: int, impl: str, smooth: dict[fx.Node, torch.Tensor] | None = None, extras=None,
+            timestep_index: int | None = None) -> fx.GraphModule:
     """A new GraphModule with the quantized linears of ``sites`` at ``act_bits`` activations; activations in
-    ``smooth`` (original graph nodes) are divided by their SmoothQuant factors first."""
+    ``smooth`` (original graph nodes) are divided by their SmoothQuant factors first; sites in ``extras`` (a
+    ``passes.extras.ExtrasPlan``) get their smoothing, clip-ratio and low-rank extras (see that module)."""
     new, val_map = _copy(gm)
     g = new.graph
     placeholders = [n for n in g.nodes if n.op == "placeholder"]
@@ -138,6 +171,17 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
                 last.meta["example_value"] = last.meta["val"] = fake
             nodes.append(last)
         extra[wi.arg_index] = tuple(nodes)
+    ext_nodes: list[fx.Node] = []
+    if extras is not None and extras.inputs:
+        ext_nodes, last = _extras_placeholders(g, last, placeholders[0], extras)
+    tbin = None
+    if extras is not None and extras.bins.n > 1 and extras.has_clip:
+        if timestep_index is None:
+            raise ValueError("dvdquant: the artifact has per-timestep-bin clip ratios but the compiled graph has no "
+                             "`timestep` input (call the model with timestep=...); calibrate with timestep_bins=None "
+                             "for a model without one")
+        first_use = next(n for n in g.nodes if n.op != "placeholder")
+        tbin = _timestep_bin(new, placeholders[timestep_index], extras.bins.edges, first_use)
 
     seed, rot, wbits = cfg.seed, cfg.rotate_block, cfg.weight_bits
     consumers: dict[fx.Node, int] = {}
@@ -146,10 +190,18 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
             consumers[s.x] = consumers.get(s.x, 0) + 1
     shared: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
     smoothed: dict[fx.Node, fx.Node] = {}
+    ext_shared: dict[tuple, tuple[fx.Node, fx.Node, fx.Node]] = {}
     for s in sites:
         if s.decision not in QUANTIZED:
             continue
         node, x = val_map[s.node], val_map[s.x]
+        if extras is not None and s.name in extras.sites:
+            y = _extras_linear(new, s, node, x, extras, ext_nodes, ext_shared, tbin, extra[s.w_index],
+                               val_map[s.b] if s.b is not None else None, cfg, act_bits, impl)
+            y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
+            node.replace_all_uses_with(y)
+            g.erase_node(node)
+            continue
         if smooth and s.x in smooth and s.decision == "quantize":
             if x not in smoothed:  # first quantized consumer in graph order: the mul goes before it
                 smoothed[x] = _smoothed(new, x, smooth[s.x], s.dtype, node)
@@ -181,3 +233,45 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
     g.lint()
     new.recompile()
     return new
+
+
+def _extras_linear(new, s, node, x, plan, ext_nodes, ext_shared, tbin, wnodes, b, cfg, act_bits, impl):
+    """The quantized linear of an extras site: [x̂ = x·λ⁻¹] → act_quant [clip c(bin)] → qlinear [+ (u·L1)·L2]."""
+    g = new.graph
+    ex, gid = plan.sites[s.name]
+
+    def inp(kind):
+        return ext_nodes[plan.index(s.name, kind)]
+
+    key = (x, gid)
+    with g.inserting_before(node):
+        if key not in ext_shared:  # sites come in graph order: the group's first consumer builds x̂ and its codes
+            xh = x
+            if ex.pre_scale is not None:
+                xh = g.call_function(torch.mul, (x, inp("inv_lam")))
+                if s.dtype is not None and s.dtype != torch.float32:
+                    xh = g.call_method("to", (xh, s.dtype))
+            clip = None
+            if ex.clip is not None:
+                clip = inp("clip") if tbin is None else g.call_function(torch.index_select, (inp("clip"), 0, tbin))
+            aq = g.call_function(torch.ops.dvdq.act_quant.default,
+                                 (xh, act_bits, cfg.group, 0, cfg.seed, act_impl(impl, cfg.group, 0, s.k), clip))
+            ext_shared[key] = (xh, g.call_function(operator.getitem, (aq, 0)),
+                               g.call_function(operator.getitem, (aq, 1)))
+        xh, codes, scales = ext_shared[key]
+        packed, scale, zero = wnodes
+        y = g.call_function(torch.ops.dvdq.qlinear.default,
+                            (codes, scales, packed, scale, zero, b, cfg.weight_bits, s.dtype, s.impl))
+        if ex.lowrank is not None:
+            u = xh
+            if ex.lowrank_input == "xq":  # what the integer GEMM saw: codes·scales per group, in x's dtype
+                u = g.call_function(_dequant_act, (codes, scales, s.dtype))
+            lr = g.call_function(torch.matmul, (g.call_function(torch.matmul, (u, inp("l1"))), inp("l2")))
+            y = g.call_function(torch.add, (y, lr))
+    return y
+
+
+def _dequant_act(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    k, gn = codes.shape[-1], scales.shape[-1]
+    c = codes.to(torch.float32).reshape(*codes.shape[:-1], gn, k // gn)
+    return (c * scales[..., None]).reshape(codes.shape).to(dtype)

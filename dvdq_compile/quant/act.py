@@ -31,10 +31,28 @@ def _prepare(x: torch.Tensor, rotate: int, sign_seed: int) -> torch.Tensor:
     return _rotate(x, rotate, sign_seed) if rotate else x.to(torch.float32)
 
 
-def quantize_act(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed: int = NO_SIGNS):
+def clip_value(clip, where: str = "act_quant") -> torch.Tensor | None:
+    """``clip`` (None, a float or a one-element tensor) as a one-element fp32 tensor.
+
+    Its value (expected in (0, 1]) is not checked: inside a compiled graph it is a device tensor and reading it
+    would cost a host sync per call; the recipes that make clip tables check them when they are built/loaded.
+    """
+    if clip is None:
+        return None
+    c = torch.as_tensor(clip, dtype=torch.float32)
+    if c.numel() != 1:
+        raise ValueError(f"{where}: clip ratio must be one value, got shape {tuple(c.shape)}")
+    return c.reshape(1)
+
+
+def quantize_act(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed: int = NO_SIGNS,
+                 clip=None):
     """Per-(token, K-group) symmetric quantization of ``x`` [..., K].
 
     Returns ``codes`` int8 [..., K] and ``scales`` fp32 [..., K/group] with ``x̃ ≈ codes · scales`` per group.
+    ``clip`` (a ratio c in (0, 1], one value: a float or a one-element tensor, e.g. read from a per-timestep-bin
+    table inside a compiled graph) shrinks every scale to ``s = (absmax·c)/qmax`` (fp32, in that order); values
+    beyond the clipped range saturate at ±qmax. ``c = 1`` is bit-identical to no clip.
     """
     qmax = qmax_for(bits)
     k = x.shape[-1]
@@ -42,7 +60,12 @@ def quantize_act(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_s
         raise ValueError(f"activation scale group {group} does not divide K={k} (shape {tuple(x.shape)})")
     xr = _prepare(x, rotate, sign_seed)
     xg = xr.reshape(*x.shape[:-1], k // group, group)
-    scales = xg.abs().amax(-1) / qmax if xg.numel() else xg.new_zeros(xg.shape[:-1])
+    c = clip_value(clip)
+    if xg.numel():
+        amax = xg.abs().amax(-1)
+        scales = (amax * c.to(amax.device) if c is not None else amax) / qmax
+    else:
+        scales = xg.new_zeros(xg.shape[:-1])
     ok = (torch.isfinite(scales) & (scales > 0))[..., None]
     codes = torch.round(xg / torch.where(ok, scales[..., None], 1.0)).clamp_(-qmax, qmax)
     codes = torch.where(ok, codes, 0.0)  # all-zero or non-finite group: codes 0 (its scale carries the NaN/Inf)

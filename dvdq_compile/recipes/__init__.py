@@ -2,7 +2,8 @@
 
 A recipe says how weights are quantized, how activations are scaled and which kernels run. Users can still
 override any option on top of a recipe. Calibrated recipes take an artifact (``options={"artifact": ...}``, made
-by ``dvdq_compile.calibrate``): ``smoothquant`` now; SVDQuant+GPTQ and Q-VDiT later.
+by ``dvdq_compile.calibrate``): ``smoothquant``; ``svdquant_gptq_ts`` (artifact per expert from
+``dvdq_compile.calibrate_svdquant_ts``, see ``recipes/svdquant_gptq_ts.py``); Q-VDiT later.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ _RECIPES = {r.name: r for r in (
     Recipe("smoothquant", "SmoothQuant: calibrated per-channel smoothing (needs options['artifact']) + MinMax "
                           "weights + per-token activations, no rotation",
            {"weight_method": "minmax", "rotate": False, "act_scale": "token", "act_bits": 8, "smooth": True}),
+    Recipe("svdquant_gptq_ts", "SVDQuant (smoothing + 16-bit rank-32 branch) + GPTQ 4-bit residual + per-timestep-bin "
+                               "activation clip ratios, per expert (needs options['artifact'] from "
+                               "dvdq_compile.calibrate_svdquant_ts), W4A4 per-(token, 64) activations",
+           {"weight_method": "minmax", "rotate": False, "act_scale": "group", "group": 64, "act_bits": 4,
+            "svdquant": True}),
     Recipe("bgr_only", "ablation: BGR weights without rotation, per-token activations",
            {"weight_method": "bgr", "rotate": False, "act_scale": "token", "act_bits": 8}),
     Recipe("arq_only", "ablation: rotation + per-(token, group) activations with MinMax weights",

@@ -29,7 +29,7 @@ _SERIAL = itertools.count()
 
 class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
-                 timestep_index: int | None, param_indices: list[int], calibration=None,
+                 timestep_index: int | None, param_indices: list[int], calibration=None, extras=None,
                  reads: frozenset = frozenset()):
         self.variants = variants
         self.weights = weights
@@ -40,6 +40,8 @@ class CompiledGraph:
         self._names = [", ".join(w.layers) for w in weights]
         self._pre_scales = [w.pre_scale for w in weights] if any(w.pre_scale is not None for w in weights) else None
         self.calibration = calibration  # a calibrated recipe's artifact: checked against every model bound
+        self.extras = extras  # runtime.extras.ExtrasSource: per-model artifact tensors (svdquant_gptq_ts, ...)
+        self._cached = [i for i, w in enumerate(weights) if w.source != "artifact"]
         self.param_indices = param_indices  # graph inputs that are nn.Parameters
         # parameter inputs the lowered graph still reads (full-precision layers, other uses): never freed here,
         # and a call with one of them freed (by another graph) raises instead of reading released memory.
@@ -104,13 +106,23 @@ class CompiledGraph:
     def __call__(self, *args):
         args = list(args)
         extra: list[torch.Tensor] = []
+        tail: list[torch.Tensor] = []
         if self.weights:
             params = [args[w.arg_index] for w in self.weights]
             if self.calibration is not None and args[self.param_indices[0]] not in self.bound:
                 self._check_calibration(params)
-            qws = CACHE.get_many(params, self._specs, self._names, self.cfg.progress, self._pre_scales)
-            for q in qws:
-                extra += q.tensors()
+            triples: dict[int, tuple] = {}
+            if self.extras is not None:
+                got, tail = self.extras.tensors(args, args[self.param_indices[0]])
+                triples = dict(got)  # the source's per-model dict stays as it is
+            idx = self._cached
+            pre = [self._pre_scales[i] for i in idx] if self._pre_scales is not None else None
+            qws = CACHE.get_many([params[i] for i in idx], [self._specs[i] for i in idx],
+                                 [self._names[i] for i in idx], self.cfg.progress, pre)
+            triples.update({i: q.tensors() for i, q in zip(idx, qws)})
+            for i in range(len(self.weights)):
+                extra += triples[i]
+            extra += tail
             if self.cfg.free_weights and self._freed_at.get(params[0]) != free.epoch():
                 self._free(params)
         if free.FREED.nonempty() and self.reads and self.param_indices:
