@@ -66,16 +66,17 @@ def compile_one(name, autotuned, sig, const, num_warps, num_stages):
 
 def act_specs():
     base = {"M": "i32", "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_cm": "i32", "stride_sm": "i32",
-            "c_ptr": "*i8", "s_ptr": "*fp32"}
-    for xdt, group, t, rot, mode, pt in (("bf16", 128, 256, 128, T.ROT_PM1, False),
-                                         ("fp16", 64, 256, 128, T.ROT_PM1, False),
-                                         ("bf16", 1, 128, 128, T.ROT_PM1, True),
-                                         ("fp32", 64, 64, 64, T.ROT_FP32, False),
-                                         ("fp32", 1, 128, 0, T.ROT_FP32, True)):
+            "c_ptr": "*i8", "s_ptr": "*fp32", "clip_ptr": "*fp32"}
+    for xdt, group, t, rot, mode, pt, clip in (("bf16", 128, 256, 128, T.ROT_PM1, False, False),
+                                               ("bf16", 128, 256, 128, T.ROT_PM1, False, True),
+                                               ("fp16", 64, 256, 128, T.ROT_PM1, False, False),
+                                               ("bf16", 1, 128, 128, T.ROT_PM1, True, False),
+                                               ("fp32", 64, 64, 64, T.ROT_FP32, False, False),
+                                               ("fp32", 1, 128, 0, T.ROT_FP32, True, True)):
         sig = dict(base, x_ptr=f"*{xdt}", h_ptr="*fp32" if mode == T.ROT_FP32 else f"*{xdt}")
         const = dict(QMAX=127, GROUP=group, T=t, ROT=rot, ROT_MODE=mode, ROT_SCALE=1 / rot**0.5 if rot else 1.0,
-                     PER_TOKEN=pt, USE_RINT=True, BLOCK_M=64)
-        yield f"act_quant {xdt} g{group} T{t} r{rot} pt={pt}", A._act_quant_kernel, sig, const, 4, 2
+                     PER_TOKEN=pt, USE_RINT=True, HAS_CLIP=clip, BLOCK_M=64)
+        yield f"act_quant {xdt} g{group} T{t} r{rot} pt={pt} clip={clip}", A._act_quant_kernel, sig, const, 4, 2
 
 
 def qlinear_specs(all_configs):
