@@ -118,4 +118,8 @@ def restore_weights(model, state_dict) -> dict[str, bool]:
     if missing:
         raise KeyError(f"dvdq_compile.restore_weights: the state dict lacks {len(missing)} released weight(s), "
                        f"e.g. {missing[:3]}; keys must be the names of model.named_parameters()")
+    for n, p in todo:  # all checked before any is restored: a bad entry leaves the model as it was
+        if tuple(state_dict[n].shape) != tuple(p.shape):
+            raise ValueError(f"dvdq_compile.restore_weights: {n} has shape {tuple(p.shape)}, the value given has "
+                             f"{tuple(state_dict[n].shape)}")
     return {n: free.restore(p, state_dict[n].to(p.device, p.dtype), n) for n, p in todo}

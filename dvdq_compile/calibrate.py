@@ -57,6 +57,28 @@ def weight_fingerprint(w: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def write_artifact(path: str | Path, tensors: dict[str, torch.Tensor], manifest: dict) -> Path:
+    """An artifact file: safetensors with the JSON manifest in its metadata, plus a readable ``path.json`` copy."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"manifest": json.dumps(manifest)})
+    Path(str(path) + ".json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def read_manifest(f, path: Path, fmt: str, what: str, kind: str) -> dict:
+    """The manifest of an open safetensors artifact ``f``, checked to be of format ``fmt``."""
+    raw = (f.metadata() or {}).get("manifest")
+    if raw is None:
+        raise ValueError(f"{what}: {path} is not a {kind} (no manifest)")
+    manifest = json.loads(raw)
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{what}: {path} has format {manifest.get('format')!r}, expected {fmt!r}")
+    return manifest
+
+
 def model_fingerprint(layers: dict[str, str]) -> str:
     """The fingerprint of a set of layers: a hash of the sorted (name, weight fingerprint) pairs."""
     h = hashlib.sha256()
@@ -165,10 +187,6 @@ class Calibration:
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``path`` (safetensors) and ``path`` + ``.json`` (manifest). Returns the safetensors path."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors, layers = {}, {}
         for name, st in self.stats.items():
             tensors[f"{name}::absmax"] = st.absmax.contiguous()
@@ -183,9 +201,7 @@ class Calibration:
         manifest = {"format": FORMAT, "fingerprint": self.fingerprint, "layers": layers,
                     "meta": {k: v for k, v in self.meta.items() if k != "path"},
                     "bins": list(self.bins.edges), "groups": self.groups, "extras": sorted(self.extras)}
-        save_file(tensors, str(path), metadata={"manifest": json.dumps(manifest)})
-        Path(str(path) + ".json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        return path
+        return write_artifact(path, tensors, manifest)
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
@@ -195,13 +211,7 @@ class Calibration:
         if not path.is_file():
             raise FileNotFoundError(f"dvdquant option artifact: no calibration file at {path}")
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("manifest")
-            if raw is None:
-                raise ValueError(f"dvdquant option artifact: {path} is not a dvdq calibration (no manifest)")
-            manifest = json.loads(raw)
-            if manifest.get("format") != FORMAT:
-                raise ValueError(f"dvdquant option artifact: {path} has format {manifest.get('format')!r}, "
-                                 f"expected {FORMAT!r}")
+            manifest = read_manifest(f, path, FORMAT, "dvdquant option artifact", "dvdq calibration")
             stats, weights = {}, {}
             for name, info in manifest["layers"].items():
                 xtx = f.get_tensor(f"{name}::xtx") if info.get("hessian") else None

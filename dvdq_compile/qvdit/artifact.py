@@ -9,14 +9,13 @@ recomputed bit-exactly on load.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..calibrate import model_fingerprint, weight_fingerprint
+from ..calibrate import model_fingerprint, read_manifest, weight_fingerprint, write_artifact
 from .swap import QVDiTConfig, install, tqe_layers
 from .tqe import TQEConfig
 
@@ -59,15 +58,8 @@ class QVDiTArtifact:
                 "meta": self.meta}
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         flat = {f"{n}::{k}": v.detach().cpu().contiguous() for n, ts in self.tensors.items() for k, v in ts.items()}
-        man = self.manifest()
-        save_file(flat, str(path), metadata={"manifest": json.dumps(man)})
-        Path(str(path) + ".json").write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
-        return path
+        return write_artifact(path, flat, self.manifest())
 
     @classmethod
     def load(cls, path: str | Path) -> QVDiTArtifact:
@@ -77,12 +69,7 @@ class QVDiTArtifact:
         if not path.is_file():
             raise FileNotFoundError(f"qvdit artifact: no file at {path}")
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("manifest")
-            if raw is None:
-                raise ValueError(f"qvdit artifact: {path} has no manifest (not a qvdit artifact)")
-            man = json.loads(raw)
-            if man.get("format") != FORMAT:
-                raise ValueError(f"qvdit artifact: {path} has format {man.get('format')!r}, expected {FORMAT!r}")
+            man = read_manifest(f, path, FORMAT, "qvdit artifact", "qvdit artifact")
             c = man["config"]
             for k in ("mlp", "weight_only", "temporal"):
                 c[k] = tuple(c[k])

@@ -17,9 +17,10 @@ from fnmatch import fnmatch
 import torch
 from torch import nn
 
+from ..config import DEFAULT_BLOCK_PATTERN
 from .tqe import TQEConfig, TQELinear
 
-BLOCK_RE = r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+(\.|$)"
+BLOCK_RE = DEFAULT_BLOCK_PATTERN  # the layers the backend quantizes
 MLP = ("*.ffn.net.0.proj", "*.ffn.net.2")
 TEXT_KV = ("*.attn2.to_k", "*.attn2.to_v")
 

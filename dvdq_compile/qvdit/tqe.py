@@ -174,6 +174,15 @@ class TQELinear(nn.Module):
         r = r.reshape(*lead, self.frames, s // self.frames, n) * self.mask[:, None, None]
         return r.reshape(*lead, s, n)
 
+    def _finish(self, y: torch.Tensor, xq: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Add the rank-1 branch (on the quantized activation) and the bias; cast back to the input dtype."""
+        r = self._rank1(xq)
+        if r is not None:
+            y = y + r
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"TQELinear expects inputs [..., {self.in_features}], got shape {tuple(x.shape)}")
@@ -181,12 +190,7 @@ class TQELinear(nn.Module):
             return self.integer_forward(x)
         xq = self._act(x)
         y = xq @ self.qweight().T
-        r = self._rank1(xq)
-        if r is not None:
-            y = y + r
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype)
+        return self._finish(y, xq, x.dtype)
 
     @torch.no_grad()
     def integer_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,12 +210,7 @@ class TQELinear(nn.Module):
             codes, scales = quant.quantize_act(x, self.cfg.act_bits, self.in_features)
             y = quant.qlinear_ref(codes, scales, packed, self.wscale, self.wzero, None, bits, torch.float32)
             xq = quant.dequantize_act(codes, scales)
-        r = self._rank1(xq)
-        if r is not None:
-            y = y + r
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype)
+        return self._finish(y, xq, x.dtype)
 
     def learned(self) -> dict[str, torch.Tensor]:
         """The learned tensors (empty for a plain layer)."""

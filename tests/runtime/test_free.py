@@ -113,6 +113,10 @@ def test_restore_weights(tmp_path):
 
     with pytest.raises(KeyError, match="lacks 14 released"):
         dvdq_compile.restore_weights(model, {})
+    bad = dict(sd, **{"blocks.0.ff1.weight": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"ff1\.weight has shape \(256, 128\), the value given has \(3, 3\)"):
+        dvdq_compile.restore_weights(model, bad)
+    assert len(dvdq_compile.freed_weights(model)) == 14  # nothing restored
 
 
 def test_shared_storage_is_kept(caplog):
