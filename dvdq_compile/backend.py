@@ -6,6 +6,7 @@ Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), s
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from torch import fx
 from torch._guards import detect_fake_mode
 
 from . import ops  # noqa: F401  (registers the dvdq ops)
-from .calibrate import as_calibration
+from .calibrate import Calibration, as_calibration
 from .codegen.dispatch import resolve
 from .config import QuantConfig
 from .passes.extras import plan_extras
@@ -79,12 +80,13 @@ def _report(sites, example_inputs, cfg: QuantConfig, impl: str, why: str) -> Com
         w = example_inputs[s.w_index] if s.w_index is not None else s.w.meta.get("example_value")
         before = s.n * s.k * (w.element_size() if isinstance(w, torch.Tensor) else 2)
         q = s.decision in QUANTIZED
+        sp = spec if s.weight_bits is None else dataclasses.replace(spec, bits=s.weight_bits)
         rows.append(LayerReport(
             name=s.name, n=s.n, k=s.k, decision=s.decision, reason=s.reason,
-            weight_bits=cfg.weight_bits if q else None,
-            act_bits=("16" if s.decision == "weight_only" else act) if q else "-",
+            weight_bits=sp.bits if q else None,
+            act_bits=("16" if s.decision == "weight_only" else str(s.act_bits or act)) if q else "-",
             kernel=s.impl,
-            bytes_before=before, bytes_after=quantized_bytes(s.n, s.k, spec) if q else before))
+            bytes_before=before, bytes_after=quantized_bytes(s.n, s.k, sp) if q else before))
     return CompileReport(layers=rows, kernels=impl, kernels_reason=why, variants=cfg.act_variants,
                          lowering=cfg.lowering, recipe=cfg.recipe)
 
@@ -99,7 +101,7 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     sites = find_linears(gm, example_inputs, cfg)
     impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
     extras = None
-    if cfg.svdquant:  # before assign_impls: an artifact weight's scale grouping decides its kernel
+    if cfg.svdquant or cfg.qvdit:  # before assign_impls: an artifact weight's grouping and bits decide its kernel
         extras = plan_extras(sites, example_inputs, _artifacts(cfg))
     assign_impls(sites, cfg, impl)
     cal, smooth_x, smooth_w = None, {}, {}
@@ -134,8 +136,11 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
 
 
 def _artifacts(cfg: QuantConfig) -> list:
-    """The ``artifact`` option as a list of Calibrations (one per model/expert sharing the compiled graph)."""
+    """The ``artifact`` option as a list of Calibrations / qvdit artifacts (one per model/expert sharing the
+    compiled graph)."""
     arts = cfg.artifact if isinstance(cfg.artifact, (list, tuple)) else [cfg.artifact]
+    if cfg.qvdit:
+        return [_qvdit_artifact(a, cfg) for a in arts]
     out = [as_calibration(a) for a in arts]
     for c in out:
         ag = (c.meta.get("config") or {}).get("act_group")
@@ -143,6 +148,26 @@ def _artifacts(cfg: QuantConfig) -> list:
             raise ValueError(f"dvdquant option group={cfg.group} differs from the activation group {ag} the artifact "
                              f"{c.meta.get('path', '(in memory)')} was calibrated (clip ratios searched) with")
     return out
+
+
+def _qvdit_artifact(a, cfg: QuantConfig):
+    from .qvdit.artifact import QVDiTArtifact
+
+    if not isinstance(a, QVDiTArtifact):
+        if isinstance(a, Calibration):
+            raise ValueError("dvdquant recipe 'qvdit' takes qvdit artifacts (python -m dvdq_compile.qvdit.train, "
+                             "QVDiTArtifact.save), got a calibration (made by dvdq_compile.calibrate*)")
+        a = QVDiTArtifact.load(a)
+    c = a.cfg
+    if (c.weight_bits, c.act_bits) != (cfg.weight_bits, cfg.act_bits):
+        raise ValueError(f"dvdquant options weight_bits={cfg.weight_bits}, act_bits={cfg.act_bits} differ from the "
+                         f"qvdit artifact {a.meta.get('path', '(in memory)')} trained at {c.label}; its estimator "
+                         "only holds at those bits: pass "
+                         f"options={{'weight_bits': {c.weight_bits}, 'act_bits': {c.act_bits}}}")
+    if not c.act_sym:
+        raise ValueError(f"dvdquant recipe 'qvdit': the artifact {a.meta.get('path', '(in memory)')} was trained with "
+                         "asymmetric activations (act_sym=False), which the integer kernels do not run")
+    return a
 
 
 def _extras_examples(extras, fake_mode, device) -> list:

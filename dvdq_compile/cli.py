@@ -142,11 +142,12 @@ def demo(args) -> int:
 
 
 def eval_cmd(args) -> int:
-    from .eval.harness import ROWS, EvalSetup, run, select_rows
+    from .eval.harness import ROWS, EvalSetup, qvdit_paths, run, select_rows
 
     if args.list_rows:
         for r in ROWS:
-            print(f"{r.label!r}: {r.options}")
+            note = f" (artifacts: setting {r.qvdit!r} in --qvdit-dir)" if r.qvdit else ""
+            print(f"{r.label!r}: {r.options}{note}")
         return 0
     rows = tuple(args.rows) if args.rows else tuple(r.label for r in ROWS)
     try:
@@ -158,7 +159,17 @@ def eval_cmd(args) -> int:
     setup = EvalSetup(classes=tuple(args.classes), seed=args.seed, steps=args.steps, guidance=args.guidance,
                       calib_steps=args.calib_steps, two_experts=not args.one_expert, device=str(device),
                       lowering=args.lowering or ("inductor" if device.type == "cuda" else "eager"),
-                      kernels=args.kernels, rows=rows)
+                      kernels=args.kernels, rows=rows, qvdit_dir=args.qvdit_dir)
+    if not args.rows:  # the default table leaves out Q-VDiT rows whose artifacts were not trained (said here)
+        keep = []
+        for r in select_rows(rows):
+            try:
+                if r.qvdit:
+                    qvdit_paths(setup, r.qvdit)
+                keep.append(r.label)
+            except FileNotFoundError as e:
+                print(f"dvdq eval: leaving out row {r.label!r}: {e}", file=sys.stderr)
+        setup.rows = tuple(keep)
     from .zoo import class_names
     bad = [c for c in setup.classes if not 0 <= c < len(class_names())]
     if bad:
@@ -216,6 +227,8 @@ def main(argv=None) -> int:
     e.add_argument("--one-expert", action="store_true", help="use only the main expert")
     e.add_argument("--out", default="bench/results", help="results directory (default bench/results)")
     e.add_argument("--stem", default="quality", help="results file name stem (default quality)")
+    e.add_argument("--qvdit-dir", default="bench/results/qvdit",
+                   help="where the Q-VDiT rows find their artifacts (python -m dvdq_compile.qvdit.train --out DIR)")
     e.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.steps < 1:

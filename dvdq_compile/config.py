@@ -52,8 +52,9 @@ ALLOWED: dict[str, str] = {
     "bgr_max_iter": "an int >= 1: BGR refinement iteration cap",
     "progress": "bool: progress bar while weights are quantized",
     "artifact": "None, or a dvdq_compile.Calibration / the path of one saved by Calibration.save "
-                "(calibrated recipes: smoothquant, svdquant_gptq_ts), or (svdquant) a list of them, one per model "
-                "sharing the compiled graph (Wan 2.2 experts), matched by weight fingerprint",
+                "(calibrated recipes: smoothquant, svdquant_gptq_ts), or a qvdit artifact / its path (recipe qvdit), "
+                "or (svdquant, qvdit) a list of them, one per model sharing the compiled graph (Wan 2.2 experts), "
+                "matched by weight fingerprint",
     "smooth": "bool: SmoothQuant smoothing of the quantized linears from the artifact's activation ranges "
               "(needs 'artifact')",
     "smooth_alpha": "a float in [0, 1]: SmoothQuant migration strength alpha",
@@ -62,6 +63,9 @@ ALLOWED: dict[str, str] = {
     "svdquant": "bool: apply the artifact's per-layer extras (smoothing, 16-bit low-rank branch, precomputed "
                 "GPTQ residual, per-timestep-bin clip ratios; made by dvdq_compile.calibrate_svdquant_ts) to the "
                 "layers it covers (needs 'artifact'; recipe svdquant_gptq_ts)",
+    "qvdit": "bool: run the layers a Q-VDiT artifact covers with its learned estimator (weight offset folded into "
+             "the codes at load, rank-1 branch on the quantized activation) at the artifact's per-layer bits "
+             "(needs 'artifact' from python -m dvdq_compile.qvdit.train; recipe qvdit)",
 }
 
 
@@ -101,6 +105,7 @@ class QuantConfig:
     smooth_alpha: float = 0.5
     free_weights: bool = False
     svdquant: bool = False
+    qvdit: bool = False
     # Set by recipes, not by users: the modulation (adaLN) name pattern.
     modulation_pattern: str = field(default=DEFAULT_MODULATION_PATTERN, repr=False)
 
@@ -196,7 +201,8 @@ class QuantConfig:
         if not isinstance(self.progress, bool):
             _fail("progress", self.progress)
         from .calibrate import Calibration
-        one = (str, os.PathLike, Calibration)
+        from .qvdit.artifact import QVDiTArtifact
+        one = (str, os.PathLike, Calibration, QVDiTArtifact)
         if self.artifact is not None and not isinstance(self.artifact, one) and not (
                 isinstance(self.artifact, tuple) and self.artifact and all(isinstance(a, one) for a in self.artifact)):
             _fail("artifact", self.artifact)
@@ -215,6 +221,21 @@ class QuantConfig:
                                  f"act_scale='group' (got smooth={self.smooth}, rotate={self.rotate}, "
                                  f"act_scale={self.act_scale!r}): the artifact's factors are for unrotated, "
                                  "per-(token, group) quantized activations")
+        if not isinstance(self.qvdit, bool):
+            _fail("qvdit", self.qvdit)
+        if self.qvdit:
+            if self.artifact is None:
+                raise ValueError(f"dvdquant recipe {self.recipe!r} / option qvdit=True needs its artifact(s): pass "
+                                 "options={'artifact': [path_expert_1, ...]} (python -m dvdq_compile.qvdit.train "
+                                 "writes them), one per expert")
+            if self.svdquant or self.smooth or self.rotate or self.act_scale != "token" or self.act_bits == "auto" \
+                    or self.weight_method != "minmax":
+                raise ValueError("dvdquant option qvdit=True needs svdquant=False, smooth=False, rotate=False, "
+                                 "act_scale='token', weight_method='minmax' and fixed act_bits (got "
+                                 f"svdquant={self.svdquant}, smooth={self.smooth}, rotate={self.rotate}, "
+                                 f"act_scale={self.act_scale!r}, weight_method={self.weight_method!r}, "
+                                 f"act_bits={self.act_bits!r}): the estimator was trained on unrotated MinMax "
+                                 "weights and symmetric per-token activations at fixed bits")
         if not isinstance(self.smooth, bool):
             _fail("smooth", self.smooth)
         if isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, (int, float)) or \

@@ -13,6 +13,11 @@ calibration time are in the results. Nothing of the evaluation set is seen by ca
 SVDQuant + GPTQ, and the clip-ratio search per timestep bin, each expert on its own timesteps) and pass both
 artifacts to the compiled graph; their ablations change one setting of ``SVDQuantTSConfig`` (``Row.calib``).
 Their calibration time is the whole per-expert calibration.
+
+``qvdit`` rows load the per-expert artifacts that ``python -m dvdq_compile.qvdit.train`` wrote (``--qvdit-dir``,
+default ``bench/results/qvdit``; trained on the calibration classes of that CLI, disjoint from the evaluation
+classes) and run them through the backend (recipe ``qvdit``); their "calibration" time is the training time. Next
+to them: RTN (MinMax) and DVD-Quant (BGR+ARQ) at the same bits.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ class Row:
     options: dict
     group: str = ""  # "baseline" | "ablation" | "ours" | "control" | "peer"
     calib: tuple = ()  # svdquant_gptq_ts: (field, value) overrides of SVDQuantTSConfig
+    qvdit: str = ""  # qvdit: the training setting whose artifacts the row loads (qvdit.train.SETTINGS)
 
     @property
     def calibrated(self) -> bool:
@@ -71,6 +77,13 @@ ROWS = (
         (("gptq", False),)),
     Row("SVDQuant-GPTQ-TS W4A4 (no low-rank)", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer",
         (("rank", 0),)),
+    Row("MinMax W3A6", {"recipe": "minmax", "weight_bits": 3, "act_bits": 6}, "baseline"),
+    Row("BGR+ARQ W3A6", {"recipe": "dvdquant", "weight_bits": 3, "act_bits": 6}, "ours"),
+    Row("Q-VDiT W3A6 (MLP W8A8)", {"recipe": "qvdit", "weight_bits": 3, "act_bits": 6}, "peer", qvdit="w3a6-faithful"),
+    Row("Q-VDiT W3A6", {"recipe": "qvdit", "weight_bits": 3, "act_bits": 6}, "peer", qvdit="w3a6"),
+    Row("MinMax W4A6", {"recipe": "minmax", "weight_bits": 4, "act_bits": 6}, "baseline"),
+    Row("BGR+ARQ W4A6", {"recipe": "dvdquant", "weight_bits": 4, "act_bits": 6}, "ours"),
+    Row("Q-VDiT W4A6", {"recipe": "qvdit", "weight_bits": 4, "act_bits": 6}, "peer", qvdit="w4a6"),
 )
 
 
@@ -88,6 +101,33 @@ class EvalSetup:
     lowering: str = "eager"
     kernels: str = "auto"
     rows: tuple = field(default_factory=lambda: tuple(r.label for r in ROWS))
+    qvdit_dir: str = "bench/results/qvdit"
+
+
+def qvdit_paths(setup: EvalSetup, setting: str) -> list[Path]:
+    """The artifacts a ``qvdit`` row loads, one per expert; missing ones raise with the command that trains them."""
+    keys = ("high", "low") if setup.two_experts else ("high",)
+    paths = [Path(setup.qvdit_dir) / f"{setting}_{k}.safetensors" for k in keys]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"dvdq eval: the qvdit rows of setting {setting!r} need {missing}; train them with "
+                                f"`python -m dvdq_compile.qvdit.train --setting {setting} --out {setup.qvdit_dir}` "
+                                "(about 10-15 min per setting on one CPU core) or pass --qvdit-dir")
+    return paths
+
+
+def _act_bits_from_report(experts) -> float:
+    """Average activation bits over the activation-quantized linears, weighted by N·K (every one of them reads the
+    video tokens): per-layer bits differ in the faithful Q-VDiT setting (MLP at 8 bits)."""
+    from .. import api
+
+    num = den = 0.0
+    for m in experts:
+        for r in api.report(m).layers:
+            if r.decision == "quantize":
+                num += int(r.act_bits) * r.n * r.k
+                den += r.n * r.k
+    return num / den if den else float("nan")
 
 
 @dataclass
@@ -133,6 +173,8 @@ def _compile(experts, options: dict, setup: EvalSetup, artifacts=None):
 def _avg_bits(experts, options) -> float:
     from .. import api
 
+    if options.get("recipe") == "qvdit":
+        return _act_bits_from_report(experts)
     if options.get("act_bits") != "auto":
         return float(options.get("act_bits", 8))
     bits = []
@@ -182,6 +224,19 @@ class Evaluator:
                                                                      "expert": i}))
             self._svd[overrides] = (arts, time.perf_counter() - t0)
         return self._svd[overrides]
+
+    def qvdit_artifacts(self, setting: str) -> tuple[list, float]:
+        """The per-expert qvdit artifacts of ``setting`` and their training seconds (from ``<setting>_loss.json``:
+        recording the FP trajectories + training every expert)."""
+        from ..qvdit.artifact import QVDiTArtifact
+
+        arts = [QVDiTArtifact.load(p) for p in qvdit_paths(self.setup, setting)]
+        loss = Path(self.setup.qvdit_dir) / f"{setting}_loss.json"
+        seconds = float("nan")
+        if loss.is_file():
+            summ = json.loads(loss.read_text())["summary"]
+            seconds = summ.get("record_seconds", 0.0) + sum(e.get("seconds", 0.0) for e in summ["experts"].values())
+        return arts, seconds
 
     # -- SmoothQuant calibration ------------------------------------------------------------------------------
     def calibration(self):
@@ -233,6 +288,9 @@ class Evaluator:
         elif row.svdquant:
             arts, calib_s = self.svd_artifacts(row.calib)
             artifacts = [arts] * len(self.experts)  # every expert's graph gets all artifacts (Dynamo may share it)
+        elif row.qvdit:
+            arts, calib_s = self.qvdit_artifacts(row.qvdit)
+            artifacts = [arts] * len(self.experts)
         t0 = time.perf_counter()
         comp = _compile(self.experts, options, self.setup, artifacts)
         with torch.no_grad():
@@ -283,6 +341,9 @@ def environment(setup: EvalSetup) -> dict:
 
 def run(setup: EvalSetup, out_dir: Path, progress: bool = True, stem: str = "quality") -> dict:
     rows = select_rows(setup.rows)
+    for r in rows:  # before the full-precision run: a missing artifact fails in seconds, not after it
+        if r.qvdit:
+            qvdit_paths(setup, r.qvdit)
     ev = Evaluator(setup)
     results = []
     it = rows
@@ -321,7 +382,8 @@ def markdown(doc: dict) -> str:
     ]
     for r in doc["rows"]:
         extra = f" (α={r['alpha']:g}, calib {r['calib_seconds']:.0f} s)" if r.get("alpha") is not None else \
-            (f" (calib {r['calib_seconds']:.0f} s)" if r.get("calib_seconds") else "")
+            (f" ({'train' if r['options'].get('recipe') == 'qvdit' else 'calib'} {r['calib_seconds']:.0f} s)"
+             if r.get("calib_seconds") else "")
         lines.append(
             f"| {r['label']}{extra} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['frame_diff_corr']:.4f} | "
             f"{r['relation_kl']:.2e} | {r['rel_l2']:.4f} | {r['sqnr_mean']:.1f} / {r['sqnr_worst']:.1f} | "
@@ -336,7 +398,10 @@ def markdown(doc: dict) -> str:
         f"{list(ALPHAS)} by calibration-set PSNR (classes {s['calib_classes']}, seed {s['calib_seed']}, "
         f"{s['calib_steps']} steps); calibration time includes the statistics run and the α search. SVDQuant-GPTQ-TS rows: "
         "each expert calibrated on the same calibration set (its own timesteps), time = statistics + SVDQuant/GPTQ + "
-        "clip-ratio search; weight MiB includes the 16-bit low-rank branch."),
+        "clip-ratio search; weight MiB includes the 16-bit low-rank branch. Q-VDiT rows: artifacts from "
+        "`python -m dvdq_compile.qvdit.train` (calibration trajectories of other classes and seed), time = recording + "
+        "training both experts; avg A bits weighted by N·K over activation-quantized layers (faithful: MLP at A8); "
+        "weight MiB includes the rank-1 branch."),
         "",
     ]
     return "\n".join(lines)

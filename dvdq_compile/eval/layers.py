@@ -60,19 +60,28 @@ def _graph_weights(model):
     return out
 
 
-def extras_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, ex, act_bits: int, clip) -> torch.Tensor:
-    """The output of one extras layer (``passes/extras.py``: smoothing, artifact weight, clip, low-rank branch)."""
+def extras_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, ex, act_bits: int, clip, qweight,
+                  decision: str = "quantize") -> torch.Tensor:
+    """The output of one extras layer (``passes/extras.py``: smoothing, artifact or offset weight ``qweight`` (the
+    triple the graph consumed), per-layer bits, clip, low-rank branch), as the rewritten graph computes it."""
     ops = torch.ops.dvdq
+    wbits = ex.weight_bits or cfg.weight_bits
+    packed, scale, zero = (t.to(x.device) for t in qweight)
+
+    def branch(y, u):
+        return y if ex.lowrank is None else y + (u @ ex.lowrank[0].to(u)) @ ex.lowrank[1].to(u)
+
+    if decision == "weight_only":
+        return branch(ops.dq_linear(x, packed, scale, zero, lin.bias, wbits, 0, cfg.seed, "none", 16), x)
     xh = torch.mul(x, (1.0 / ex.pre_scale.float()).to(x.device)).to(x.dtype) if ex.pre_scale is not None else x
     c = None if clip is None else torch.as_tensor(clip, dtype=torch.float32).reshape(1)
-    codes, scales = ops.act_quant(xh, act_bits, cfg.group, 0, cfg.seed, "reference", c)
-    packed, scale, zero = (t.to(x.device) for t in ex.qweight)
-    y = ops.qlinear(codes, scales, packed, scale, zero, lin.bias, cfg.weight_bits, x.dtype, "reference")
-    if ex.lowrank is not None:
+    group = x.shape[-1] if cfg.act_scale == "token" else cfg.group
+    codes, scales = ops.act_quant(xh, ex.act_bits or act_bits, group, 0, cfg.seed, "reference", c)
+    y = ops.qlinear(codes, scales, packed, scale, zero, lin.bias, wbits, x.dtype, "reference")
+    if ex.lowrank is not None and ex.lowrank_input == "xq":
         from ..passes.rewrite import _dequant_act
-        u = xh if ex.lowrank_input == "x" else _dequant_act(codes, scales, x.dtype)
-        y = y + (u @ ex.lowrank[0].to(u)) @ ex.lowrank[1].to(u)
-    return y
+        return branch(y, _dequant_act(codes, scales, x.dtype))
+    return branch(y, xh)
 
 
 def quantized_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, spec, pre_scale, decision: str, act_bits: int):
@@ -120,8 +129,8 @@ def layer_sqnr(model, inputs: dict[str, list[torch.Tensor]]) -> dict[str, float]
             if total and not calls:
                 continue
             if w.source == "artifact":
-                acc += _extras_sqnr(x, ref, lin, g, name, bound[id(g)], bits) * ((calls / total) if total else
-                                                                           1 / len(g.calls))
+                acc += _extras_sqnr(x, ref, lin, g, w, row.decision, bound[id(g)], bits) * (
+                    (calls / total) if total else 1 / len(g.calls))
                 continue
             y = quantized_output(x, lin, g.cfg, w.spec, w.pre_scale, row.decision, bits)
             acc += sqnr_db(y.float(), ref.float()) * ((calls / total) if total else 1 / len(g.calls))
@@ -129,11 +138,15 @@ def layer_sqnr(model, inputs: dict[str, list[torch.Tensor]]) -> dict[str, float]
     return out
 
 
-def _extras_sqnr(x, ref, lin, g, name, params, bits) -> float:
+def _extras_sqnr(x, ref, lin, g, w, decision, params, bits) -> float:
     """An extras layer's SQNR. Captured inputs carry no timestep, so with a clip table it is the mean over the
     timestep bins of the SQNR with each bin's clip ratio (a bin the layer's expert never runs counts too)."""
     from ..passes.extras import extras_from_artifact
 
+    name = w.layers[0]
+    triples, _ = g.extras.tensors(params, params[g.param_indices[0]])
+    qweight = triples[next(i for i, v in enumerate(g.weights) if v is w)]
     ex = extras_from_artifact(g.extras._pick(params), name)
     clips = [None] if ex.clip is None else [float(c) for c in ex.clip]
-    return sum(sqnr_db(extras_output(x, lin, g.cfg, ex, bits, c).float(), ref.float()) for c in clips) / len(clips)
+    return sum(sqnr_db(extras_output(x, lin, g.cfg, ex, bits, c, qweight, decision).float(), ref.float())
+               for c in clips) / len(clips)

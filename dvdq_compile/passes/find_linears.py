@@ -42,6 +42,15 @@ class LinearSite:
     impl: str = "-"  # kernel that runs it: triton | reference | "-" (full precision); set by rewrite.assign_impls
     device: torch.device | None = None
     weight_groups: int = 1
+    # per-layer bits fixed by an artifact (passes/extras.py); None = the options' weight_bits / act_bits variant
+    weight_bits: int | None = None
+    act_bits: int | None = None
+
+    def wbits(self, cfg: QuantConfig) -> int:
+        return self.weight_bits or cfg.weight_bits
+
+    def abits(self, variant: int) -> int:
+        return self.act_bits or variant
 
 
 def module_path(stack_entry: str) -> str:

@@ -33,7 +33,7 @@ def assign_impls(sites: list[LinearSite], cfg: QuantConfig, impl: str) -> None:
             s.impl = "reference"
         elif s.decision == "quantize":
             a_group = s.k if cfg.act_scale == "token" else cfg.group
-            s.impl, why = linear_impl(impl, cfg.weight_bits, s.weight_groups, s.n, s.k, a_group, cfg.rotate_block)
+            s.impl, why = linear_impl(impl, s.wbits(cfg), s.weight_groups, s.n, s.k, a_group, cfg.rotate_block)
             if why:
                 s.reason += f"; {why}"
 
@@ -61,9 +61,9 @@ def weight_inputs(sites: list[LinearSite], example_inputs, cfg: QuantConfig,
     for s in sites:
         if s.decision not in QUANTIZED:
             continue
-        if extras is not None and s.name in extras.weight_group:  # precomputed in the artifact (one user)
-            sp = dataclasses.replace(spec, method="minmax", rotate=0, group=extras.weight_group[s.name],
-                                     pre_scale="artifact")
+        if extras is not None and s.name in extras.weight_group:  # from the artifact (one user)
+            sp = dataclasses.replace(spec, bits=s.wbits(cfg), method="minmax", rotate=0,
+                                     group=extras.weight_group[s.name], pre_scale="artifact")
             out[s.w_index] = WeightInput(s.w_index, sp, s.n, s.k, example_inputs[s.w_index].device,
                                          source="artifact")
         if s.w_index not in out:
@@ -197,7 +197,7 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
         node, x = val_map[s.node], val_map[s.x]
         if extras is not None and s.name in extras.sites:
             y = _extras_linear(new, s, node, x, extras, ext_nodes, ext_shared, tbin, extra[s.w_index],
-                               val_map[s.b] if s.b is not None else None, cfg, act_bits, impl)
+                               val_map[s.b] if s.b is not None else None, cfg, s.abits(act_bits), impl)
             y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
             node.replace_all_uses_with(y)
             g.erase_node(node)
@@ -236,13 +236,26 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
 
 
 def _extras_linear(new, s, node, x, plan, ext_nodes, ext_shared, tbin, wnodes, b, cfg, act_bits, impl):
-    """The quantized linear of an extras site: [x̂ = x·λ⁻¹] → act_quant [clip c(bin)] → qlinear [+ (u·L1)·L2]."""
+    """The quantized linear of an extras site: [x̂ = x·λ⁻¹] → act_quant [clip c(bin)] → qlinear [+ (u·L1)·L2];
+    a weight-only site: dq_linear [+ (x·L1)·L2]. Artifact layers are unrotated."""
     g = new.graph
     ex, gid = plan.sites[s.name]
+    wbits = s.wbits(cfg)
+    packed, scale, zero = wnodes
 
     def inp(kind):
         return ext_nodes[plan.index(s.name, kind)]
 
+    def branch(y, u):
+        lr = g.call_function(torch.matmul, (g.call_function(torch.matmul, (u, inp("l1"))), inp("l2")))
+        return g.call_function(torch.add, (y, lr))
+
+    if s.decision == "weight_only":
+        with g.inserting_before(node):
+            y = g.call_function(torch.ops.dvdq.dq_linear.default,
+                                (x, packed, scale, zero, b, wbits, 0, cfg.seed, "none", act_bits))
+            return branch(y, x) if ex.lowrank is not None else y
+    a_group = s.k if cfg.act_scale == "token" else cfg.group
     key = (x, gid)
     with g.inserting_before(node):
         if key not in ext_shared:  # sites come in graph order: the group's first consumer builds x̂ and its codes
@@ -255,19 +268,17 @@ def _extras_linear(new, s, node, x, plan, ext_nodes, ext_shared, tbin, wnodes, b
             if ex.clip is not None:
                 clip = inp("clip") if tbin is None else g.call_function(torch.index_select, (inp("clip"), 0, tbin))
             aq = g.call_function(torch.ops.dvdq.act_quant.default,
-                                 (xh, act_bits, cfg.group, 0, cfg.seed, act_impl(impl, cfg.group, 0, s.k), clip))
+                                 (xh, act_bits, a_group, 0, cfg.seed, act_impl(impl, a_group, 0, s.k), clip))
             ext_shared[key] = (xh, g.call_function(operator.getitem, (aq, 0)),
                                g.call_function(operator.getitem, (aq, 1)))
         xh, codes, scales = ext_shared[key]
-        packed, scale, zero = wnodes
         y = g.call_function(torch.ops.dvdq.qlinear.default,
-                            (codes, scales, packed, scale, zero, b, cfg.weight_bits, s.dtype, s.impl))
+                            (codes, scales, packed, scale, zero, b, wbits, s.dtype, s.impl))
         if ex.lowrank is not None:
             u = xh
             if ex.lowrank_input == "xq":  # what the integer GEMM saw: codes·scales per group, in x's dtype
                 u = g.call_function(_dequant_act, (codes, scales, s.dtype))
-            lr = g.call_function(torch.matmul, (g.call_function(torch.matmul, (u, inp("l1"))), inp("l2")))
-            y = g.call_function(torch.add, (y, lr))
+            y = branch(y, u)
     return y
 
 

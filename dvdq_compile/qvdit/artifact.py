@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..calibrate import model_fingerprint, read_manifest, weight_fingerprint, write_artifact
+from ..calibrate import TimestepBins, model_fingerprint, read_manifest, weight_fingerprint, write_artifact
 from .swap import QVDiTConfig, install, tqe_layers
 from .tqe import TQEConfig
 
@@ -86,23 +86,61 @@ class QVDiTArtifact:
                              f"{art.fingerprint} recomputed from its layers)")
         return art
 
-    def check(self, model: nn.Module) -> None:
+    def check(self, name: str, w: torch.Tensor) -> None:
+        """Raise if ``w`` is not the weight layer ``name`` was trained on (no-op for a layer not in the artifact).
+        The same contract as ``Calibration.check``: the backend matches models (experts) to artifacts with it."""
+        want = self.weights.get(name)
+        if want is None:
+            return
+        from ..runtime.free import fingerprint_of
+        got = fingerprint_of(w)  # a weight released by free_weights: the fingerprint taken before release
+        if got != want:
+            raise ValueError(f"qvdit artifact {self.meta.get('path', '(in memory)')} was trained for a different "
+                             f"model: layer {name!r} has weight fingerprint {got}, the artifact expects {want}. Train "
+                             "qvdit on this model (python -m dvdq_compile.qvdit.train) or pass the artifact made "
+                             "for it.")
+
+    def check_model(self, model: nn.Module) -> None:
         """Raise unless every layer of this artifact exists in ``model`` with the weight it was trained on."""
-        where = self.meta.get("path", "(in memory)")
-        for n, want in self.weights.items():
+        for n in self.weights:
             try:
                 mod = model.get_submodule(n)
             except AttributeError:
-                raise ValueError(f"qvdit artifact {where}: layer {n!r} does not exist in this model") from None
-            got = weight_fingerprint(mod.weight)
-            if got != want:
-                raise ValueError(f"qvdit artifact {where} was trained for a different model: layer {n!r} has weight "
-                                 f"fingerprint {got}, the artifact expects {want}. Train qvdit on this model "
-                                 "(python -m dvdq_compile.qvdit.train) or pass the artifact made for it.")
+                raise ValueError(f"qvdit artifact {self.meta.get('path', '(in memory)')}: layer {n!r} does not "
+                                 "exist in this model") from None
+            self.check(n, mod.weight)
+
+    # -- what the backend reads (passes/extras.py: the same interface as a Calibration) -----------------------
+    @property
+    def bins(self) -> TimestepBins:
+        return TimestepBins()  # no timestep dependence: one bin
+
+    @property
+    def groups(self) -> list:
+        return []  # no shared smoothing: every layer is its own group
+
+    def layer_extras(self, name: str):
+        """Layer ``name`` as backend extras: its bits, the weight offset ``(B, A)`` folded into the weight codes at
+        load (``tqe.offset_qweight``) and the rank-1 branch ``(a1ᵀ, b1ᵀ)`` on the quantized activation (on ``x``
+        for a weight-only layer). None: the artifact has no such layer."""
+        from ..passes.extras import Extras
+
+        lc = self.layers.get(name)
+        if lc is None:
+            return None
+        t = self.tensors[name]
+        if "mask" in t:
+            raise ValueError(f"qvdit artifact {self.meta.get('path', '(in memory)')}: layer {name!r} has a per-frame "
+                             "token mask (a temporal layer); the backend runs joint spatio-temporal models (Wan, "
+                             "the zoo) and does not implement the mask. Evaluate it with qvdit.swap (eager)")
+        lowrank = (t["a1"].T.contiguous(), t["b1"].T.contiguous()) if "a1" in t else None
+        offset = (t["lora_B"], t["lora_A"]) if "lora_B" in t else None
+        return Extras(lowrank=lowrank, lowrank_input="x" if lc.act_bits == 16 else "xq", weight_offset=offset,
+                      weight_bits=lc.weight_bits, act_bits=lc.act_bits, offset_weight=True)
 
     def apply(self, model: nn.Module) -> dict:
         """Install the TQE layers into ``model`` (in place) with the learned tensors; checks the weights first."""
-        self.check(model)
+        self.check_model(model)
         layers = install(model, self.cfg, plan=self.layers)
         with torch.no_grad():
             for n, m in layers.items():

@@ -1,8 +1,9 @@
 """Evaluate trained ``qvdit`` layers on the zoo sampling run against full precision (eager fake-quant).
 
-The backend runtime for learned extras is issue #6; until it lands, the TQE layers run through a module swap whose
-quantized matmul is the dvdq integer reference (``TQELinear.integer_forward`` → ``quant.qlinear_ref``), i.e. the
-numbers the kernels reproduce. Rows (same classes, seed, steps, CFG for all):
+Here the TQE layers run through a module swap whose quantized matmul is the dvdq integer reference
+(``TQELinear.integer_forward`` → ``quant.qlinear_ref``); ``dvdq eval`` runs the same artifacts through the backend
+(recipe ``qvdit``: offset folded into the codes at load, rank-1 branch in the graph), which
+``tests/qvdit/test_backend.py`` checks against this eager path. Rows (same classes, seed, steps, CFG for all):
 
 - ``qvdit`` W3A6 faithful (MLP W8A8), W3A6 all layers, W4A6: trained artifacts;
 - plain RTN at the same bits and layer policy, untrained (the TQE layer at initialization);

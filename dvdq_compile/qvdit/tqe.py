@@ -35,9 +35,11 @@ from torch import nn
 from .. import quant
 from ..quant.act import ACT_BITS as _ACT_BITS
 from ..quant.minmax import codes_for, minmax
+from ..quant.offset import shifted
 from ..quant.qweight import WEIGHT_BITS
 
 ACT_BITS = (*_ACT_BITS, 16)
+
 
 
 @dataclass(frozen=True)
@@ -140,13 +142,13 @@ class TQELinear(nn.Module):
         """``W + (B A)ᵀ`` fp32 [N, K] (``W`` itself without an estimator)."""
         if self.lora_B is None:
             return self.weight
-        return self.weight + (self.lora_B @ self.lora_A).T
+        return shifted(self.weight, self.lora_B, self.lora_A)
 
     def weight_codes(self) -> torch.Tensor:
         """The integer codes of the learned weight, uint8 [N, K] (what the backend would pack)."""
         with torch.no_grad():
             return codes_for(self.shifted_weight(), self.wscale[:, 0], self.wzero[:, 0].float(),
-                                          2**self.cfg.weight_bits - 1).to(torch.uint8)
+                             2**self.cfg.weight_bits - 1).to(torch.uint8)
 
     def qweight(self) -> torch.Tensor:
         """Fake-quantized weight Ŵ [N, K] with a straight-through estimator."""

@@ -3,7 +3,8 @@
 A recipe says how weights are quantized, how activations are scaled and which kernels run. Users can still
 override any option on top of a recipe. Calibrated recipes take an artifact (``options={"artifact": ...}``, made
 by ``dvdq_compile.calibrate``): ``smoothquant``; ``svdquant_gptq_ts`` (artifact per expert from
-``dvdq_compile.calibrate_svdquant_ts``, see ``recipes/svdquant_gptq_ts.py``); Q-VDiT later.
+``dvdq_compile.calibrate_svdquant_ts``, see ``recipes/svdquant_gptq_ts.py``); ``qvdit`` (artifact per expert from
+``python -m dvdq_compile.qvdit.train``, see ``dvdq_compile/qvdit/``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ _RECIPES = {r.name: r for r in (
                                "dvdq_compile.calibrate_svdquant_ts), W4A4 per-(token, 64) activations",
            {"weight_method": "minmax", "rotate": False, "act_scale": "group", "group": 64, "act_bits": 4,
             "svdquant": True}),
+    Recipe("qvdit", "Q-VDiT: TQE (learned weight offset + rank-1 correction) distilled with TMD; MinMax W3 weights, "
+                    "per-token A6 activations, per-layer bits from the artifact (faithful: MLP W8A8; needs "
+                    "options['artifact'] from python -m dvdq_compile.qvdit.train)",
+           {"weight_method": "minmax", "rotate": False, "act_scale": "token", "weight_bits": 3, "act_bits": 6,
+            "qvdit": True}),
     Recipe("bgr_only", "ablation: BGR weights without rotation, per-token activations",
            {"weight_method": "bgr", "rotate": False, "act_scale": "token", "act_bits": 8}),
     Recipe("arq_only", "ablation: rotation + per-(token, group) activations with MinMax weights",

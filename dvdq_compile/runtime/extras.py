@@ -2,7 +2,8 @@
 
 Two experts that share one compiled graph each get their own artifact: at a model's first call the artifact whose
 per-layer weight fingerprints match that model's weights is chosen (no match: a clear error) and its tensors are
-moved to the model's device once and reused. A model whose weights are edited in place afterwards must be
+moved to the model's device once and reused; an offset weight (qvdit) is quantized from the model's own weight
+then (before ``free_weights`` releases it). A model whose weights are edited in place afterwards must be
 recompiled and recalibrated (its artifact describes the old weights).
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..passes.extras import ExtrasPlan, extras_from_artifact, model_tensors
+from ..quant.offset import offset_qweight
 from .identity import IdentityMap
 
 
@@ -41,8 +43,16 @@ class ExtrasSource:
             dev = args[next(iter(self.layer_params.values()))].device
             triples = {}
             for pos, name in self.art_weights.items():
-                q = extras_from_artifact(cal, name).qweight
-                triples[pos] = tuple(t.to(dev).contiguous() for t in q)
+                ex = extras_from_artifact(cal, name)
+                if ex.qweight is not None:
+                    triples[pos] = tuple(t.to(dev).contiguous() for t in ex.qweight)
+                else:  # offset weight: MinMax grid of this model's W, codes of W + (B A)ᵀ
+                    w = args[self.layer_params[name]]
+                    if w.untyped_storage().nbytes() == 0 and w.numel():
+                        from .free import FreedWeightError, message
+                        raise FreedWeightError(message(name, "quantizing it with its artifact's weight offset"))
+                    b_a = ex.weight_offset or (None, None)
+                    triples[pos] = offset_qweight(w, *b_a, ex.weight_bits)
             got = (triples, model_tensors(self.plan, cal, dev))
             self._models[key] = got
         return got
