@@ -77,6 +77,8 @@ ROWS = (
         (("gptq", False),)),
     Row("SVDQuant-GPTQ-TS W4A4 (no low-rank)", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer",
         (("rank", 0),)),
+    Row("SVDQuant-GPTQ-TS W4A4 (no refit)", {"recipe": "svdquant_gptq_ts", "act_bits": 4}, "peer",
+        (("refit_iters", 0),)),
     Row("MinMax W3A6", {"recipe": "minmax", "weight_bits": 3, "act_bits": 6}, "baseline"),
     Row("BGR+ARQ W3A6", {"recipe": "dvdquant", "weight_bits": 3, "act_bits": 6}, "ours"),
     Row("Q-VDiT W3A6 (MLP W8A8)", {"recipe": "qvdit", "weight_bits": 3, "act_bits": 6}, "peer", qvdit="w3a6-faithful"),
@@ -149,6 +151,9 @@ class RowResult:
     seconds: float
     calib_seconds: float = 0.0
     alpha: float | None = None
+    # peak GPU memory of the row's sampling run (both experts resident, FP weights included unless freed);
+    # None on CPU: torch has no allocator peak there, so it is not measured
+    peak_bytes: int | None = None
 
 
 def _sample(pipe, models, setup: EvalSetup, classes, seed, steps):
@@ -291,11 +296,16 @@ class Evaluator:
         elif row.qvdit:
             arts, calib_s = self.qvdit_artifacts(row.qvdit)
             artifacts = [arts] * len(self.experts)
+        cuda = torch.device(self.setup.device).type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         comp = _compile(self.experts, options, self.setup, artifacts)
         with torch.no_grad():
             q = _sample(self.pipe, comp, self.setup, self.setup.classes, self.setup.seed, self.setup.steps)
         seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() if cuda else None
         sq = {}
         for tag, m, inp in zip(("high", "low"), self.experts, self.inputs):
             sq.update({f"{tag}:{k}": v for k, v in layer_sqnr(m, inp).items()})
@@ -310,7 +320,7 @@ class Evaluator:
             sqnr_worst=sq[worst] if sq else float("nan"), sqnr_worst_layer=worst,
             avg_act_bits=_avg_bits(self.experts, options),
             weight_bytes=sum(r.bytes_after for r in reps), weight_bytes_fp=sum(r.bytes_before for r in reps),
-            seconds=seconds, calib_seconds=calib_s, alpha=alpha)
+            seconds=seconds, calib_seconds=calib_s, alpha=alpha, peak_bytes=peak)
 
 
 class _null:
@@ -377,8 +387,8 @@ def markdown(doc: dict) -> str:
         f"kernels {s['kernels']}. Every row is scored against the full-precision videos of the same seeds."),
         "",
         ("| method | PSNR dB | SSIM | frame-diff corr | relation KL | rel L2 | layer SQNR mean / worst dB | "
-        "avg A bits | weight MiB | time s |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "avg A bits | weight MiB | peak GPU MiB | time s |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["rows"]:
         extra = f" (α={r['alpha']:g}, calib {r['calib_seconds']:.0f} s)" if r.get("alpha") is not None else \
@@ -387,7 +397,8 @@ def markdown(doc: dict) -> str:
         lines.append(
             f"| {r['label']}{extra} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['frame_diff_corr']:.4f} | "
             f"{r['relation_kl']:.2e} | {r['rel_l2']:.4f} | {r['sqnr_mean']:.1f} / {r['sqnr_worst']:.1f} | "
-            f"{r['avg_act_bits']:.2f} | {r['weight_bytes'] / 2**20:.2f} | {r['seconds']:.0f} |")
+            f"{r['avg_act_bits']:.2f} | {r['weight_bytes'] / 2**20:.2f} | "
+            f"{'-' if r.get('peak_bytes') is None else format(r['peak_bytes'] / 2**20, '.0f')} | {r['seconds']:.0f} |")
     fp_mib = doc["rows"][0]["weight_bytes_fp"] / 2**20 if doc["rows"] else 0
     lines += [
         "",
@@ -401,7 +412,8 @@ def markdown(doc: dict) -> str:
         "clip-ratio search; weight MiB includes the 16-bit low-rank branch. Q-VDiT rows: artifacts from "
         "`python -m dvdq_compile.qvdit.train` (calibration trajectories of other classes and seed), time = recording + "
         "training both experts; avg A bits weighted by N·K over activation-quantized layers (faithful: MLP at A8); "
-        "weight MiB includes the rank-1 branch."),
+        "weight MiB includes the rank-1 branch. Peak GPU MiB: torch.cuda.max_memory_allocated over the row's compile "
+        "and sampling ('-': not measured, CPU run)."),
         "",
     ]
     return "\n".join(lines)

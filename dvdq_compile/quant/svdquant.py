@@ -17,8 +17,18 @@ The first term is the exact weight-error contribution ``‖X̂ ΔWᵀ‖²``. Th
 rounding of ``Q(x̂)`` as independent uniform noise of step ``ĝ/qmax`` (σ² = step²/12), ĝ the calibrated range of
 the channel's K-group after smoothing: a proxy (it uses the calibration-wide maximum, not each token's); it is
 what makes α trade activation outliers against weight range, and the low-rank branch enters it because its
-input is the unquantized x̂ (only R sees quantized activations). During the search the residual is RTN-quantized;
-GPTQ (if asked) runs once on the chosen α. The paper's iterative refit of L1L2 on the output error is not done.
+input is the unquantized x̂ (only R sees quantized activations). During the search the residual is RTN-quantized
+and L1L2 is the plain SVD; on the chosen α the branch is refit and GPTQ (if asked) runs once.
+
+Low-rank refit (SVDQuant refits L1L2 on the output error, ≤ 100 iterations with early stop; algorithms.md §7):
+given the current RTN residual Q = Q(Ŵ − L), the branch that minimizes the weight term of the output error
+``tr((Ŵ − Q − L) Σ̂ (Ŵ − Q − L)ᵀ)`` over rank-r L is closed-form, the truncated SVD in the Σ̂-weighted norm:
+
+    L = trunc_r((Ŵ − Q)·S)·S⁻¹,   S = (Σ̂ + δ·mean(diag Σ̂)·I)^½    (δ = ``refit_damp``; dead channels stay finite)
+
+then Q is requantized from the new residual. Iterations stop when the (undamped) error improves by less than
+``refit_tol`` relatively; a step that does not improve is never taken, so the refit never ends worse than the
+plain SVD start.
 """
 from __future__ import annotations
 
@@ -46,10 +56,18 @@ class SVDQuantConfig:
     gptq_block: int = 128
     gptq_damp: float = 0.01
     gptq_act_order: bool = False
+    refit_iters: int = 100  # 0: the plain SVD branch
+    refit_tol: float = 1e-4
+    refit_damp: float = 0.01
 
     def __post_init__(self):
         if self.rank < 0:
             raise ValueError(f"SVDQuant rank must be >= 0, got {self.rank}")
+        if not isinstance(self.refit_iters, int) or self.refit_iters < 0:
+            raise ValueError(f"SVDQuant refit_iters must be an int >= 0, got {self.refit_iters!r}")
+        if not (self.refit_tol >= 0 and self.refit_damp > 0):
+            raise ValueError(f"SVDQuant refit_tol must be >= 0 and refit_damp > 0, got {self.refit_tol}, "
+                             f"{self.refit_damp}")
         if not self.alphas or not all(0.0 <= a <= 1.0 for a in self.alphas):
             raise ValueError(f"SVDQuant alphas must be a non-empty grid in [0, 1], got {self.alphas}")
         if self.act_bits != 16:
@@ -79,6 +97,7 @@ class SVDQuantGroup:
     alpha: float
     layers: list[SVDQuantLayer]
     objective: dict = field(default_factory=dict)  # α -> E(α)
+    refit: list = field(default_factory=list)  # per layer: {"iters", "err_svd", "err_refit"} (weight error term)
 
 
 def low_rank(w_hat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,16 +130,61 @@ def _quant_residual(r: torch.Tensor, h_hat: torch.Tensor | None, cfg: SVDQuantCo
     return minmax(r, cfg.bits, cfg.group or None)
 
 
-def _factor(weights, lam, xtx, cfg, use_gptq):
+def _weighted_err(dw: torch.Tensor, h: torch.Tensor) -> float:
+    return float(torch.einsum("nk,kl,nl->", dw, h, dw))
+
+
+def refit_low_rank(w_hat: torch.Tensor, h_hat: torch.Tensor, cfg: SVDQuantConfig):
+    """The branch (L1 [K, r], L2 [r, N]) fp32 refit on the output error (module docstring), and
+    ``{"iters", "err_svd", "err_refit"}``: iterations taken and the weight error term before / after."""
+    w_hat, h = w_hat.double(), h_hat.double()
+    l1, l2 = low_rank(w_hat, cfg.rank)
+    r = l1.shape[1]
+
+    def residual_err(lr):
+        q = dequantize(*minmax((w_hat - lr).float(), cfg.bits, cfg.group or None)).double()
+        return q, _weighted_err(w_hat - lr - q, h)
+
+    low = (l1.double() @ l2.double()).T
+    q, err = residual_err(low)
+    info = {"iters": 0, "err_svd": err, "err_refit": err}
+    mean_diag = float(h.diagonal().mean())
+    if r == 0 or cfg.refit_iters == 0 or not mean_diag > 0:
+        return l1, l2, info
+    e, v = torch.linalg.eigh(h + cfg.refit_damp * mean_diag * torch.eye(h.shape[0], dtype=h.dtype))
+    e = e.clamp_min(cfg.refit_damp * mean_diag * 1e-3)  # eigh of a damped PSD matrix: guard round-off only
+    s_half, s_inv = (v * e.sqrt()) @ v.T, (v / e.sqrt()) @ v.T
+    for _ in range(cfg.refit_iters):
+        u, sv, vh = torch.linalg.svd((w_hat - q) @ s_half, full_matrices=False)
+        l2_new = u[:, :r].T                                  # [r, N]
+        l1_new = ((sv[:r, None] * vh[:r]) @ s_inv).T         # [K, r]
+        low_new = (l1_new @ l2_new).T
+        q_new, err_new = residual_err(low_new)
+        if not err_new < err:
+            break
+        gain = (err - err_new) / err if err > 0 else 0.0
+        l1, l2, q, err = l1_new.float().contiguous(), l2_new.float().contiguous(), q_new, err_new
+        info["iters"] += 1
+        if gain < cfg.refit_tol:
+            break
+    info["err_refit"] = err
+    return l1, l2, info
+
+
+def _factor(weights, lam, xtx, cfg, use_gptq, refit=False):
     inv = (1.0 / lam.double())
     h_hat = xtx * inv[:, None] * inv[None, :]
-    out = []
+    out, infos = [], []
     for w in weights:
         w_hat = w.detach().double() * lam.double()[None, :]
-        l1, l2 = low_rank(w_hat, cfg.rank)
+        if refit:
+            l1, l2, info = refit_low_rank(w_hat, h_hat, cfg)
+            infos.append(info)
+        else:
+            l1, l2 = low_rank(w_hat, cfg.rank)
         r = (w_hat - (l1.double() @ l2.double()).T).float()
         out.append(SVDQuantLayer(l1, l2, *_quant_residual(r, h_hat, cfg, use_gptq)))
-    return out, h_hat
+    return out, infos
 
 
 def objective(weights, layers: list[SVDQuantLayer], lam, xtx, absmax, tokens, cfg) -> float:
@@ -162,6 +226,7 @@ def svdquant(weights: list[torch.Tensor], xtx: torch.Tensor, absmax: torch.Tenso
         if best is None or scores[float(a)] < scores[best[0]]:
             best = (float(a), lam, layers)
     alpha, lam, layers = best
-    if cfg.gptq:
-        layers, _ = _factor(weights, lam, xtx, cfg, use_gptq=True)
-    return SVDQuantGroup(lam, alpha, layers, scores)
+    infos = []
+    if cfg.gptq or cfg.refit_iters:
+        layers, infos = _factor(weights, lam, xtx, cfg, use_gptq=cfg.gptq, refit=cfg.refit_iters > 0)
+    return SVDQuantGroup(lam, alpha, layers, scores, infos)

@@ -5,8 +5,8 @@
 
 1. one calibration pass (``dvdq_compile.calibrate`` with ``hessian=True`` and ``timestep_bins``): per layer
    ``XᵀX``, channel absmax, and which layers read one input (q/k/v);
-2. per group of layers that share an input: ``quant.svdquant`` (α searched, rank-r branch, residual GPTQ'd with the
-   Hessian of X̂ = X·diag(λ)⁻¹);
+2. per group of layers that share an input: ``quant.svdquant`` (α searched, rank-r branch refit on the output error,
+   residual GPTQ'd with the Hessian of X̂ = X·diag(λ)⁻¹);
 3. a second pass over the same ``run_fn``: for every group, timestep bin and clip ratio c of ``clip_grid``, the
    running squared output error of the quantized layer on the actual calibration activations,
    ``Σ ‖x·Wᵀ − ((x̂·L1)·L2 + Q_c(x̂)·Q(R)ᵀ)‖²`` (bounded memory: a [bins, grid] table per group); each bin takes
@@ -53,6 +53,7 @@ class SVDQuantTSConfig:
     alphas: tuple = DEFAULT_ALPHAS
     gptq: bool = True
     gptq_act_order: bool = False
+    refit_iters: int = 100  # low-rank refit on the output error (0: the plain SVD branch)
     timestep_bins: object = 4  # None or 1: one bin (the "no timestep bins" ablation)
     clip_grid: tuple = CLIP_GRID
 
@@ -68,7 +69,7 @@ class SVDQuantTSConfig:
     def svd(self) -> SVDQuantConfig:
         return SVDQuantConfig(rank=self.rank, bits=self.weight_bits, group=self.weight_group,
                               act_bits=self.act_bits, act_group=self.act_group, alphas=tuple(self.alphas),
-                              gptq=self.gptq, gptq_act_order=self.gptq_act_order)
+                              gptq=self.gptq, gptq_act_order=self.gptq_act_order, refit_iters=self.refit_iters)
 
 
 def default_layers(name: str, mod: torch.nn.Linear) -> bool:
@@ -104,6 +105,9 @@ def calibrate_svdquant_ts(model: torch.nn.Module, run_fn: Callable[[torch.nn.Mod
         for n in group:
             group_of[n] = group[0]
         cal.meta.setdefault("alpha", {})[group[0]] = res.alpha
+        if res.refit:
+            cal.meta.setdefault("refit", {})[group[0]] = [
+                {k: (round(v, 6) if isinstance(v, float) else v) for k, v in info.items()} for info in res.refit]
 
     # pass 2: clip-ratio error tables on the actual activations
     grid = torch.tensor(cfg.clip_grid, dtype=torch.float32)

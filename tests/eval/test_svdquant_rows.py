@@ -11,9 +11,10 @@ from dvdq_compile.eval.harness import ROWS, EvalSetup, Evaluator, Row
 def test_svdquant_rows_exist_and_run():
     labels = [r.label for r in ROWS if r.svdquant]
     assert labels == ["SVDQuant-GPTQ-TS W4A4", "SVDQuant-GPTQ-TS W4A4 (no timestep bins)",
-                      "SVDQuant-GPTQ-TS W4A4 (no GPTQ)", "SVDQuant-GPTQ-TS W4A4 (no low-rank)"]
+                      "SVDQuant-GPTQ-TS W4A4 (no GPTQ)", "SVDQuant-GPTQ-TS W4A4 (no low-rank)",
+                      "SVDQuant-GPTQ-TS W4A4 (no refit)"]
     assert {r.calib for r in ROWS if r.svdquant} == {(), (("timestep_bins", None),), (("gptq", False),),
-                                                     (("rank", 0),)}
+                                                     (("rank", 0),), (("refit_iters", 0),)}
     setup = EvalSetup(classes=(2,), steps=2, calib_classes=(1,), calib_steps=2, two_experts=False,
                       kernels="reference", rows=())
     ev = Evaluator(setup)
