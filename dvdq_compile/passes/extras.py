@@ -79,11 +79,6 @@ class Extras:
             raise ValueError("extras: a weight-only layer (act_bits=16) has no smoothing, clip table or branch on "
                              "quantized activations")
 
-    @property
-    def own_weight(self) -> bool:
-        """The quantized weight comes from the artifact (precomputed or offset), not from the weight cache."""
-        return self.qweight is not None or self.offset_weight
-
 
 def extras_from_artifact(cal, name: str) -> Extras | None:
     """Layer ``name``'s extras in artifact ``cal`` (None: no entry): a ``qvdit`` artifact converts itself

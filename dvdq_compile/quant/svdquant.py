@@ -20,15 +20,17 @@ what makes α trade activation outliers against weight range, and the low-rank b
 input is the unquantized x̂ (only R sees quantized activations). During the search the residual is RTN-quantized
 and L1L2 is the plain SVD; on the chosen α the branch is refit and GPTQ (if asked) runs once.
 
-Low-rank refit (SVDQuant refits L1L2 on the output error, ≤ 100 iterations with early stop; algorithms.md §7):
-given the current RTN residual Q = Q(Ŵ − L), the branch that minimizes the weight term of the output error
-``tr((Ŵ − Q − L) Σ̂ (Ŵ − Q − L)ᵀ)`` over rank-r L is closed-form, the truncated SVD in the Σ̂-weighted norm:
+Low-rank refit (SVDQuant refits L1L2 on the output error, ≤ 100 iterations with early stop; algorithms.md §7), on
+the same objective E as the α search: given the current RTN residual Q = Q(Ŵ − L), and taking Q(R) ≈ R = Ŵ − L in
+the activation-noise term (D = T·diag(σ²)), the rank-r L minimizing ``tr((Ŵ−Q−L)Σ̂(·)ᵀ) + tr((Ŵ−L)D(·)ᵀ)`` is
+closed-form, a truncated SVD in the P-weighted norm:
 
-    L = trunc_r((Ŵ − Q)·S)·S⁻¹,   S = (Σ̂ + δ·mean(diag Σ̂)·I)^½    (δ = ``refit_damp``; dead channels stay finite)
+    L = trunc_r(B·P^-½)·P^-½,   B = (Ŵ − Q)·Σ̂ + Ŵ·D,   P = Σ̂ + D + δ·mean(diag(Σ̂ + D))·I
 
-then Q is requantized from the new residual. Iterations stop when the (undamped) error improves by less than
-``refit_tol`` relatively; a step that does not improve is never taken, so the refit never ends worse than the
-plain SVD start.
+(δ = ``refit_damp`` keeps dead channels finite); then Q is requantized from the new residual. Without the noise
+term (16-bit activations) the refit would only chase the weight error and push error into the residual, whose
+activations are the 4-bit ones. Iterations stop when E improves by less than ``refit_tol`` relatively; a step
+that does not lower E is never taken, so the refit never ends worse than the plain SVD start.
 """
 from __future__ import annotations
 
@@ -134,32 +136,34 @@ def _weighted_err(dw: torch.Tensor, h: torch.Tensor) -> float:
     return float(torch.einsum("nk,kl,nl->", dw, h, dw))
 
 
-def refit_low_rank(w_hat: torch.Tensor, h_hat: torch.Tensor, cfg: SVDQuantConfig):
-    """The branch (L1 [K, r], L2 [r, N]) fp32 refit on the output error (module docstring), and
-    ``{"iters", "err_svd", "err_refit"}``: iterations taken and the weight error term before / after."""
-    w_hat, h = w_hat.double(), h_hat.double()
+def refit_low_rank(w_hat: torch.Tensor, h_hat: torch.Tensor, noise: torch.Tensor, cfg: SVDQuantConfig):
+    """The branch (L1 [K, r], L2 [r, N]) fp32 refit on the layer's α objective (module docstring), and
+    ``{"iters", "err_svd", "err_refit"}``: iterations taken and the objective before / after. ``noise`` [K] is
+    T·σ_j², the activation-rounding noise the residual sees (zeros for 16-bit activations)."""
+    w_hat, h, d = w_hat.double(), h_hat.double(), noise.double()
     l1, l2 = low_rank(w_hat, cfg.rank)
     r = l1.shape[1]
 
     def residual_err(lr):
         q = dequantize(*minmax((w_hat - lr).float(), cfg.bits, cfg.group or None)).double()
-        return q, _weighted_err(w_hat - lr - q, h)
+        return q, _weighted_err(w_hat - lr - q, h) + float((q.square().sum(0) * d).sum())
 
-    low = (l1.double() @ l2.double()).T
-    q, err = residual_err(low)
+    q, err = residual_err((l1.double() @ l2.double()).T)
     info = {"iters": 0, "err_svd": err, "err_refit": err}
-    mean_diag = float(h.diagonal().mean())
+    p = h + torch.diag(d)
+    mean_diag = float(p.diagonal().mean())
     if r == 0 or cfg.refit_iters == 0 or not mean_diag > 0:
         return l1, l2, info
-    e, v = torch.linalg.eigh(h + cfg.refit_damp * mean_diag * torch.eye(h.shape[0], dtype=h.dtype))
+    e, v = torch.linalg.eigh(p + cfg.refit_damp * mean_diag * torch.eye(p.shape[0], dtype=p.dtype))
     e = e.clamp_min(cfg.refit_damp * mean_diag * 1e-3)  # eigh of a damped PSD matrix: guard round-off only
-    s_half, s_inv = (v * e.sqrt()) @ v.T, (v / e.sqrt()) @ v.T
+    p_inv_half = (v / e.sqrt()) @ v.T
     for _ in range(cfg.refit_iters):
-        u, sv, vh = torch.linalg.svd((w_hat - q) @ s_half, full_matrices=False)
-        l2_new = u[:, :r].T                                  # [r, N]
-        l1_new = ((sv[:r, None] * vh[:r]) @ s_inv).T         # [K, r]
-        low_new = (l1_new @ l2_new).T
-        q_new, err_new = residual_err(low_new)
+        # argmin_L tr((Ŵ−Q−L)Σ̂(·)ᵀ) + tr((Ŵ−L)D(·)ᵀ) = trunc_r(B·P^-½)·P^-½, B = (Ŵ−Q)Σ̂ + Ŵ·D, P = Σ̂ + D
+        b = (w_hat - q) @ h + w_hat * d[None, :]
+        u, sv, vh = torch.linalg.svd(b @ p_inv_half, full_matrices=False)
+        l2_new = u[:, :r].T                                    # [r, N]
+        l1_new = ((sv[:r, None] * vh[:r]) @ p_inv_half).T      # [K, r]
+        q_new, err_new = residual_err((l1_new @ l2_new).T)
         if not err_new < err:
             break
         gain = (err - err_new) / err if err > 0 else 0.0
@@ -171,14 +175,15 @@ def refit_low_rank(w_hat: torch.Tensor, h_hat: torch.Tensor, cfg: SVDQuantConfig
     return l1, l2, info
 
 
-def _factor(weights, lam, xtx, cfg, use_gptq, refit=False):
+def _factor(weights, lam, xtx, cfg, use_gptq, refit=False, absmax=None, tokens=0):
     inv = (1.0 / lam.double())
     h_hat = xtx * inv[:, None] * inv[None, :]
     out, infos = [], []
     for w in weights:
         w_hat = w.detach().double() * lam.double()[None, :]
         if refit:
-            l1, l2, info = refit_low_rank(w_hat, h_hat, cfg)
+            noise = tokens * _act_noise(absmax.double() * inv, cfg)
+            l1, l2, info = refit_low_rank(w_hat, h_hat, noise, cfg)
             infos.append(info)
         else:
             l1, l2 = low_rank(w_hat, cfg.rank)
@@ -228,5 +233,6 @@ def svdquant(weights: list[torch.Tensor], xtx: torch.Tensor, absmax: torch.Tenso
     alpha, lam, layers = best
     infos = []
     if cfg.gptq or cfg.refit_iters:
-        layers, infos = _factor(weights, lam, xtx, cfg, use_gptq=cfg.gptq, refit=cfg.refit_iters > 0)
+        layers, infos = _factor(weights, lam, xtx, cfg, use_gptq=cfg.gptq, refit=cfg.refit_iters > 0,
+                                absmax=absmax, tokens=tokens)
     return SVDQuantGroup(lam, alpha, layers, scores, infos)

@@ -64,3 +64,20 @@ def test_faithful_row_runs_with_its_bits(tmp_path):
     assert r.weight_bytes > rtn.weight_bytes and r.psnr > rtn.psnr
     md = harness.markdown({"env": harness.environment(setup), "setup": vars(setup), "rows": [vars(r)]})
     assert "| Q-VDiT W3A6 (MLP W8A8) (train 7 s) |" in md
+
+
+def test_default_table_leaves_out_untrained_qvdit_rows(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_run(setup, out, progress, stem):
+        seen["rows"] = setup.rows
+        raise FileNotFoundError("stop here")  # the CLI turns it into exit code 2
+
+    monkeypatch.setattr(harness, "run", fake_run)
+    (tmp_path / "w4a6_high.safetensors").write_bytes(b"")  # only w4a6 "trained"
+    (tmp_path / "w4a6_low.safetensors").write_bytes(b"")
+    assert cli.main(["eval", "--qvdit-dir", str(tmp_path), "--no-progress", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "leaving out row 'Q-VDiT W3A6 (MLP W8A8)'" in err and "leaving out row 'Q-VDiT W3A6'" in err
+    assert "Q-VDiT W4A6" in seen["rows"] and "Q-VDiT W3A6" not in seen["rows"]
+    assert len(seen["rows"]) == len(ROWS) - 2

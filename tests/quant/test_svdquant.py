@@ -125,6 +125,18 @@ def test_refit_lowers_the_output_error_and_never_raises_it():
     assert one.refit[0]["iters"] == 1 and one.refit[0]["err_refit"] >= info["err_refit"]
 
 
+@pytest.mark.parametrize("seed", [3, 5])
+def test_refit_at_a4_accounts_for_the_activation_noise(seed):
+    """With 4-bit activations on the residual, the refit's objective carries the activation-noise term: the
+    measured A4 output error must fall (it did not when the refit chased the weight error alone)."""
+    x, w = _data(seed=seed)
+    base = dict(rank=8, alphas=(0.5,), gptq=True, act_bits=4)
+    plain = svdquant([w], *_stats(x), SVDQuantConfig(**base, refit_iters=0))
+    refit = svdquant([w], *_stats(x), SVDQuantConfig(**base))
+    assert refit.refit[0]["err_refit"] < refit.refit[0]["err_svd"]
+    assert _measured(x, w, refit, 4) < 0.97 * _measured(x, w, plain, 4)
+
+
 def test_refit_with_dead_channels_and_bad_config():
     x, w = _data(seed=6)
     x[:, 10:20] = 0  # channels the calibration never saw: Σ̂ is singular there
