@@ -80,7 +80,7 @@ def _report(sites, example_inputs, cfg: QuantConfig, impl: str, why: str) -> Com
         w = example_inputs[s.w_index] if s.w_index is not None else s.w.meta.get("example_value")
         before = s.n * s.k * (w.element_size() if isinstance(w, torch.Tensor) else 2)
         q = s.decision in QUANTIZED
-        sp = spec if s.weight_bits is None else dataclasses.replace(spec, bits=s.weight_bits)
+        sp = dataclasses.replace(spec, bits=s.wbits(cfg))
         rows.append(LayerReport(
             name=s.name, n=s.n, k=s.k, decision=s.decision, reason=s.reason,
             weight_bits=sp.bits if q else None,

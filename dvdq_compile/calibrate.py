@@ -57,6 +57,21 @@ def weight_fingerprint(w: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def check_fingerprint(weights: dict[str, str], name: str, w: torch.Tensor, what: str, fix: str) -> None:
+    """Raise if ``w`` is not the weight layer ``name`` had when the artifact was made. ``weights``: layer ->
+    fingerprint (a layer not listed is not checked); ``what``: "<artifact> was made" (or "was trained"), the start
+    of the message; ``fix``: what to do. A weight released by free_weights is compared by the fingerprint taken
+    before release."""
+    want = weights.get(name)
+    if want is None:
+        return
+    from .runtime.free import fingerprint_of
+    got = fingerprint_of(w)
+    if got != want:
+        raise ValueError(f"{what} for a different model: layer {name!r} has weight fingerprint {got}, the "
+                         f"artifact expects {want}. {fix}")
+
+
 def write_artifact(path: str | Path, tensors: dict[str, torch.Tensor], manifest: dict) -> Path:
     """An artifact file: safetensors with the JSON manifest in its metadata, plus a readable ``path.json`` copy."""
     from safetensors.torch import save_file
@@ -173,16 +188,9 @@ class Calibration:
 
     def check(self, name: str, w: torch.Tensor) -> None:
         """Raise if ``w`` is not the weight layer ``name`` had when this calibration was made."""
-        want = self.weights.get(name)
-        if want is None:
-            return
-        from .runtime.free import fingerprint_of
-        got = fingerprint_of(w)  # a weight released by free_weights: the fingerprint taken before release
-        if got != want:
-            raise ValueError(
-                f"dvdquant option artifact: calibration {self.meta.get('path', '(in memory)')} was made for a "
-                f"different model: layer {name!r} has weight fingerprint {got}, the artifact expects {want}. "
-                "Calibrate this model (dvdq_compile.calibrate) or pass the artifact made for it.")
+        check_fingerprint(self.weights, name, w,
+                          f"dvdquant option artifact: calibration {self.meta.get('path', '(in memory)')} was made",
+                          "Calibrate this model (dvdq_compile.calibrate) or pass the artifact made for it.")
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

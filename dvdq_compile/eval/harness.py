@@ -114,7 +114,7 @@ def qvdit_paths(setup: EvalSetup, setting: str) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"dvdq eval: the qvdit rows of setting {setting!r} need {missing}; train them with "
                                 f"`python -m dvdq_compile.qvdit.train --setting {setting} --out {setup.qvdit_dir}` "
-                                "(about 10-15 min per setting on one CPU core) or pass --qvdit-dir")
+                                "(about 7 min per setting on one CPU core) or pass --qvdit-dir")
     return paths
 
 

@@ -143,10 +143,10 @@ def _extras_sqnr(x, ref, lin, g, w, decision, params, bits) -> float:
     timestep bins of the SQNR with each bin's clip ratio (a bin the layer's expert never runs counts too)."""
     from ..passes.extras import extras_from_artifact
 
-    name = w.layers[0]
-    triples, _ = g.extras.tensors(params, params[g.param_indices[0]])
+    key = params[g.param_indices[0]]
+    triples, _ = g.extras.tensors(params, key)
     qweight = triples[next(i for i, v in enumerate(g.weights) if v is w)]
-    ex = extras_from_artifact(g.extras._pick(params), name)
+    ex = extras_from_artifact(g.extras.artifact(params, key), w.layers[0])
     clips = [None] if ex.clip is None else [float(c) for c in ex.clip]
     return sum(sqnr_db(extras_output(x, lin, g.cfg, ex, bits, c, qweight, decision).float(), ref.float())
                for c in clips) / len(clips)

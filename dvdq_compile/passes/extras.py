@@ -43,9 +43,7 @@ import torch
 from ..calibrate import Calibration, TimestepBins
 from ..quant.act import ACT_BITS
 from ..quant.qweight import WEIGHT_BITS
-from .find_linears import LinearSite
-
-QUANTIZED = ("quantize", "weight_only")
+from .find_linears import QUANTIZED, LinearSite
 
 KINDS = ("inv_lam", "l1", "l2", "clip")
 

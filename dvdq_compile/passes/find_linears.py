@@ -23,6 +23,7 @@ import torch.fx as fx
 from ..config import QuantConfig
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+QUANTIZED = ("quantize", "weight_only")  # the decisions whose weight the backend quantizes
 
 
 @dataclass

@@ -20,9 +20,7 @@ from torch import fx
 from ..codegen.dispatch import act_impl, gemm_variant, linear_impl
 from ..config import QuantConfig
 from ..quant.qweight import WeightSpec
-from .find_linears import LinearSite
-
-QUANTIZED = ("quantize", "weight_only")
+from .find_linears import QUANTIZED, LinearSite
 
 
 def assign_impls(sites: list[LinearSite], cfg: QuantConfig, impl: str) -> None:

@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..calibrate import TimestepBins, model_fingerprint, read_manifest, weight_fingerprint, write_artifact
+from ..calibrate import (
+    TimestepBins,
+    check_fingerprint,
+    model_fingerprint,
+    read_manifest,
+    weight_fingerprint,
+    write_artifact,
+)
 from .swap import QVDiTConfig, install, tqe_layers
 from .tqe import TQEConfig
 
@@ -89,16 +96,9 @@ class QVDiTArtifact:
     def check(self, name: str, w: torch.Tensor) -> None:
         """Raise if ``w`` is not the weight layer ``name`` was trained on (no-op for a layer not in the artifact).
         The same contract as ``Calibration.check``: the backend matches models (experts) to artifacts with it."""
-        want = self.weights.get(name)
-        if want is None:
-            return
-        from ..runtime.free import fingerprint_of
-        got = fingerprint_of(w)  # a weight released by free_weights: the fingerprint taken before release
-        if got != want:
-            raise ValueError(f"qvdit artifact {self.meta.get('path', '(in memory)')} was trained for a different "
-                             f"model: layer {name!r} has weight fingerprint {got}, the artifact expects {want}. Train "
-                             "qvdit on this model (python -m dvdq_compile.qvdit.train) or pass the artifact made "
-                             "for it.")
+        check_fingerprint(self.weights, name, w, f"qvdit artifact {self.meta.get('path', '(in memory)')} was trained",
+                          "Train qvdit on this model (python -m dvdq_compile.qvdit.train) or pass the artifact made "
+                          "for it.")
 
     def check_model(self, model: nn.Module) -> None:
         """Raise unless every layer of this artifact exists in ``model`` with the weight it was trained on."""
@@ -121,7 +121,7 @@ class QVDiTArtifact:
 
     def layer_extras(self, name: str):
         """Layer ``name`` as backend extras: its bits, the weight offset ``(B, A)`` folded into the weight codes at
-        load (``tqe.offset_qweight``) and the rank-1 branch ``(a1ᵀ, b1ᵀ)`` on the quantized activation (on ``x``
+        load (``quant.offset_qweight``) and the rank-1 branch ``(a1ᵀ, b1ᵀ)`` on the quantized activation (on ``x``
         for a weight-only layer). None: the artifact has no such layer."""
         from ..passes.extras import Extras
 

@@ -41,7 +41,6 @@ from ..quant.qweight import WEIGHT_BITS
 ACT_BITS = (*_ACT_BITS, 16)
 
 
-
 @dataclass(frozen=True)
 class TQEConfig:
     """One layer's quantization and estimator shape. ``act_bits`` 16 = activations not quantized."""

@@ -63,10 +63,8 @@ class WeightCache:
                        disable=(not progress) or None, leave=False)
             for i in bar:
                 p = params[i]
-                if p.untyped_storage().nbytes() == 0 and p.numel():
-                    from .free import FreedWeightError, message
-                    raise FreedWeightError(message(names[i], "quantizing it again (other options, or an edit of "
-                                                             "the parameter)"))
+                from .free import require_storage
+                require_storage(p, names[i], "quantizing it again (other options, or an edit of the parameter)")
                 try:
                     qw = quantize_weight(p, specs[i], with_stats=True,
                                          pre_scale=pre_scales[i] if pre_scales is not None else None)

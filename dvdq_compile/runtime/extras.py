@@ -12,6 +12,7 @@ import torch
 
 from ..passes.extras import ExtrasPlan, extras_from_artifact, model_tensors
 from ..quant.offset import offset_qweight
+from .free import require_storage
 from .identity import IdentityMap
 
 
@@ -21,7 +22,8 @@ class ExtrasSource:
         # weight input position -> layer name, for the weights that come precomputed from the artifact
         self.art_weights = {i: w.layers[0] for i, w in enumerate(weights) if w.source == "artifact"}
         self.layer_params = {w.layers[0]: w.arg_index for w in weights if w.layers[0] in plan.sites}
-        self._models = IdentityMap()  # first parameter of a model -> (weight triples by position, extra inputs)
+        # first parameter of a model -> (weight triples by position, extra inputs, its artifact)
+        self._models = IdentityMap()
 
     def _pick(self, args):
         for cal in self.plan.artifacts:
@@ -37,6 +39,13 @@ class ExtrasSource:
                          "(e.g. the other expert) and add its artifact to options['artifact']")
 
     def tensors(self, args, key) -> tuple[dict[int, tuple], list[torch.Tensor]]:
+        return self._entry(args, key)[:2]
+
+    def artifact(self, args, key):
+        """The artifact matched to the model whose first parameter is ``key`` (chosen once, at its first call)."""
+        return self._entry(args, key)[2]
+
+    def _entry(self, args, key):
         got = self._models.get(key)
         if got is None:
             cal = self._pick(args)
@@ -48,11 +57,9 @@ class ExtrasSource:
                     triples[pos] = tuple(t.to(dev).contiguous() for t in ex.qweight)
                 else:  # offset weight: MinMax grid of this model's W, codes of W + (B A)ᵀ
                     w = args[self.layer_params[name]]
-                    if w.untyped_storage().nbytes() == 0 and w.numel():
-                        from .free import FreedWeightError, message
-                        raise FreedWeightError(message(name, "quantizing it with its artifact's weight offset"))
+                    require_storage(w, name, "quantizing it with its artifact's weight offset")
                     b_a = ex.weight_offset or (None, None)
                     triples[pos] = offset_qweight(w, *b_a, ex.weight_bits)
-            got = (triples, model_tensors(self.plan, cal, dev))
+            got = (triples, model_tensors(self.plan, cal, dev), cal)
             self._models[key] = got
         return got

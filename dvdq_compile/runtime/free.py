@@ -75,6 +75,12 @@ def message(name: str, what: str) -> str:
             "bring the weights back first: dvdq_compile.restore_weights(model, state_dict) (or reload the model)")
 
 
+def require_storage(p: torch.Tensor, name: str, what: str) -> None:
+    """Raise ``FreedWeightError`` before ``what`` reads ``p`` if its storage was released (reading it would crash)."""
+    if p.untyped_storage().nbytes() == 0 and p.numel():
+        raise FreedWeightError(message(name, what))
+
+
 def _guard(module, _args):
     # Under tracing this is a no-op: the compiled graph reads the quantized copy, not the parameter.
     if torch.compiler.is_compiling() or not FREED.nonempty():

@@ -210,3 +210,44 @@ def test_inductor_lowering_matches_the_eager_lowering():
     # a missing branch or offset moves the output by > 1e-2 here (test_learned_tensors_are_used_not_just_the_bits)
     assert torch.isfinite(y).all()
     assert rel_err(y, eager) < 1e-3, rel_err(y, eager)
+
+
+def test_inconsistent_artifacts_are_refused_with_the_layer_named():
+    base, _, art = _trained(ALL)
+    bad = copy.deepcopy(art)
+    bad.tensors["blocks.0.attn1.to_q"]["lora_B"] = torch.zeros(128, 4)  # K is 256
+    with pytest.raises(BackendCompilerFailed, match=r"layer 'blocks\.0\.attn1\.to_q' is \[N=256, K=256\] but its "
+                                                    r"weight offset factors have shapes \(128, 4\) and \(4, 256\)"):
+        with torch.no_grad():
+            _compile(base, bad)(**_inputs())
+    bad = copy.deepcopy(art)
+    bad.tensors["blocks.0.attn1.to_k"]["b1"] = torch.zeros(128, 1)
+    with pytest.raises(BackendCompilerFailed, match=r"layer 'blocks\.0\.attn1\.to_k' is \[N=256, K=256\] but its "
+                                                    r"low-rank branch has shapes \(256, 1\) and \(1, 128\)"):
+        with torch.no_grad():
+            _compile(base, bad)(**_inputs())
+    # a faithful (MLP W8A8) artifact next to an all-layer one: one graph cannot serve both
+    _, _, faithful = _trained(FAITHFUL, seed=3)
+    with pytest.raises(BackendCompilerFailed, match=r"artifacts disagree on layer 'blocks\.0\.ffn\.net\.0\.proj' "
+                                                    r"\(entry, shapes, rank, bits or timestep bins\)"):
+        with torch.no_grad():
+            _compile(base, [art, faithful])(**_inputs())
+    asym = swap.QVDiTConfig(weight_bits=3, act_bits=6, rank=4, mlp_w8a8=False, act_sym=False)
+    _, _, asym_art = _trained(asym)
+    with pytest.raises(BackendCompilerFailed, match=r"trained with asymmetric activations \(act_sym=False\)"):
+        with torch.no_grad():
+            _compile(base, asym_art)(**_inputs())
+
+
+def test_extras_record_rejects_contradictions():
+    from dvdq_compile.passes.extras import Extras
+
+    q = (torch.zeros(4, 4, dtype=torch.uint8), torch.ones(4, 1), torch.zeros(4, 1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="either precomputed"):
+        Extras(qweight=q, offset_weight=True, weight_bits=3)
+    with pytest.raises(ValueError, match="weight_offset needs offset_weight=True"):
+        Extras(weight_offset=(torch.zeros(8, 1), torch.zeros(1, 4)))
+    with pytest.raises(ValueError, match="an offset weight needs its weight_bits"):
+        Extras(offset_weight=True)
+    with pytest.raises(ValueError, match="a weight-only layer"):
+        Extras(offset_weight=True, weight_bits=3, act_bits=16, lowrank_input="xq")
