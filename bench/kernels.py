@@ -128,12 +128,15 @@ def measure_int8_peak(rep):
     return 2 * n**3 / (r["ms"] * 1e-3) / 1e12
 
 
-def make_weights(n, k, dev, gen):
+def make_weights(n, k, dev, gen, bits=4):
     import torch
-    q = torch.randint(0, 16, (n, k), device=dev, generator=gen, dtype=torch.int64)
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # quant.pack_int4 layout: low nibble = even k
+    q = torch.randint(0, 2**bits, (n, k), device=dev, generator=gen, dtype=torch.int64)
+    if bits == 8:
+        packed = q.to(torch.uint8)                                   # quant.pack(q, 8): one code per byte
+    else:
+        packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # quant.pack_int4 layout: low nibble = even k
     ws = (torch.rand(n, 1, device=dev, generator=gen) * 0.01 + 1e-3).float()
-    wz = torch.randint(0, 16, (n, 1), device=dev, generator=gen, dtype=torch.int32)
+    wz = torch.randint(0, 2**bits, (n, 1), device=dev, generator=gen, dtype=torch.int32)
     return packed.contiguous(), ws, wz
 
 
@@ -145,37 +148,38 @@ def correctness(n, k, args, dev, gen):
     out = {}
     x = torch.randn(CHECK_M, k, device=dev, generator=gen).to(torch.bfloat16)
     x[:, :: max(1, k // 16)] *= 8.0  # outlier channels
-    packed, ws, wz = make_weights(n, k, dev, gen)
+    weights = {4: make_weights(n, k, dev, gen), 8: make_weights(n, k, dev, gen, bits=8)}
     bias = torch.randn(n, device=dev, generator=gen).to(torch.bfloat16)
     group = args.group or k
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        for abits in (8, 4):
+        for wbits, abits in ((4, 8), (4, 4), (8, 8)):
+            packed, ws, wz = weights[wbits]
             rc, rs = quant.quantize_act(x, abits, group, args.rotate, 0)
-            yr = quant.qlinear_ref(rc, rs, packed, ws, wz, bias, 4, torch.bfloat16).float()
+            yr = quant.qlinear_ref(rc, rs, packed, ws, wz, bias, wbits, torch.bfloat16).float()
             big = float(yr.abs().max())
             c, s = kernels.act_quant(x, abits, group, args.rotate, 0)
             d = (c.int() - rc.int()).abs()
             rec = {"code_mismatch_frac": float((d > 0).float().mean()), "code_max_diff": int(d.max()),
                    "scale_max_rel_err": float(((s - rs).abs() / rs.abs().clamp_min(1e-30)).max())}
-            ys = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16).float()
-            yg = kernels.qlinear(rc, rs, packed, ws, wz, bias, 4, torch.bfloat16).float()
+            ys = kernels.qlinear(c, s, packed, ws, wz, bias, wbits, torch.bfloat16).float()
+            yg = kernels.qlinear(rc, rs, packed, ws, wz, bias, wbits, torch.bfloat16).float()
             rec["gemm_same_codes_max_abs_err"] = float((yg - yr).abs().max())
             rec["split_max_abs_err"] = float((ys - yr).abs().max())
             rec["split_max_rel_err"] = float((ys - yr).abs().max()) / big
-            if kernels.supports(4, tuple(ws.shape), group, k, rotate=args.rotate, variant="fused"):
-                yf = kernels.fused_qlinear(x, packed, ws, wz, bias, 4, abits, group, args.rotate, 0).float()
+            if kernels.supports(wbits, tuple(ws.shape), group, k, rotate=args.rotate, variant="fused"):
+                yf = kernels.fused_qlinear(x, packed, ws, wz, bias, wbits, abits, group, args.rotate, 0).float()
                 rec["fused_max_abs_err"] = float((yf - yr).abs().max())
                 rec["fused_max_rel_err"] = float((yf - yr).abs().max()) / big
             # quantization noise vs the unquantized activation (same quantized weight), for context
             xr = quant.rotate(x, args.rotate, 0) if args.rotate else x.float()
-            w_hat = quant.dequantize(quant.unpack(packed, 4), ws, wz)
+            w_hat = quant.dequantize(quant.unpack(packed, wbits), ws, wz)
             y32 = xr @ w_hat.T + bias.float()
             rec["sqnr_db_vs_unquantized_act"] = float(10 * torch.log10(y32.square().sum() /
                                                                        (ys - y32).square().sum()))
             rec["reference_max_abs"] = big
-            out[f"a{abits}"] = rec
+            out[f"a{abits}" if wbits == 4 else f"w{wbits}a{abits}"] = rec
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
     return out
@@ -229,6 +233,15 @@ def run_shape(m, n, k, args, dev, gen, peak, compiled_int8):
             t(f"w4a{abits}_fused", lambda: kernels.fused_qlinear(x, packed, ws, wz, b, 4, abits, group,
                                                                  args.rotate, 0))
         del c, s
+    # W8A8 on the same kernels (byte layout + the q − 128 zero-point correction) vs the symmetric int8 baselines
+    packed8, ws8, wz8 = make_weights(n, k, dev, gen, bits=8)
+    c, s = kernels.act_quant(x, 8, group, args.rotate, 0)
+    t("w8a8_gemm", lambda: kernels.qlinear(c, s, packed8, ws8, wz8, b, 8, torch.bfloat16))
+    t("w8a8_split", lambda: kernels.qlinear(*kernels.act_quant(x, 8, group, args.rotate, 0),
+                                            packed8, ws8, wz8, b, 8, torch.bfloat16))
+    if kernels.supports(8, tuple(ws8.shape), group, k, rotate=args.rotate, variant="fused"):
+        t("w8a8_fused", lambda: kernels.fused_qlinear(x, packed8, ws8, wz8, b, 8, 8, group, args.rotate, 0))
+    del c, s, packed8
 
     # derived numbers
     ops = 2.0 * m * n * k
@@ -265,7 +278,7 @@ def write_markdown(res, path):
              "Times: median ms (`triton.testing.do_bench`); TOPS = 2·M·N·K / time; speedup vs bf16 `F.linear`.",
              ""]
     cols = ["bf16", "int8_mm", "int8_unfused", "int8_compiled", "fp8_mm", "fp8_rowwise", "w4a8_gemm",
-            "w4a8_split", "w4a8_fused", "w4a4_split", "w4a4_fused"]
+            "w4a8_split", "w4a8_fused", "w4a4_split", "w4a4_fused", "w8a8_split", "w8a8_fused"]
     present = [c for c in cols if any(c in r["times"] for r in res["shapes"])]
     lines.append("| model | M | N | K | " + " | ".join(present) + " | act_quant A8 (share of split) |")
     lines.append("|---|---:|---:|---:|" + "---:|" * len(present) + "---:|")
@@ -293,7 +306,8 @@ def write_markdown(res, path):
         for bits, c in chk.items():
             fu = (f"{c['fused_max_abs_err']:.3g} ({c['fused_max_rel_err']:.2g})" if "fused_max_abs_err" in c
                   else "–")
-            lines.append(f"| {n} | {k} | W4{bits.upper()} | {c['code_mismatch_frac']:.2e} | "
+            label = bits.upper() if bits.startswith("w") else f"W4{bits.upper()}"
+            lines.append(f"| {n} | {k} | {label} | {c['code_mismatch_frac']:.2e} | "
                          f"{c['scale_max_rel_err']:.2e} | {c['gemm_same_codes_max_abs_err']:.3g} | "
                          f"{c['split_max_abs_err']:.3g} ({c['split_max_rel_err']:.2g}) | {fu} | "
                          f"{c['sqnr_db_vs_unquantized_act']:.1f} |")
@@ -311,7 +325,7 @@ def plot(res, path):
     except Exception:
         return False
     names = ["int8_unfused", "int8_compiled", "fp8_rowwise", "w4a8_split", "w4a8_fused", "w4a4_split",
-             "w4a4_fused"]
+             "w4a4_fused", "w8a8_fused"]
     labels = [f"{r['M']}×{r['N']}×{r['K']}" for r in res["shapes"]]
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(labels)), 5))
     for nm in names:

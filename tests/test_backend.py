@@ -316,10 +316,22 @@ def test_triton_kernels_through_the_backend(act_bits):
 def test_unsupported_kernel_cases_fall_back_per_layer_with_reason():
     model = TinyDiT()
     with torch.no_grad():
-        compiled(model, act_bits=8, weight_bits=8, kernels="triton")(X, T)
+        compiled(model, act_bits=8, group=64, weight_group=128, kernels="triton")(X, T)
     r = dvdq_compile.report(model)
+    q = [x for x in r.layers if x.decision == "quantize" and x.k > 128]   # K = 128: one weight group = per row
+    assert q and all(x.kernel == "reference" and "reference kernels: weight scales" in x.reason for x in q), q
+
+
+def test_w8a8_runs_the_triton_kernels():
+    """8-bit weights take the byte layout with the q − 128 zero-point correction: same numbers as the reference."""
+    model = TinyDiT()
+    with torch.no_grad():
+        yt = compiled(model, act_bits=8, weight_bits=8, rotate=False, kernels="triton")(X, T)
+        r = dvdq_compile.report(model)
+        yr = compiled(model, act_bits=8, weight_bits=8, rotate=False, kernels="reference")(X, T)
     q = [x for x in r.layers if x.decision == "quantize"]
-    assert q and all(x.kernel == "reference" and "reference kernels: weight bits 8" in x.reason for x in q)
+    assert q and all(x.kernel == "triton" and x.weight_bits == 8 for x in q), q
+    assert rel_err(yt, yr) < 1e-5, rel_err(yt, yr)
 
 
 def test_kernels_triton_without_interpreter_or_cuda_is_a_clear_error(monkeypatch):

@@ -8,13 +8,14 @@ Reference: ``quant.quantize_act`` followed by ``quant.qlinear_ref`` (numerically
 
 Cost (``cost.fused_qlinear_cost``): FLOPs ``2·M·N·K`` (int8) + ``2·M·K·r·⌈N/BN⌉`` (the rotation is recomputed by
 every N-tile; twice with a per-token scale, which needs the full-K absmax first) + ``≈4·M·K·⌈N/BN⌉`` (quantize);
-bytes ``e·M·K·⌈N/BN⌉`` (activations re-read per N-tile, mostly from L2) + ``N·K/2`` + ``e_out·M·N``. It saves the
+bytes ``e·M·K·⌈N/BN⌉`` (activations re-read per N-tile, mostly from L2) + ``N·K·b/8`` + ``e_out·M·N``. It saves the
 ``M·K·(1 + 4/g)`` byte round trip of the codes and one launch; it pays ``2r/BN`` of extra GEMM time in rotation
 work (platform.md §7 "Hadamard placement"). Which variant wins is measured (``bench/kernels.py``) and recorded in
 ``table.json``; :func:`variant.choose_variant` reads it.
 
 Supported: ``group`` a power of two in [32, 256] with the rotation block dividing it, or ``group == K``
-(per-token) with K a multiple of 32; weights as in :mod:`qlinear` (4/3-bit nibbles, per-row Δ, z).
+(per-token) with K a multiple of 32; weights as in :mod:`qlinear` (3/4-bit nibbles or 8-bit bytes with the
+``q − 128`` zero-point correction, per-row Δ, z).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from .qlinear import (MIN_BLOCK_K, epilogue, load_weight_tile, output_buffer, swizzle,
-                      unsupported_reason as _ql_reason)
+from .qlinear import (MIN_BLOCK_K, RS_COLS, epilogue, load_weight_tile, output_buffer, pack_factor, row_sum,
+                      swizzle, unsupported_reason as _ql_reason, zero_correct)
 from .tl_common import (INTERPRET, NAN, USE_RINT, as_rows, configs, hadamard_for, is_pow2, m_bucket,
                         quantize_rows, rotate_tile, row_absmax)
 
@@ -58,13 +59,13 @@ def _load_rotated(x_rows, offs_k, mask_m, h, BLOCK_M: tl.constexpr, W: tl.conste
     return xr
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "ROT", "PER_TOKEN"])
+@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "ROT", "PER_TOKEN", "PACK"])
 @triton.jit
 def _fused_qlinear_kernel(
     x_ptr, h_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, c_ptr,
     M, N, K, M_BUCKET,
     stride_xm, stride_wn, stride_cm,
-    QMAX: tl.constexpr, GROUP_K: tl.constexpr, PER_TOKEN: tl.constexpr,
+    QMAX: tl.constexpr, GROUP_K: tl.constexpr, PER_TOKEN: tl.constexpr, PACK: tl.constexpr,
     ROT: tl.constexpr, ROT_MODE: tl.constexpr, ROT_SCALE: tl.constexpr,
     USE_RINT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
@@ -76,10 +77,12 @@ def _fused_qlinear_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     offs_k = tl.arange(0, GROUP_K)
-    offs_kh = tl.arange(0, GROUP_K // 2)
+    offs_kh = tl.arange(0, GROUP_K // PACK)
     x_rows = x_ptr + offs_m[:, None] * stride_xm
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kh[None, :]
-    z8 = tl.load(wz_ptr + offs_n, mask=mask_n, other=0).to(tl.int8)
+    zr = tl.load(wz_ptr + offs_n, mask=mask_n, other=0)
+    z8 = zr.to(tl.int8)      # nibbles: q − z in registers
+    zc = 128 - zr            # bytes: the int32 correction (qlinear.zero_correct)
     if ROT > 0:
         offs_r = tl.arange(0, ROT)
         h = tl.load(h_ptr + offs_r[:, None] * ROT + offs_r[None, :])
@@ -95,12 +98,16 @@ def _fused_qlinear_kernel(
             nans = tl.maximum(nans, tl.max((xr != xr).to(tl.int32), axis=1))
         amax = tl.where(nans > 0, NAN, amax)
         acc_i = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
+        rs = tl.zeros((BLOCK_M, RS_COLS), tl.int32)
         for k0 in range(0, K, GROUP_K):
             xr = _load_rotated(x_rows, k0 + offs_k, mask_m, h, BLOCK_M, GROUP_K, ROT, ROT_MODE, ROT_SCALE)
             c, _ = quantize_rows(xr, amax[:, None], QMAX, USE_RINT)
-            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, GROUP_K)
-            acc_i = tl.dot(c.to(tl.int8), b, acc_i, out_dtype=tl.int32)
-            w_ptrs += GROUP_K // 2
+            c8 = c.to(tl.int8)
+            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, GROUP_K, PACK)
+            acc_i = tl.dot(c8, b, acc_i, out_dtype=tl.int32)
+            rs = row_sum(c8, rs, GROUP_K, PACK)
+            w_ptrs += GROUP_K // PACK
+        acc_i = zero_correct(acc_i, rs, zc, PACK)
         s = tl.math.div_rn(amax, tl.full((BLOCK_M,), QMAX, tl.float32))
         acc = acc_i.to(tl.float32) * s[:, None]
     else:
@@ -109,10 +116,13 @@ def _fused_qlinear_kernel(
             xr = _load_rotated(x_rows, k0 + offs_k, mask_m, h, BLOCK_M, GROUP_K, ROT, ROT_MODE, ROT_SCALE)
             amax = row_absmax(xr, 1)
             c, s = quantize_rows(xr, amax[:, None], QMAX, USE_RINT)
-            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, GROUP_K)
-            acc_i = tl.dot(c.to(tl.int8), b, out_dtype=tl.int32)
+            c8 = c.to(tl.int8)
+            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, GROUP_K, PACK)
+            acc_i = tl.dot(c8, b, out_dtype=tl.int32)
+            rs = row_sum(c8, tl.zeros((BLOCK_M, RS_COLS), tl.int32), GROUP_K, PACK)
+            acc_i = zero_correct(acc_i, rs, zc, PACK)
             acc += acc_i.to(tl.float32) * s
-            w_ptrs += GROUP_K // 2
+            w_ptrs += GROUP_K // PACK
     epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, stride_cm, HAS_BIAS)
 
 
@@ -161,7 +171,7 @@ def fused_qlinear(x: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor, w
     why = unsupported_reason(wbits, tuple(wscale.shape), group, k, rotate)
     if why:
         raise ValueError(f"Triton fused_qlinear: {why}")
-    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] * 2 != k:
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] * pack_factor(wbits) != k:
         raise ValueError(f"packed weight {packed.dtype} {tuple(packed.shape)} does not match K={k}")
     if tuple(wzero.shape) != tuple(wscale.shape) or wscale.shape[0] != packed.shape[0]:
         raise ValueError(f"weight scale {tuple(wscale.shape)} / zero {tuple(wzero.shape)} do not match "
@@ -184,8 +194,8 @@ def fused_qlinear(x: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor, w
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
     _fused_qlinear_kernel[grid](
         x2, h, w, ws, wz, b, buf, m, n, k, m_bucket(m), x2.stride(0), w.stride(0), buf.stride(0),
-        QMAX=qmax, GROUP_K=gk, PER_TOKEN=per_token, ROT=rotate, ROT_MODE=mode, ROT_SCALE=rscale,
-        USE_RINT=USE_RINT, HAS_BIAS=bias is not None,
+        QMAX=qmax, GROUP_K=gk, PER_TOKEN=per_token, PACK=pack_factor(wbits), ROT=rotate, ROT_MODE=mode,
+        ROT_SCALE=rscale, USE_RINT=USE_RINT, HAS_BIAS=bias is not None,
     )
     if buf.data_ptr() != res.data_ptr():
         res.view(buf.shape).copy_(buf)

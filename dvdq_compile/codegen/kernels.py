@@ -53,8 +53,9 @@ def unsupported_reason(wbits: int, wscale_shape, act_group: int, K: int, rotate:
 def supports(wbits: int, wscale_shape, act_group: int, K: int, rotate: int = 0, variant: str = "split") -> bool:
     """True when the Triton kernels run this linear; else fall back to the reference (see ``unsupported_reason``).
 
-    Supported: weight bits 3/4 (nibble layout), per-row weight scale/zero (``wscale_shape == (N, 1)``), activation
-    group a power of two >= 32 or ``K`` (per-token, K a multiple of 32), Hadamard block 0 or a power of two in
+    Supported: weight bits 3/4 (nibble layout) or 8 (one code per byte), per-row weight scale/zero
+    (``wscale_shape == (N, 1)``), activation group a power of two >= 32 or ``K`` (per-token, K a multiple of 32)
+    small enough that the int32 group partial sum cannot overflow, Hadamard block 0 or a power of two in
     [16, 256] dividing K (fused: also dividing the group).
     """
     return unsupported_reason(wbits, wscale_shape, act_group, K, rotate, variant) is None

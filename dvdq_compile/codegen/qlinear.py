@@ -1,4 +1,4 @@
-"""W4 × A{4,8} integer GEMM with a dequantizing epilogue, one Triton kernel.
+"""W{3,4,8} × A{4,8} integer GEMM with a dequantizing epilogue, one Triton kernel.
 
 Reference: :func:`dvdq_compile.quant.qlinear_ref` (the specification; DESIGN §4)::
 
@@ -7,14 +7,18 @@ Reference: :func:`dvdq_compile.quant.qlinear_ref` (the specification; DESIGN §4
 - ``xq`` int8 activation codes [M, K] (A4: −7..7, A8: −127..127), ``s`` fp32 [M, K/ga]; the activation group
   ``ga`` is a power of two >= 32 or ``K`` (per-token scale).
 - ``q`` 4-bit (or 3-bit) weight codes packed two per uint8 along K, low nibble = even k, [N, K/2] K-contiguous;
-  ``z`` int32 and ``Δ`` fp32 [N, 1] (one per output row).
-- Inside a group: int8 ``tl.dot(out_dtype=int32)`` on the activation codes and the weight codes unpacked in
-  registers to int8 ``q − z`` (−15..15), exact. Across groups: fp32, ``acc += s[:, g] · float(P_g)`` in group
-  order (the reference's order). Epilogue: ``· Δ[n]``, ``+ bias[n]``, cast to the output dtype.
+  or 8-bit codes, one per uint8, [N, K]. ``z`` int32 and ``Δ`` fp32 [N, 1] (one per output row).
+- Inside a group: int8 ``tl.dot(out_dtype=int32)``, exact. Nibbles are unpacked in registers to int8 ``q − z``
+  (−15..15). 8-bit ``q − z`` (−255..255) does not fit int8, so the dot takes ``q − 128`` (−128..127) and the
+  zero-point comes back as a rank-1 integer correction, ``Σ x·(q − z) = Σ x·(q − 128) + (128 − z)·Σ x`` with the
+  activation row sums ``Σ x`` accumulated beside the dot (still exact int32). Across groups: fp32,
+  ``acc += s[:, g] · float(P_g)`` in group order (the reference's order). Epilogue: ``· Δ[n]``, ``+ bias[n]``,
+  cast to the output dtype.
 
 Cost (``cost.qlinear_cost``): FLOPs ``2·M·N·K`` (int8 MACs) + ``2·M·N·K/ga`` (promotion); bytes ``M·K`` codes +
-``4·M·K/ga`` scales + ``N·K/2`` packed weights + ``8·N`` (Δ, z) + ``e_out·M·N`` (+ bias), counting each operand
-once (tile re-reads hit L2).
+``4·M·K/ga`` scales + ``N·K·b/8`` weights (b = 4 for 3/4-bit nibbles, 8 for bytes) + ``8·N`` (Δ, z) +
+``e_out·M·N`` (+ bias), counting each operand once (tile re-reads hit L2). The 8-bit correction adds ``M·K``
+integer adds (row sums) and ``2·M·N`` per group.
 
 Hopper notes (platform.md §7): weights are the K-contiguous B operand (``[BN, BK]`` tile, transposed in
 registers), BLOCK_K >= 32 for 8-bit dots, BLOCK_M >= 64 for wgmma, int64 row offsets (M·K can pass 2^31),
@@ -31,7 +35,7 @@ import triton.language as tl
 
 from .tl_common import INTERPRET, as_rows, configs, is_pow2, m_bucket
 
-WEIGHT_BITS = (3, 4)      # nibble layout; 8-bit q − z (−255..255) does not fit int8
+WEIGHT_BITS = (3, 4, 8)   # 3/4: nibble layout; 8: bytes with the q − 128 correction
 MIN_BLOCK_K = 32          # int8 tl.dot on NVIDIA
 MAX_BLOCK_K = 256 if INTERPRET else 128
 
@@ -40,6 +44,8 @@ def _gpu_configs():
     # Checked offline for sm_90 (tests/codegen/aot_sm90.py; ptxas resource usage, group 128 / per-token):
     # 128x128 (8 warps), 64x128, 128x64, 64x64 (4 warps) compile to wgmma without spills; 128x256 / 256x128
     # spill ~200 B (an int32 group partial and the fp32 accumulator are both live) but stay as candidates.
+    # 8-bit weights (the row-sum dot adds a [BM, 16] int32 accumulator): 128x128 / 8 warps spills 48-80 B;
+    # 64x128, 128x64, 64x64 (4 warps) do not (aot_sm90.py --all).
     out = []
     for bm, bn, w, st in ((128, 128, 8, 3), (128, 128, 8, 4), (128, 256, 8, 3), (256, 128, 8, 3),
                           (64, 128, 4, 4), (128, 64, 4, 4), (64, 64, 4, 4)):
@@ -51,14 +57,47 @@ _CONFIGS = configs(_gpu_configs(), triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, 
                                                   num_stages=1))
 
 
+def pack_factor(wbits: int) -> int:
+    """Codes per stored byte along K: 2 for the 3/4-bit nibble layout, 1 for 8-bit codes."""
+    return 1 if wbits == 8 else 2
+
+
 @triton.jit
-def load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Packed uint8 [BN, BK/2] -> int8 ``q − z`` as the dot's B operand [BK, BN] (low nibble = even k)."""
+def load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PACK: tl.constexpr):
+    """The dot's int8 B operand [BK, BN] from a stored tile [BN, BK/PACK].
+
+    PACK == 2: nibbles (low = even k) -> ``q − z``. PACK == 1: bytes -> ``q − 128`` (the zero-point is added back
+    by :func:`zero_correct`).
+    """
     p = tl.load(w_ptrs, mask=mask_n[:, None], other=0)
-    lo = (p & 0xF).to(tl.int8) - z8[:, None]
-    hi = (p >> 4).to(tl.int8) - z8[:, None]
-    w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    if PACK == 2:
+        lo = (p & 0xF).to(tl.int8) - z8[:, None]
+        hi = (p >> 4).to(tl.int8) - z8[:, None]
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    else:
+        w = (p ^ 0x80).to(tl.int8, bitcast=True)   # q − 128 without widening
     return tl.trans(w)
+
+
+RS_COLS: tl.constexpr = tl.constexpr(16)  # width of the row-sum dot (wgmma needs N >= 8)
+
+
+@triton.jit
+def row_sum(a, rs, BLOCK_K: tl.constexpr, PACK: tl.constexpr):
+    """Running ``Σ_k a[m, k]`` for the 8-bit zero-point correction as ``a @ 1`` [BM, RS_COLS] (every column the
+    row sum): a tensor-core dot, where ``tl.sum`` over the int8 tile spilled ~160 B/thread on sm_90
+    (tests/codegen/aot_sm90.py). A no-op for nibbles."""
+    if PACK == 1:
+        rs = tl.dot(a, tl.full((BLOCK_K, RS_COLS), 1, tl.int8), rs, out_dtype=tl.int32)
+    return rs
+
+
+@triton.jit
+def zero_correct(acc_i, rs, zc, PACK: tl.constexpr):
+    """8-bit weights: ``Σ a·(q − 128) + Σ a · (128 − z)`` = ``Σ a·(q − z)``, exact in int32."""
+    if PACK == 1:
+        acc_i += tl.max(rs, axis=1)[:, None] * zc[None, :]
+    return acc_i
 
 
 @triton.jit
@@ -86,13 +125,13 @@ def epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, strid
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "PER_TOKEN"])
+@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "PER_TOKEN", "PACK"])
 @triton.jit
 def _qlinear_kernel(
     a_ptr, s_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, c_ptr,
     M, N, K, M_BUCKET,
     stride_am, stride_sm, stride_wn, stride_cm,
-    GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, PER_TOKEN: tl.constexpr,
+    GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, PER_TOKEN: tl.constexpr, PACK: tl.constexpr,
     HAS_BIAS: tl.constexpr, PARTIALS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -102,20 +141,25 @@ def _qlinear_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
-    offs_kh = tl.arange(0, BLOCK_K // 2)
+    offs_kh = tl.arange(0, BLOCK_K // PACK)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kh[None, :]
-    z8 = tl.load(wz_ptr + offs_n, mask=mask_n, other=0).to(tl.int8)
+    zr = tl.load(wz_ptr + offs_n, mask=mask_n, other=0)
+    z8 = zr.to(tl.int8)      # nibbles: q − z in registers
+    zc = 128 - zr            # bytes: the int32 correction (128 − z)
     s_rows = s_ptr + offs_m * stride_sm
 
     if PER_TOKEN:
         acc_i = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
+        rs = tl.zeros((BLOCK_M, RS_COLS), tl.int32)
         for _k in range(0, K // BLOCK_K):
             a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
-            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K)
+            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K, PACK)
             acc_i = tl.dot(a, b, acc_i, out_dtype=tl.int32)
+            rs = row_sum(a, rs, BLOCK_K, PACK)
             a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K // 2
+            w_ptrs += BLOCK_K // PACK
+        acc_i = zero_correct(acc_i, rs, zc, PACK)
         if PARTIALS:
             p_ptrs = c_ptr + offs_m[:, None] * N + offs_n[None, :]
             tl.store(p_ptrs, acc_i, mask=mask_m[:, None] & mask_n[None, :])
@@ -129,16 +173,19 @@ def _qlinear_kernel(
         for g in range(0, n_groups):
             # the first K-block of a group starts its int32 accumulator (no zero tile to add)
             a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
-            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K)
+            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K, PACK)
             acc_i = tl.dot(a, b, out_dtype=tl.int32)
+            rs = row_sum(a, tl.zeros((BLOCK_M, RS_COLS), tl.int32), BLOCK_K, PACK)
             a_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K // 2
+            w_ptrs += BLOCK_K // PACK
             for _kk in tl.static_range(GROUP_K // BLOCK_K - 1):
                 a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
-                b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K)
+                b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, BLOCK_K, PACK)
                 acc_i = tl.dot(a, b, acc_i, out_dtype=tl.int32)
+                rs = row_sum(a, rs, BLOCK_K, PACK)
                 a_ptrs += BLOCK_K
-                w_ptrs += BLOCK_K // 2
+                w_ptrs += BLOCK_K // PACK
+            acc_i = zero_correct(acc_i, rs, zc, PACK)
             if PARTIALS:
                 p_ptrs = c_ptr + (offs_m[:, None] * N + offs_n[None, :]) * n_groups + g
                 tl.store(p_ptrs, acc_i, mask=mask_m[:, None] & mask_n[None, :])
@@ -155,13 +202,16 @@ def _qlinear_kernel(
 def unsupported_reason(wbits: int, wscale_shape, act_group: int, k: int) -> str | None:
     """Why :func:`qlinear` cannot run this case (``None``: it can)."""
     if wbits not in WEIGHT_BITS:
-        return f"weight bits {wbits}: kernels take the 4-bit nibble layout (3 or 4 bits); q - z must fit int8"
+        return f"weight bits {wbits}: kernels take {WEIGHT_BITS} (3/4 in the nibble layout, 8 one code per byte)"
     if len(wscale_shape) != 2 or wscale_shape[1] != 1:
         return f"weight scales {tuple(wscale_shape)}: kernels take one (scale, zero) per output row ([N, 1])"
-    if k <= 0 or k % 2:
-        return f"K={k} must be a positive even number"
+    if k <= 0 or k % pack_factor(wbits):
+        return f"K={k} must be a positive multiple of {pack_factor(wbits)} for {wbits}-bit weights"
     if act_group < 1 or k % act_group:
         return f"activation group {act_group} does not divide K={k}"
+    if 127 * (2**wbits - 1) * act_group >= 2**31:
+        return (f"activation group {act_group} with {wbits}-bit weights: the int32 group partial sum "
+                f"(up to 127·{2**wbits - 1}·{act_group}) could overflow")
     if is_pow2(act_group) and act_group >= MIN_BLOCK_K:
         return None
     if act_group == k and k % MIN_BLOCK_K == 0:
@@ -190,14 +240,15 @@ def _check(codes, scales, packed, wscale, wzero, wbits):
         why = f"{scales.shape[-1]} scale groups do not divide K={k}"
     if why:
         raise ValueError(f"Triton qlinear: {why}")
-    if packed.shape[1] * 2 != k:
-        raise ValueError(f"packed weight holds K={packed.shape[1] * 2} codes per row but activations have K={k}")
+    if packed.shape[1] * pack_factor(wbits) != k:
+        raise ValueError(f"packed weight holds K={packed.shape[1] * pack_factor(wbits)} {wbits}-bit codes per row "
+                         f"but activations have K={k}")
     if tuple(wzero.shape) != tuple(wscale.shape) or wscale.shape[0] != packed.shape[0]:
         raise ValueError(f"weight scale {tuple(wscale.shape)} / zero {tuple(wzero.shape)} do not match "
                          f"{packed.shape[0]} rows")
 
 
-def _launch(codes, scales, packed, wscale, wzero, bias, out, partials: bool):
+def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool):
     k = codes.shape[-1]
     a = as_rows(codes)
     m = a.shape[0]
@@ -217,7 +268,7 @@ def _launch(codes, scales, packed, wscale, wzero, bias, out, partials: bool):
     _qlinear_kernel[grid](
         a, s, w, ws, wz, b, out, m, n, k, m_bucket(m),
         a.stride(0), s.stride(0), w.stride(0), out.stride(0) if out.dim() == 2 else n,
-        GROUP_K=ga if not per_token else k, BLOCK_K=bk, PER_TOKEN=per_token,
+        GROUP_K=ga if not per_token else k, BLOCK_K=bk, PER_TOKEN=per_token, PACK=pack_factor(wbits),
         HAS_BIAS=bias is not None, PARTIALS=partials,
     )
 
@@ -247,7 +298,7 @@ def qlinear(codes: torch.Tensor, scales: torch.Tensor, packed: torch.Tensor, wsc
     n = packed.shape[0]
     buf, res = output_buffer(codes.shape[:-1], n, out_dtype, codes.device, out)
     if buf.numel():
-        _launch(codes, scales, packed, wscale, wzero, bias, buf, partials=False)
+        _launch(codes, scales, packed, wscale, wzero, bias, wbits, buf, partials=False)
         if buf.data_ptr() != res.data_ptr():
             res.view(buf.shape).copy_(buf)
     return res
@@ -269,5 +320,5 @@ def qlinear_int_partials(codes: torch.Tensor, scales: torch.Tensor, packed: torc
     nb = 1 if per_token else k // ga
     out = torch.full((m, n, nb), -2**31, dtype=torch.int32, device=codes.device)  # poison: unwritten shows
     if m and n:
-        _launch(codes, scales, packed, wscale, wzero, None, out, partials=True)
+        _launch(codes, scales, packed, wscale, wzero, None, wbits, out, partials=True)
     return out

@@ -84,26 +84,33 @@ def qlinear_specs(all_configs):
            "bias_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
            "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
     cfgs = Q._gpu_configs() if all_configs else Q._gpu_configs()[:1]
-    for gk, bk, pt, part in ((128, 128, False, False), (3072, 128, True, False), (256, 128, False, True),
-                             (32, 32, False, False)):
+    for gk, bk, pt, part, pack in ((128, 128, False, False, 2), (3072, 128, True, False, 2),
+                                   (256, 128, False, True, 2), (32, 32, False, False, 2), (128, 128, False, False, 1),
+                                   (3072, 128, True, False, 1)):
         for c in cfgs:
             s = dict(sig, c_ptr="*i32" if part else "*bf16")
-            const = dict(GROUP_K=gk, BLOCK_K=bk, PER_TOKEN=pt, HAS_BIAS=not part, PARTIALS=part, **c.kwargs)
-            yield f"qlinear g{gk} bk{bk} pt={pt} partials={part}", Q._qlinear_kernel, s, const, c.num_warps, \
+            const = dict(GROUP_K=gk, BLOCK_K=bk, PER_TOKEN=pt, PACK=pack, HAS_BIAS=not part, PARTIALS=part,
+                         **c.kwargs)
+            w = "" if pack == 2 else " w8"
+            yield f"qlinear g{gk} bk{bk} pt={pt} partials={part}{w}", Q._qlinear_kernel, s, const, c.num_warps, \
                 c.num_stages
 
 
 def fused_specs(all_configs):
     cfgs = F._gpu_configs() if all_configs else F._gpu_configs()[:1]
-    for xdt, gk, pt, rot, mode in (("bf16", 128, False, 128, T.ROT_PM1), ("bf16", 128, True, 128, T.ROT_PM1),
-                                   ("fp32", 64, False, 64, T.ROT_FP32)):
+    for xdt, gk, pt, rot, mode, pack in (("bf16", 128, False, 128, T.ROT_PM1, 2),
+                                         ("bf16", 128, True, 128, T.ROT_PM1, 2),
+                                         ("fp32", 64, False, 64, T.ROT_FP32, 2),
+                                         ("bf16", 128, False, 128, T.ROT_PM1, 1)):
         sig = {"x_ptr": f"*{xdt}", "h_ptr": "*fp32" if mode == T.ROT_FP32 else f"*{xdt}", "w_ptr": "*u8",
                "ws_ptr": "*fp32", "wz_ptr": "*i32", "bias_ptr": f"*{xdt}", "c_ptr": f"*{xdt}", "M": "i32",
                "N": "i32", "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
         for c in cfgs:
-            const = dict(QMAX=7, GROUP_K=gk, PER_TOKEN=pt, ROT=rot, ROT_MODE=mode,
+            const = dict(QMAX=7 if pack == 2 else 127, GROUP_K=gk, PER_TOKEN=pt, PACK=pack, ROT=rot, ROT_MODE=mode,
                          ROT_SCALE=1 / rot**0.5 if rot else 1.0, USE_RINT=True, HAS_BIAS=True, **c.kwargs)
-            yield f"fused {xdt} g{gk} pt={pt} r{rot}", F._fused_qlinear_kernel, sig, const, c.num_warps, c.num_stages
+            w = "" if pack == 2 else " w8"
+            yield f"fused {xdt} g{gk} pt={pt} r{rot}{w}", F._fused_qlinear_kernel, sig, const, c.num_warps, \
+                c.num_stages
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ POISON_I8 = -128  # outside every ±qmax: an unwritten code shows
 
 
 def make_weight(n: int, k: int, bits: int = 4, device="cpu", gen: torch.Generator | None = None):
-    """Random codes in [0, 2^b−1] and zero-points anywhere in that range (q − z covers −15..15), per-row Δ."""
+    """Random codes in [0, 2^b−1] and zero-points anywhere in that range (q − z covers ±(2^b − 1)), per-row Δ."""
     hi = 2**bits
     q = torch.randint(0, hi, (n, k), generator=gen, dtype=torch.int64)
     z = torch.randint(0, hi, (n, 1), generator=gen, dtype=torch.int64).to(torch.int32)
@@ -84,7 +84,7 @@ def linear_cases(draw, fused: bool = False, dtypes=(torch.float32, torch.float16
     m = 0 if v < 0.06 else 1 if v < 0.14 else rnd.randint(2, 70)
     n = rnd.randint(1, 70)
     abits = rnd.choice((4, 8))
-    wbits = rnd.choice((3, 4))
+    wbits = rnd.choice((3, 4, 4, 8))
     dtype = rnd.choice(list(dtypes))
     bias = rnd.random() < 0.5
     return m, n, k, group, rotate, abits, wbits, dtype, bias

@@ -36,10 +36,12 @@ def test_smoke_plumbing(tmp_path):
     res = json.loads(next(tmp_path.glob("kernels_*.json")).read_text())
     assert res["device"].startswith("cpu-smoke") and res["torch"] and res["triton"]
     times = res["shapes"][0]["times"]
-    for name in ("bf16", "w4a8_split", "w4a8_fused", "w4a4_split", "w4a4_fused", "act_quant_a8"):
+    for name in ("bf16", "w4a8_split", "w4a8_fused", "w4a4_split", "w4a4_fused", "w8a8_split", "w8a8_fused",
+                 "act_quant_a8"):
         assert name in times, (name, res["shapes"][0]["errors"])
-    chk = res["correctness"]["64x256"]["a8"]
-    assert chk["gemm_same_codes_max_abs_err"] == 0.0 and chk["code_max_diff"] <= 1
+    for bits in ("a8", "a4", "w8a8"):
+        chk = res["correctness"]["64x256"][bits]
+        assert chk["gemm_same_codes_max_abs_err"] == 0.0 and chk["code_max_diff"] <= 1, (bits, chk)
     assert next(tmp_path.glob("kernels_*.md")).read_text().startswith("# dvdq kernel benchmark")
     entries = json.loads(table.read_text())["entries"]
     assert {e["abits"] for e in entries} == {4, 8} and all(e["variant"] in ("fused", "split") for e in entries)

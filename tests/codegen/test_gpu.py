@@ -52,34 +52,36 @@ def test_act_quant_bf16_rotated(group):
     assert torch.equal(c0, rc0) and torch.equal(s0, rs0)
 
 
+@pytest.mark.parametrize("wbits", [4, 8])
 @pytest.mark.parametrize("group", [128, 1024])
-def test_int_partials_exact(group):
+def test_int_partials_exact(group, wbits):
     x = make_x(1000, 1024, gen=_gen(2)).to(DEV)
-    packed, ws, wz = (t.to(DEV) for t in make_weight(520, 1024, 4, gen=_gen(3)))
+    packed, ws, wz = (t.to(DEV) for t in make_weight(520, 1024, wbits, gen=_gen(3)))
     c, s = quant.quantize_act(x, 8, group)
-    p = kernels.qlinear_int_partials(c, s, packed, ws, wz, 4)
-    assert torch.equal(p, quant.int_partials(c, packed, wz, 4, group))
+    p = kernels.qlinear_int_partials(c, s, packed, ws, wz, wbits)
+    assert torch.equal(p, quant.int_partials(c, packed, wz, wbits, group))
 
 
-@pytest.mark.parametrize("abits,group", [(8, 128), (4, 128), (8, 3072), (4, 64)])
-def test_large_bf16_vs_reference(abits, group):
+@pytest.mark.parametrize("abits,group,wbits", [(8, 128, 4), (4, 128, 4), (8, 3072, 4), (4, 64, 4), (8, 128, 8),
+                                               (8, 3072, 8)])
+def test_large_bf16_vs_reference(abits, group, wbits):
     m, n, k = 4096, 3072, 3072
     x = make_x(m, k, torch.bfloat16, gen=_gen(4)).to(DEV)
-    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(5)))
+    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, wbits, gen=_gen(5)))
     bias = torch.randn(n, generator=_gen(6)).to(torch.bfloat16).to(DEV)
     rc, rs = quant.quantize_act(x, abits, group, 128 if group != 64 else 64, 3)
-    yr = quant.qlinear_ref(rc, rs, packed, ws, wz, bias, 4, torch.bfloat16)
+    yr = quant.qlinear_ref(rc, rs, packed, ws, wz, bias, wbits, torch.bfloat16)
     # same codes: tight
-    y = kernels.qlinear(rc, rs, packed, ws, wz, bias, 4, torch.bfloat16)
+    y = kernels.qlinear(rc, rs, packed, ws, wz, bias, wbits, torch.bfloat16)
     assert_out_close(y, yr, torch.bfloat16)
     # split and fused from bf16 activations (rotation: a few codes may differ by one)
     rot = 128 if group != 64 else 64
     c, s = kernels.act_quant(x, abits, group, rot, 3)
-    ys = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16)
-    assert_out_close_rotated(ys, yr, rs, ws, 4, torch.bfloat16, frac_ok=0.99)
-    if kernels.supports(4, tuple(ws.shape), group, k, rotate=rot, variant="fused"):
-        yf = kernels.fused_qlinear(x, packed, ws, wz, bias, 4, abits, group, rot, 3)
-        assert_out_close_rotated(yf, yr, rs, ws, 4, torch.bfloat16, frac_ok=0.99)
+    ys = kernels.qlinear(c, s, packed, ws, wz, bias, wbits, torch.bfloat16)
+    assert_out_close_rotated(ys, yr, rs, ws, wbits, torch.bfloat16, frac_ok=0.99)
+    if kernels.supports(wbits, tuple(ws.shape), group, k, rotate=rot, variant="fused"):
+        yf = kernels.fused_qlinear(x, packed, ws, wz, bias, wbits, abits, group, rot, 3)
+        assert_out_close_rotated(yf, yr, rs, ws, wbits, torch.bfloat16, frac_ok=0.99)
 
 
 @pytest.mark.parametrize("m", [1, 17, 300])

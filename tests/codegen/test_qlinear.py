@@ -138,20 +138,57 @@ def test_large_values_int32_headroom():
     assert int(p.abs().max()) == 127 * 15 * k
 
 
+@pytest.mark.parametrize("per_token", [False, True])
+def test_w8_extremes_int32_exact(per_token):
+    """8-bit weights at the corners: q ∈ {0, 255}, z ∈ {0, 128, 255}, codes ±127 — q − z spans −255..255 and the
+    (128 − z)·Σx correction is as large as the dot itself; partials, outputs and the fused kernel stay exact."""
+    k = 2048 if per_token else 512
+    group = k if per_token else 256
+    codes = torch.full((4, k), 127, dtype=torch.int8)
+    codes[1] = -127
+    codes[2, ::2] = -127
+    codes[3] = 0
+    scales = torch.ones(4, k // group)
+    q = torch.zeros(6, k, dtype=torch.int64)
+    q[1] = 255
+    q[3, 1::2] = 255
+    q[4] = 128
+    q[5] = 255
+    packed = quant.pack(q, 8)
+    wz = torch.tensor([[255], [0], [128], [255], [128], [255]], dtype=torch.int32)
+    ws = torch.ones(6, 1)
+    p = kernels.qlinear_int_partials(codes, scales, packed, ws, wz, 8)
+    ref = quant.int_partials(codes, packed, wz, 8, group)
+    assert torch.equal(p, ref)
+    assert int(p.abs().max()) == 127 * 255 * group
+    y = kernels.qlinear(codes, scales, packed, ws, wz, None, 8, torch.float32)
+    assert torch.equal(y, quant.qlinear_ref(codes, scales, packed, ws, wz, None, 8, torch.float32))
+
+
 def test_supports_predicate():
     assert kernels.supports(4, (64, 1), 128, 3072)
     assert kernels.supports(3, (64, 1), 3072, 3072, rotate=128)              # per-token
     assert kernels.supports(4, (64, 1), 64, 256, rotate=64, variant="fused")
-    assert not kernels.supports(8, (64, 1), 128, 3072)                      # q − z does not fit int8
+    assert kernels.supports(8, (64, 1), 128, 3072)                          # bytes + the q − 128 correction
+    assert kernels.supports(8, (64, 1), 3072, 3072, variant="fused")        # per-token
+    assert not kernels.supports(8, (64, 1), 2**16 + 2**15, 2**16 + 2**15)    # int32 partial could overflow
+    assert kernels.supports(4, (64, 1), 2**16 + 2**15, 2**16 + 2**15)        # ±15 codes: room to spare
+    assert not kernels.supports(5, (64, 1), 128, 3072)                      # no 5-bit layout
     assert not kernels.supports(4, (64, 24), 128, 3072)                     # group-wise weight scales
     assert not kernels.supports(4, (64, 1), 16, 256)                        # int8 dot needs K-block >= 32
     assert not kernels.supports(4, (64, 1), 48, 96)                         # not a power of two, not K
     assert not kernels.supports(4, (64, 1), 64, 256, rotate=128, variant="fused")  # rotation wider than group
     assert kernels.supports(4, (64, 1), 64, 256, rotate=128)                # the split kernels handle it
-    assert "8" in kernels.unsupported_reason(8, (64, 1), 128, 3072)
-    with pytest.raises(ValueError):
+    assert "overflow" in kernels.unsupported_reason(8, (64, 1), 2**16 + 2**15, 2**16 + 2**15)
+    with pytest.raises(ValueError, match="5"):
         kernels.qlinear(torch.zeros(2, 64, dtype=torch.int8), torch.ones(2, 1), torch.zeros(3, 64, dtype=torch.uint8),
+                        torch.ones(3, 1), torch.zeros(3, 1, dtype=torch.int32), None, 5, torch.float32)
+    with pytest.raises(ValueError, match="8-bit codes per row"):   # a nibble-packed weight passed as 8-bit
+        kernels.qlinear(torch.zeros(2, 64, dtype=torch.int8), torch.ones(2, 1), torch.zeros(3, 32, dtype=torch.uint8),
                         torch.ones(3, 1), torch.zeros(3, 1, dtype=torch.int32), None, 8, torch.float32)
+    with pytest.raises(ValueError, match="does not match"):
+        kernels.fused_qlinear(torch.randn(2, 64), torch.zeros(3, 32, dtype=torch.uint8), torch.ones(3, 1),
+                              torch.zeros(3, 1, dtype=torch.int32), None, 8, 8, 64, 0, -1)
     with pytest.raises(ValueError):
         kernels.fused_qlinear(torch.randn(2, 64), torch.zeros(3, 32, dtype=torch.uint8), torch.ones(3, 2),
                               torch.zeros(3, 2, dtype=torch.int32), None, 4, 4, 32, 0, -1)
