@@ -23,6 +23,7 @@ nothing worth reporting (no GPU memory, no CUDA graphs, no torchao rows; timings
 
     python bench/e2e.py --config wan1.3b [--layers N] [--out bench/results] [--rows LABEL ...] [--iters 5]
     python bench/e2e.py --smoke
+    python bench/e2e.py --config wan1.3b --bgr-only --layers 1     # BGR time only (CPU too; whole model estimated)
 """
 from __future__ import annotations
 
@@ -304,24 +305,42 @@ def delta_loop(fn_model, model, cfg, steps, device, seed) -> dict:
             "avg_act_bits": ctrl.average_bits() if ctrl else None, "steps": steps}
 
 
+def block_linears(model) -> list[tuple[str, torch.Tensor]]:
+    """The linears the backend quantizes by default (block pattern; K a multiple of the rotation block)."""
+    pat = re.compile(DEFAULT_BLOCK_PATTERN)
+    return [(n, m.weight) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pat.search(n)
+            and m.weight.shape[1] % 128 == 0]
+
+
 def bgr_time(cfg: ModelConfig, args, device) -> dict:
-    """Seconds to quantize every block linear with the default spec (BGR + rotation) on ``device``."""
+    """Seconds to quantize every block linear with the default spec (rotation + BGR) on ``device``, per weight
+    shape, and the estimate for the whole model: seconds per weight × the full config's block-linear weights (the
+    cost is linear in the weight count for a given K; built with fewer blocks, the estimate says so)."""
     from dvdq_compile.quant.qweight import quantize_weight
 
     model = build(cfg, args.layers, device, seed=args.seed)
-    pat = re.compile(DEFAULT_BLOCK_PATTERN)
-    ws = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and pat.search(n)
-          and m.weight.shape[1] % 128 == 0]
+    ws = block_linears(model)
     spec = QuantConfig().weight_spec()
-    sync(device)
-    t0 = time.perf_counter()
-    for w in ws:
+    shapes: dict[str, dict] = {}
+    total = 0.0
+    for _, w in ws:
+        sync(device)
+        t0 = time.perf_counter()
         quantize_weight(w, spec)
-    sync(device)
-    dt = time.perf_counter() - t0
-    n = sum(w.numel() for w in ws)
-    del model
-    return {"device": str(device), "layers": len(ws), "weights": n, "seconds": dt}
+        sync(device)
+        dt = time.perf_counter() - t0
+        total += dt
+        rec = shapes.setdefault(f"{w.shape[0]}x{w.shape[1]}", {"layers": 0, "seconds": 0.0})
+        rec["layers"] += 1
+        rec["seconds"] += dt
+    n = sum(w.numel() for _, w in ws)
+    del model, ws
+    full = sum(w.numel() for _, w in block_linears(build(cfg, None, torch.device("meta"))))
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    return {"device": device_name(device), "threads": threads, "spec": repr(spec), "layers": sum(
+        r["layers"] for r in shapes.values()), "weights": n, "seconds": total, "us_per_weight": 1e6 * total / n,
+        "shapes": shapes, "full_model_weights": full, "full_model_seconds_est": total * full / n,
+        "estimated": full != n}
 
 
 # ------------------------------------------------------------------------------------------------- output
@@ -344,6 +363,31 @@ def amdahl(res: dict) -> dict | None:
     measured = base["step_ms"] / q["step_ms"]
     return {"linear_share_bf16": f, "linear_speedup": s, "ceiling": ceiling, "ceiling_if_free": 1 / (1 - f),
             "measured_speedup": measured, "attained": measured / ceiling}
+
+
+def bgr_lines(b: dict) -> list[str]:
+    est = (f" Whole model ({b['full_model_weights'] / 1e9:.2f} B block-linear weights), estimated at the same rate: "
+           f"{b['full_model_seconds_est'] / 60:.1f} min." if b.get("estimated") else "")
+    L = [f"BGR quantization (rotation + BGR, `{b['spec']}`) of {b['layers']} block linears "
+         f"({b['weights'] / 1e6:.1f} M weights) on {b['device']}: {b['seconds']:.1f} s, "
+         f"{b['us_per_weight']:.2f} µs per weight." + est,
+         "", "| weight [N x K] | layers | seconds | µs / weight |", "|---|---:|---:|---:|"]
+    for shape, r in b.get("shapes", {}).items():
+        nk = [int(v) for v in shape.split("x")]
+        L.append(f"| {shape} | {r['layers']} | {r['seconds']:.1f} | "
+                 f"{1e6 * r['seconds'] / (r['layers'] * nk[0] * nk[1]):.2f} |")
+    return L
+
+
+def write_bgr(res: dict, out: Path, stem: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    L = [f"# BGR quantization time: {res['model']} ({res['device']})", "",
+         f"{res['date']} · torch {res['torch']} · {res['params_b']:.2f} B parameters{res['layers_note']}", "",
+         f"Command: `{res['command']}`", ""] + bgr_lines(res["bgr"])
+    if res.get("not_measured"):
+        L += ["", "Not measured here: " + res["not_measured"]]
+    (out / f"{stem}.md").write_text("\n".join(L) + "\n")
 
 
 def write(res: dict, out: Path, stem: str) -> None:
@@ -382,9 +426,7 @@ def write(res: dict, out: Path, stem: str) -> None:
             L.append(f"- {r['label']}: linear {s['linear']:.1%}, attention {s['attention']:.1%}, other "
                      f"{s['other']:.1%} of {s['total_ms']:.1f} ms profiled")
     if res.get("bgr"):
-        b = res["bgr"]
-        L += ["", f"BGR quantization of {b['layers']} block linears ({b['weights'] / 1e9:.2f} B weights) on "
-              f"{b['device']}: {b['seconds']:.1f} s."]
+        L += [""] + bgr_lines(res["bgr"])
     if res.get("not_measured"):
         L += ["", "Not measured here: " + res["not_measured"]]
     (out / f"{stem}.md").write_text("\n".join(L) + "\n")
@@ -426,6 +468,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--no-bgr", dest="bgr", action="store_false", help="skip the BGR timing")
+    p.add_argument("--bgr-only", action="store_true", help="only the BGR timing (runs on CPU for full-size configs "
+                   "too; use --layers to time fewer blocks, the whole-model time is then an estimate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--stem", default=None, help="output file stem (default e2e_<config>_<device>)")
@@ -444,7 +488,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
         args.config, args.iters, args.warmup, args.bgr = "smoke", 1, 0, False
-    elif device.type == "cpu" and args.config != "smoke":
+    elif device.type == "cpu" and args.config != "smoke" and not args.bgr_only:
         p.error(f"--config {args.config} is a full-size model: it needs a CUDA GPU (use --smoke on CPU)")
     if args.layers is not None and args.layers < 1:
         p.error(f"--layers must be >= 1, got {args.layers}")
@@ -464,6 +508,16 @@ def main(argv=None) -> int:
            "command": "python bench/e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "tokens": cfg.tokens(), "params_b": n_params / 1e9, "dtype": str(cfg.dtype),
            "layers_note": f" ({args.layers} blocks instead of the config's)" if args.layers else "", "rows": []}
+    if args.bgr_only:
+        if device.type == "cpu":
+            res["not_measured"] = "GPU quantization time (CPU run; the GPU time is in the e2e results of a GPU run)."
+        res["bgr"] = bgr_time(cfg, args, device)
+        slug = re.sub(r"[^a-z0-9]+", "-", res["device"].lower()).strip("-")[:40]
+        stem = args.stem or f"bgr_time_{args.config}_{slug}"
+        write_bgr(res, Path(args.out), stem)
+        print("\n".join(bgr_lines(res["bgr"])))
+        print(f"[e2e] wrote {Path(args.out) / stem}.{{json,md}}")
+        return 0
     if device.type == "cpu":
         res["not_measured"] = ("GPU memory, CUDA graphs and the torchao rows (CPU run); the CPU timings are of a "
                                "tiny smoke model and say nothing about GPU speed.")

@@ -37,12 +37,8 @@ def range_with_zero(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def codes_for(rows: torch.Tensor, d: torch.Tensor, z: torch.Tensor, qmax: int) -> torch.Tensor:
     """``clamp(round(W/Δ) + z, 0, qmax)`` as fp32 (round half to even)."""
-    return (torch.round(rows / d[:, None]) + z[:, None]).clamp_(0, qmax)
-
-
-def row_error(rows: torch.Tensor, q: torch.Tensor, d: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Per-row ``‖W − Δ(q − z)‖²`` (squared Frobenius; monotone in the norm)."""
-    return (rows - d[:, None] * (q - z[:, None])).square_().sum(1)
+    q = rows / d[:, None]
+    return q.round_().add_(z[:, None]).clamp_(0, qmax)  # in place: one temporary, not three
 
 
 def minmax_rows(rows: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,3 +57,16 @@ def test_bad_args(capsys):
     with pytest.raises(SystemExit):
         mod.main(["--config", "wan14b"])  # full size on CPU
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_bgr_only(tmp_path):
+    """--bgr-only runs on CPU; fewer blocks than the config -> the whole-model time is marked as an estimate,
+    scaled by the block-linear weight count."""
+    mod = _load()
+    assert mod.main(["--config", "smoke", "--bgr-only", "--layers", "1", "--out", str(tmp_path), "--stem", "b"]) == 0
+    b = json.loads((tmp_path / "b.json").read_text())["bgr"]
+    assert b["layers"] == 10 and sum(r["layers"] for r in b["shapes"].values()) == 10  # one Wan block's linears
+    assert b["estimated"] and b["full_model_weights"] == 2 * b["weights"]             # the config has 2 blocks
+    assert b["full_model_seconds_est"] == pytest.approx(2 * b["seconds"]) and b["us_per_weight"] > 0
+    md = (tmp_path / "b.md").read_text()
+    assert "estimated at the same rate" in md and "| 128x128 | 8 |" in md

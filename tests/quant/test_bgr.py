@@ -127,6 +127,18 @@ def test_deterministic(bits):
     assert torch.equal(d1, d2) and torch.equal(z1, z2)
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_chunking_does_not_change_results(bits):
+    """Rows are refined independently: one row per batch, a few, or all at once give the same bits (the CPU and
+    CUDA default chunk sizes differ; rows that converge early leave the batch at different times)."""
+    w = make_weight("mixed", 37, 96, seed=5)
+    n_cand = 8  # FAST: n = 16 -> ceil(0.9 · 16 / 2) candidates
+    ref = bgr_rows(w, bits, chunk_elems=1 << 30, **FAST)
+    for rows_per_batch in (1, 3, 16):
+        d, z = bgr_rows(w, bits, chunk_elems=rows_per_batch * n_cand * 96, **FAST)
+        assert torch.equal(d, ref[0]) and torch.equal(z, ref[1]), rows_per_batch
+
+
 def test_does_not_modify_input():
     w = make_weight("outliers", 4, 128, seed=2)
     w0 = w.clone()
