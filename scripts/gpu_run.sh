@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# A whole GPU run, in stages that each fit one device command (<= 10 min). Standing order: whenever a GPU is lent,
-# run every stage and commit what they write. On the device machine (its torch is kept; nothing is fetched):
+# A GPU run in stages that each fit one device command (<= 10 min). Standing order: whenever a GPU is lent, run
+# what the lease allows and commit what it writes. On the device machine (its torch is kept; nothing is fetched):
 #   PYTHONUNBUFFERED=1 bash scripts/gpu_run.sh STAGE "$OUT"
-#   STAGE: tests | kernels-quick | kernels | sweep | e2e-base | e2e-dvdq | e2e-14b | e2e-hunyuan
+#   STAGE: priority | tests | kernels-quick | kernels | sweep | e2e-base | e2e-dvdq | e2e-14b | e2e-hunyuan
+# A lease is 15 minutes of device time, machine start included: run `priority` first (GPU tests, the quick kernel
+# benchmark, the core Wan 1.3B end-to-end rows, each with its own time limit so a slow part cannot eat the rest).
+# The device image has no diffusers (the tests and e2e.py import it): fetch the wheels here with
+# `bash scripts/gpu_wheels.sh` and name `.whl` in the run's carry; this script installs them to /tmp/site.
 # Results and logs go under $2 (default bench/results/gpu); copy them into bench/results/ and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?usage: gpu_run.sh tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan [OUT]}
+STAGE=${1:?usage: gpu_run.sh priority|tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan [OUT]}
 OUT=${2:-bench/results/gpu}
 mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing the carried wheels failed" >&2; exit 3; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, triton; print('device', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" | tee "$OUT/env.txt"
+python3 -c "import diffusers; print('diffusers', diffusers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.txt"
 case "$STAGE" in
+  priority)       # ~9 min: what a 15-minute lease can hold, most valuable first
+    TRITON_INTERPRET=0 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log"
+    timeout 130 python3 bench/kernels.py --quick --out "$OUT" 2>&1 | tee "$OUT/kernels_quick.log"
+    timeout 200 python3 bench/e2e.py --config wan1.3b --no-bgr --no-profile --iters 3 --warmup 1 \
+      --stem e2e_wan1.3b_core --out "$OUT" --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 free_weights" \
+      2>&1 | tee "$OUT/e2e_core.log" ;;
   tests)          # GPU-only tests: compiled Triton kernels (no interpreter), bf16, real autotune
     TRITON_INTERPRET=0 timeout 540 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log" ;;
   kernels-quick)  timeout 540 python3 bench/kernels.py --quick --out "$OUT" 2>&1 | tee "$OUT/kernels_quick.log" ;;
