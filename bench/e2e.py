@@ -521,6 +521,8 @@ def main(argv=None) -> int:
     if device.type == "cpu":
         res["not_measured"] = ("GPU memory, CUDA graphs and the torchao rows (CPU run); the CPU timings are of a "
                                "tiny smoke model and say nothing about GPU speed.")
+    slug = re.sub(r"[^a-z0-9]+", "-", res["device"].lower()).strip("-")[:40]
+    stem = args.stem or f"e2e_{args.config}_{slug}"
     for row in rows:
         print(f"[e2e] {row.label} ...", flush=True)
         r = run_row(row, cfg, args, device)
@@ -528,11 +530,10 @@ def main(argv=None) -> int:
         print(f"[e2e] {row.label}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in r.items() if k not in ("traceback", "step_ms_all",
                                                                                      "split", "label")), flush=True)
+        write(res, Path(args.out), stem)  # after every row: a run cut short keeps the rows it finished
     res["amdahl"] = amdahl(res)
     if args.bgr:
         res["bgr"] = bgr_time(cfg, args, device)
-    slug = re.sub(r"[^a-z0-9]+", "-", res["device"].lower()).strip("-")[:40]
-    stem = args.stem or f"e2e_{args.config}_{slug}"
     write(res, Path(args.out), stem)
     print(f"[e2e] wrote {Path(args.out) / stem}.{{json,md,png}}")
     return 0

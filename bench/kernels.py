@@ -277,6 +277,8 @@ def write_markdown(res, path):
              f"Measured int8 peak (`_int_mm` 8192³): **{res['int8_peak_tops']:.0f} TOPS**. "
              "Times: median ms (`triton.testing.do_bench`); TOPS = 2·M·N·K / time; speedup vs bf16 `F.linear`.",
              ""]
+    if not res.get("complete", True):
+        lines += ["**Incomplete: the run was cut short (time limit); the shapes below are the ones it finished.**", ""]
     cols = ["bf16", "int8_mm", "int8_unfused", "int8_compiled", "fp8_mm", "fp8_rowwise", "w4a8_gemm",
             "w4a8_split", "w4a8_fused", "w4a4_split", "w4a4_fused", "w8a8_split", "w8a8_fused"]
     present = [c for c in cols if any(c in r["times"] for r in res["shapes"])]
@@ -388,6 +390,16 @@ def main(argv=None) -> int:
         except Exception as e:
             res["compile_error"] = str(e)[:300]
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"kernels_{res['device_slug']}{'_quick' if args.quick else ''}"
+
+    def save():  # after every shape: a run cut short by its time limit keeps what it measured
+        res["complete"] = done
+        Path(str(stem) + ".json").write_text(json.dumps(res, indent=1) + "\n")
+        write_markdown(res, str(stem) + ".md")
+
+    done = False
     models = QUICK_NK if args.quick else NK
     ms = QUICK_M if args.quick else M_LIST
     if SMOKE:
@@ -413,12 +425,10 @@ def main(argv=None) -> int:
                     + (f"/{100 * tm['share_of_split']:.0f}%split" if "share_of_split" in tm else "")
                     for nm, tm in r["times"].items())
                 print(f"M={m} N={n} K={k}: {summary}" + (f"  errors: {list(r['errors'])}" if r["errors"] else ""))
+                save()
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"kernels_{res['device_slug']}{'_quick' if args.quick else ''}"
-    Path(str(stem) + ".json").write_text(json.dumps(res, indent=1) + "\n")
-    write_markdown(res, str(stem) + ".md")
+    done = True
+    save()
     png = plot(res, str(stem) + ".png")
     print(f"wrote {stem}.json, {stem}.md" + (f", {stem}.png" if png else ""))
 
