@@ -179,9 +179,12 @@ def prepare(row: Row, model: torch.nn.Module, smoke: bool = False):
         quantize_(model, config, filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and bool(pat.search(name)))
         return torch.compile(model)
     opts = dict(row.options, progress=False)
+    if row.mode:  # torch.compile takes mode= or options=, not both: the backend takes the mode as an option
+        opts["mode"] = row.mode
     if smoke:  # CI: the PyTorch reference path, no Inductor build (the Triton interpreter is minutes per step)
         opts.update(kernels="reference", lowering="eager")
-    return torch.compile(model, backend="dvdquant", options=opts, mode=row.mode)
+        opts.pop("mode", None)
+    return torch.compile(model, backend="dvdquant", options=opts)
 
 
 def sync(device):

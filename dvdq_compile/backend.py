@@ -24,6 +24,7 @@ from .passes.find_linears import LinearSite, find_linears
 from .passes.rewrite import (
     QUANTIZED,
     assign_impls,
+    copy_graph,
     rewrite,
     weight_examples,
     weight_inputs,
@@ -61,13 +62,24 @@ def _param_reads(gm: fx.GraphModule, params: list[int]) -> frozenset:
     return frozenset(i for i in params if placeholders[i].users)
 
 
-def _lower(gm: fx.GraphModule, example_inputs: list, cfg: QuantConfig, mode: str | None):
+def _config(options: dict | None, mode: str | None) -> QuantConfig:
+    """Options plus ``torch.compile(mode=...)``: torch.compile passes a backend one or the other, never both, so
+    the mode can also come as the ``mode`` option; given both ways they must agree."""
+    options = dict(options or {})
+    if mode is not None:
+        if options.get("mode", mode) != mode:
+            raise ValueError(f"dvdquant: torch.compile mode={mode!r} and option mode={options['mode']!r} disagree")
+        options["mode"] = mode
+    return QuantConfig.from_options(options)
+
+
+def _lower(gm: fx.GraphModule, example_inputs: list, cfg: QuantConfig):
     if cfg.lowering == "eager":
         return gm
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
-    patches = list_mode_options(mode) if mode else {}
+    patches = list_mode_options(cfg.mode) if cfg.mode else {}
     with torch.no_grad():
         return compile_fx(gm, example_inputs, config_patches=patches)
 
@@ -96,7 +108,7 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     unknown = set(kwargs) - {"options", "mode"}
     if unknown:
         raise TypeError(f"dvdquant backend got unexpected arguments {sorted(unknown)}")
-    cfg = QuantConfig.from_options(kwargs.get("options"))
+    cfg = _config(kwargs.get("options"), kwargs.get("mode"))
     t0 = time.perf_counter()
     sites = find_linears(gm, example_inputs, cfg)
     impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
@@ -119,9 +131,9 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
         graphs = {bits: rewrite(gm, sites, weights, cfg, bits, impl, smooth_x, extras, t_index)
                   for bits in cfg.act_variants}
     else:  # nothing to quantize in this graph: one plain variant
-        graphs = {cfg.act_variants[-1]: fx.GraphModule(gm, gm.graph)}
+        graphs = {cfg.act_variants[-1]: copy_graph(gm)[0]}
     reads = frozenset().union(*(_param_reads(g, params) for g in graphs.values()))
-    variants = {bits: _lower(g, examples, cfg, kwargs.get("mode")) for bits, g in graphs.items()}
+    variants = {bits: _lower(g, examples, cfg) for bits, g in graphs.items()}
     report = _report(sites, example_inputs, cfg, impl, why)
     if extras is not None:  # the 16-bit branch and tables are memory too
         for row in report.layers:

@@ -19,6 +19,7 @@ GROUPS = (64, 128, 256)
 ACT_SCALES = ("group", "token", "channel")
 KERNELS = ("auto", "triton", "reference")
 LOWERINGS = ("inductor", "eager")
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 DEFAULT_BLOCK_PATTERN = r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+(\.|$)"
 DEFAULT_MODULATION_PATTERN = r"(^|\.)(norm[^.]*|[^.]*modulation[^.]*|adaln[^.]*)\.[^.]+$"
 
@@ -42,6 +43,8 @@ ALLOWED: dict[str, str] = {
                  "fake-quant (reference kernels only)",
     "kernels": f"one of {KERNELS}",
     "lowering": f"one of {LOWERINGS}",
+    "mode": f"None or one of {MODES}: the torch.compile mode of the Inductor lowering ('reduce-overhead': CUDA "
+            "graphs); torch.compile refuses mode= next to options=, so with options pass it here",
     "exclude": "list of fnmatch patterns of layer names kept in full precision",
     "include": "list of fnmatch patterns of layer names quantized even outside transformer blocks",
     "weight_only": "list of fnmatch patterns of layer names quantized with 16-bit activations",
@@ -91,6 +94,7 @@ class QuantConfig:
     act_scale: str = "group"
     kernels: str = "auto"
     lowering: str = "inductor"
+    mode: str | None = None
     exclude: tuple = ()
     include: tuple = ()
     weight_only: tuple = ()
@@ -181,6 +185,11 @@ class QuantConfig:
             _fail("kernels", self.kernels)
         if self.lowering not in LOWERINGS:
             _fail("lowering", self.lowering)
+        if self.mode is not None and self.mode not in MODES:
+            _fail("mode", self.mode)
+        if self.mode not in (None, "default") and self.lowering != "inductor":
+            raise ValueError(f"dvdquant option mode={self.mode!r} is an Inductor mode; it needs "
+                             f"lowering='inductor' (got lowering={self.lowering!r})")
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             _fail("min_tokens", self.min_tokens)
         if not isinstance(self.block_pattern, str):

@@ -91,12 +91,30 @@ def weight_examples(weights: list[WeightInput], fake_mode=None) -> list[torch.Te
     return ex
 
 
-def _copy(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict]:
+def copy_graph(gm: fx.GraphModule) -> tuple[fx.GraphModule, dict]:
+    """A copy of Dynamo's graph that AOTAutograd still recognises as one (its ``meta`` with the compile id, the
+    placeholders' ``_dynamo_source``), so Inductor learns which inputs are static: under CUDA graphs
+    (``mode="reduce-overhead"``) a non-static input is copied into graph-owned memory at every replay. A plain copy
+    lost that, and every parameter — freed 16-bit weights included — would have been copied per step."""
     graph = fx.Graph()
     val_map: dict = {}
     out = graph.graph_copy(gm.graph, val_map)
     graph.output(out)
-    return fx.GraphModule(gm, graph), val_map
+    new = fx.GraphModule(gm, graph)
+    new.meta.update(gm.meta)
+    if hasattr(gm, "_param_name_to_source"):
+        new._param_name_to_source = gm._param_name_to_source
+    for old, node in val_map.items():
+        if old.op == "placeholder" and hasattr(old, "_dynamo_source"):
+            node._dynamo_source = old._dynamo_source
+    return new, val_map
+
+
+def mark_static(node: fx.Node) -> None:
+    """A placeholder the backend adds (quantized weights, artifact tensors): the same tensor at every call of a
+    model, so CUDA graphs use it in place. No Dynamo source: Dynamo never saw it (the runtime wrapper feeds it)."""
+    node._dynamo_source = None
+    node.meta["tensor_dict"] = {"_dynamo_static_input_type": "unguarded"}
 
 
 def _fake_like(ref: fx.Node | None, t: torch.Tensor):
@@ -109,10 +127,26 @@ def _fake_like(ref: fx.Node | None, t: torch.Tensor):
         return torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
+def _device_of(node: fx.Node) -> torch.device | None:
+    val = node.meta.get("example_value", node.meta.get("val"))
+    return val.device if isinstance(val, torch.Tensor) else None
+
+
+def _constant(new: fx.GraphModule, name: str, t: torch.Tensor, like: fx.Node) -> None:
+    """A graph constant as a buffer of ``new`` on ``like``'s device (a CPU table next to CUDA activations would
+    fail in the op), with a source for AOTAutograd, which lifts buffers as inputs of a Dynamo graph and wants each
+    one's source (no guard is made from it)."""
+    from torch._dynamo.source import ConstantSource
+
+    new.register_buffer(name, t.to(_device_of(like) or t.device).contiguous())
+    if hasattr(new, "_param_name_to_source"):
+        new._param_name_to_source = {**new._param_name_to_source, name: ConstantSource(f"dvdq_const_{name}")}
+
+
 def _smoothed(new: fx.GraphModule, x: fx.Node, s: torch.Tensor, dtype, before: fx.Node) -> fx.Node:
     """``x·diag(s)⁻¹`` in fp32, back in x's dtype: a graph constant and one pointwise op (Inductor fuses it)."""
     name = f"dvdq_smooth_{len([n for n, _ in new.named_buffers() if n.startswith('dvdq_smooth_')])}"
-    new.register_buffer(name, (1.0 / s.to(torch.float32)).contiguous())
+    _constant(new, name, 1.0 / s.to(torch.float32), x)
     g = new.graph
     with g.inserting_before(before):
         inv = g.get_attr(name)
@@ -125,7 +159,7 @@ def _smoothed(new: fx.GraphModule, x: fx.Node, s: torch.Tensor, dtype, before: f
 def _timestep_bin(new: fx.GraphModule, t: fx.Node, edges: tuple, before: fx.Node) -> fx.Node:
     """``bucketize(t.flatten()[:1], edges, right=True)`` (int64 [1]) in the graph: the timestep bin of this call,
     read by every clip-ratio lookup with no host sync and no recompilation per step."""
-    new.register_buffer("dvdq_tbins", torch.tensor(edges, dtype=torch.float32))
+    _constant(new, "dvdq_tbins", torch.tensor(edges, dtype=torch.float32), t)
     g = new.graph
     with g.inserting_before(before):
         flat = g.call_method("reshape", (t, -1))
@@ -140,6 +174,7 @@ def _extras_placeholders(g: fx.Graph, last: fx.Node, ref: fx.Node, plan) -> tupl
     for e in plan.inputs:
         with g.inserting_after(last):
             last = g.placeholder(f"dvdq_x_{e.site.replace('.', '_')}_{e.kind}")
+        mark_static(last)
         fake = _fake_like(ref, torch.empty(e.shape, dtype=e.dtype, device="meta"))
         if fake is not None:
             last.meta["example_value"] = last.meta["val"] = fake
@@ -153,7 +188,7 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
     """A new GraphModule with the quantized linears of ``sites`` at ``act_bits`` activations; activations in
     ``smooth`` (original graph nodes) are divided by their SmoothQuant factors first; sites in ``extras`` (a
     ``passes.extras.ExtrasPlan``) get their smoothing, clip-ratio and low-rank extras (see that module)."""
-    new, val_map = _copy(gm)
+    new, val_map = copy_graph(gm)
     g = new.graph
     placeholders = [n for n in g.nodes if n.op == "placeholder"]
     last = placeholders[-1]
@@ -164,6 +199,7 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
         for t, (suffix, ex) in enumerate(zip(("packed", "scale", "zero"), examples[3 * j:3 * j + 3])):
             with g.inserting_after(last):
                 last = g.placeholder(f"dvdq_w{wi.arg_index}_{suffix}")
+            mark_static(last)
             fake = _fake_like(placeholders[0], ex)
             if fake is not None:
                 last.meta["example_value"] = last.meta["val"] = fake

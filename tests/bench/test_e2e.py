@@ -70,3 +70,15 @@ def test_bgr_only(tmp_path):
     assert b["full_model_seconds_est"] == pytest.approx(2 * b["seconds"]) and b["us_per_weight"] > 0
     md = (tmp_path / "b.md").read_text()
     assert "estimated at the same rate" in md and "| 128x128 | 8 |" in md
+
+
+def test_every_row_builds_its_compiled_callable():
+    """torch.compile validates its arguments eagerly (e.g. it refuses mode= next to options=): every dvdquant and
+    Inductor row, the GPU-only ones included, must get past it (the compile itself stays lazy, nothing runs)."""
+    mod = _load()
+    model = torch.nn.Linear(4, 4)
+    for row in mod.ROWS:
+        if row.kind in ("dvdquant", "inductor"):
+            assert callable(mod.prepare(row, model)), row.label
+    cg = next(r for r in mod.ROWS if r.kind == "dvdquant" and r.mode)
+    assert cg.mode == "reduce-overhead"
