@@ -154,7 +154,7 @@ def refit_low_rank(w_hat: torch.Tensor, h_hat: torch.Tensor, noise: torch.Tensor
     mean_diag = float(p.diagonal().mean())
     if r == 0 or cfg.refit_iters == 0 or not mean_diag > 0:
         return l1, l2, info
-    e, v = torch.linalg.eigh(p + cfg.refit_damp * mean_diag * torch.eye(p.shape[0], dtype=p.dtype))
+    e, v = torch.linalg.eigh(p + cfg.refit_damp * mean_diag * torch.eye(p.shape[0], dtype=p.dtype, device=p.device))
     e = e.clamp_min(cfg.refit_damp * mean_diag * 1e-3)  # eigh of a damped PSD matrix: guard round-off only
     p_inv_half = (v / e.sqrt()) @ v.T
     for _ in range(cfg.refit_iters):
