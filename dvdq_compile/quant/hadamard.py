@@ -35,6 +35,14 @@ def _matrix_cpu(block: int, sign_seed: int) -> torch.Tensor:
     return h.to(torch.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _matrix_on(block: int, sign_seed: int, device: str) -> torch.Tensor:
+    """The fp32 matrix on ``device``, made once (read-only use): a host-to-device copy per call would also be an
+    illegal operation inside a CUDA-graph capture (weight-only layers rotate through here under
+    ``mode="reduce-overhead"``; the first, uncaptured call fills the cache)."""
+    return _matrix_cpu(block, sign_seed).to(device)
+
+
 def hadamard_matrix(block: int, sign_seed: int = NO_SIGNS, device=None, dtype=torch.float32) -> torch.Tensor:
     """The ``block × block`` orthonormal rotation ``D·H`` used for every diagonal block (a fresh tensor)."""
     _check_block(block)
@@ -47,6 +55,6 @@ def rotate(x: torch.Tensor, block: int, sign_seed: int = NO_SIGNS) -> torch.Tens
     _check_block(block)
     if k % block:
         raise ValueError(f"Hadamard block {block} does not divide the last dim {k} (shape {tuple(x.shape)})")
-    h = _matrix_cpu(block, sign_seed).to(device=x.device)  # read-only use: no copy needed
+    h = _matrix_on(block, sign_seed, str(x.device))
     xf = x.to(torch.float32).reshape(*x.shape[:-1], k // block, block)
     return (xf @ h).reshape(x.shape)
