@@ -465,7 +465,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="wan1.3b")
     p.add_argument("--layers", type=int, default=None, help="fewer transformer blocks (stated in the results)")
-    p.add_argument("--rows", nargs="+", default=None, help="row labels (default all); see --list-rows")
+    p.add_argument("--rows", nargs="+", default=None, help="row labels, run in this order (default all, in the "
+                   "listed order); see --list-rows")
     p.add_argument("--list-rows", action="store_true")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
@@ -495,7 +496,8 @@ def main(argv=None) -> int:
         p.error(f"--config {args.config} is a full-size model: it needs a CUDA GPU (use --smoke on CPU)")
     if args.layers is not None and args.layers < 1:
         p.error(f"--layers must be >= 1, got {args.layers}")
-    rows = [r for r in ROWS if not args.rows or r.label in args.rows]
+    by_label = {r.label: r for r in ROWS}
+    rows = [by_label[label] for label in dict.fromkeys(args.rows)] if args.rows else list(ROWS)  # in --rows order
     if args.smoke:
         rows = [Row(r.label, r.kind, r.options, r.mode, min(r.loop, 4), r.profile, r.cuda_only) for r in rows]
     cfg = CONFIGS[args.config]
