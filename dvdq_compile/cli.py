@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .config import MODES
+
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:
     return ((v.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -72,6 +74,12 @@ def demo(args) -> int:
                "kernels": args.kernels}
     if args.delta is not None:
         options["delta"] = args.delta
+    if args.mode is not None:
+        if args.mode != "default" and lowering != "inductor":
+            print(f"dvdq demo: --mode {args.mode} is an Inductor mode; add --lowering inductor (the default on "
+                  "CUDA; on CPU it needs a C++ compiler and Inductor does not capture CUDA graphs)", file=sys.stderr)
+            return 2
+        options["mode"] = args.mode
     try:
         pipe = load_pipeline(two_experts=not args.one_expert, device=device)
     except FileNotFoundError as e:
@@ -205,6 +213,8 @@ def main(argv=None) -> int:
                    help="default: inductor on CUDA, eager on CPU")
     d.add_argument("--kernels", choices=("auto", "triton", "reference"), default="auto",
                    help="auto: Triton on CUDA, the PyTorch reference on CPU")
+    d.add_argument("--mode", choices=MODES, default=None,
+                   help="torch.compile mode of the Inductor lowering (reduce-overhead: CUDA graphs)")
     d.add_argument("--one-expert", action="store_true", help="use only the main expert (no low-noise expert)")
     d.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
     d.add_argument("--no-progress", action="store_true")
