@@ -337,13 +337,25 @@ def bgr_time(cfg: ModelConfig, args, device) -> dict:
         rec["layers"] += 1
         rec["seconds"] += dt
     n = sum(w.numel() for _, w in ws)
+    vs_reference = None
+    if device.type == "cuda" and ws:  # the Triton BGR kernel vs the PyTorch reference on the first layer
+        w0 = ws[0][1]
+        times = {}
+        for impl in ("auto", "reference"):
+            sync(device)
+            t0 = time.perf_counter()
+            quantize_weight(w0, spec, bgr_impl=impl)
+            sync(device)
+            times[impl] = time.perf_counter() - t0
+        vs_reference = {"layer": ws[0][0], "shape": list(w0.shape), "kernel_seconds": times["auto"],
+                        "reference_seconds": times["reference"]}
     del model, ws
     full = sum(w.numel() for _, w in block_linears(build(cfg, None, torch.device("meta"))))
     threads = torch.get_num_threads() if device.type == "cpu" else None
     return {"device": device_name(device), "threads": threads, "spec": repr(spec), "layers": sum(
         r["layers"] for r in shapes.values()), "weights": n, "seconds": total, "us_per_weight": 1e6 * total / n,
         "shapes": shapes, "full_model_weights": full, "full_model_seconds_est": total * full / n,
-        "estimated": full != n}
+        "estimated": full != n, "vs_reference": vs_reference}
 
 
 # ------------------------------------------------------------------------------------------------- output
@@ -375,6 +387,10 @@ def bgr_lines(b: dict) -> list[str]:
          f"({b['weights'] / 1e6:.1f} M weights) on {b['device']}: {b['seconds']:.1f} s, "
          f"{b['us_per_weight']:.2f} µs per weight." + est,
          "", "| weight [N x K] | layers | seconds | µs / weight |", "|---|---:|---:|---:|"]
+    v = b.get("vs_reference")
+    if v:
+        L[0] += (f" Triton BGR kernel vs the PyTorch reference on {v['layer']} {v['shape']}: "
+                 f"{v['kernel_seconds']:.2f} s vs {v['reference_seconds']:.2f} s.")
     for shape, r in b.get("shapes", {}).items():
         nk = [int(v) for v in shape.split("x")]
         L.append(f"| {shape} | {r['layers']} | {r['seconds']:.1f} | "

@@ -10,6 +10,8 @@ One op per file:
   out_dtype)``; debug ``qlinear_int_partials``
 - :mod:`.fused`      both in one launch: ``fused_qlinear(x, packed, wscale, wzero, bias, wbits, abits, group,
   rotate, sign_seed)``
+- :mod:`.bgr`        BGR weight search, one program per row (used by ``quant.quantize_weight`` on CUDA;
+  weight quantization, not a graph op)
 - :mod:`.variant`    ``choose_variant(M, N, K, abits, device)`` from ``table.json``
 - :mod:`.cost`       FLOPs/bytes as sympy expressions
 

@@ -125,9 +125,11 @@ def _keep(idx, e, d, z, best_e, best_d, best_z):
         best_e[sel], best_d[sel], best_z[sel] = e[better], d[better], z[better]
 
 
-def bgr(w: torch.Tensor, bits: int = 4, group: int | None = None, **kw):
-    """BGR quantization of ``w`` [N, K]. Returns ``(codes uint8 [N, K], scale fp32 [N, G], zero int32 [N, G])``."""
+def bgr(w: torch.Tensor, bits: int = 4, group: int | None = None, rows_fn=None, **kw):
+    """BGR quantization of ``w`` [N, K]. Returns ``(codes uint8 [N, K], scale fp32 [N, G], zero int32 [N, G])``.
+
+    ``rows_fn`` solves the rows (default :func:`bgr_rows`; ``codegen.bgr.bgr_rows`` is its Triton twin)."""
     check_finite(w)
     rows = as_rows(w, group)
-    d, z = bgr_rows(rows, bits, **kw)
+    d, z = (rows_fn or bgr_rows)(rows, bits, **kw)
     return finish(w.shape, rows, d, z, bits)

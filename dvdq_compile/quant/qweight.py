@@ -64,10 +64,25 @@ def quantized_bytes(n: int, k: int, spec: WeightSpec) -> int:
     return packed_bytes(n, k, spec.bits) + n * g * (4 + 4)
 
 
+def _bgr_solver(rows: torch.Tensor, impl: str):
+    """The Triton BGR kernel for CUDA rows (``impl="auto"``), else the PyTorch reference. The kernel sums in another
+    order, so its (Δ, z) can differ from the reference's in the last bits (per-row error within ~1e-6)."""
+    if impl not in ("auto", "reference"):
+        raise ValueError(f"bgr_impl must be 'auto' or 'reference', got {impl!r}")
+    if impl == "auto" and rows.is_cuda:
+        try:
+            from ..codegen import bgr as kernel
+        except ImportError:  # no triton
+            return None
+        if kernel.supports(rows.shape[1]):
+            return kernel.bgr_rows
+    return None
+
+
 def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False,
-                    pre_scale: torch.Tensor | None = None) -> QuantizedWeight:
+                    pre_scale: torch.Tensor | None = None, bgr_impl: str = "auto") -> QuantizedWeight:
     """Scale columns by ``pre_scale`` [K] (if given), rotate (``W·H_bd``), then quantize ``w`` [N, K] per ``spec``.
-    Runs on ``w``'s device in fp32."""
+    Runs on ``w``'s device in fp32; BGR on a CUDA device runs the Triton kernel unless ``bgr_impl="reference"``."""
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
     if not w.is_floating_point():
@@ -82,8 +97,9 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False,
     wr = rotate(w.detach(), spec.rotate, spec.sign_seed) if spec.rotate else w.detach().to(torch.float32)
     group = spec.group or None
     if spec.method == "bgr":
-        codes, scale, zero = bgr(wr, spec.bits, group, n=spec.bgr_n, max_shrink=spec.bgr_max_shrink,
-                                 max_iter=spec.bgr_max_iter)
+        rows_fn = _bgr_solver(wr, bgr_impl) if not group else _bgr_solver(wr[:, :group], bgr_impl)
+        codes, scale, zero = bgr(wr, spec.bits, group, rows_fn=rows_fn, n=spec.bgr_n,
+                                 max_shrink=spec.bgr_max_shrink, max_iter=spec.bgr_max_iter)
     else:
         codes, scale, zero = minmax(wr, spec.bits, group)
     qw = QuantizedWeight(pack(codes, spec.bits), scale.contiguous(), zero.contiguous(), spec, tuple(w.shape))

@@ -52,9 +52,12 @@ class WeightCache:
         entries[key] = _Entry(weakref.ref(p, drop), p._version, qw)
 
     def get_many(self, params: list[torch.Tensor], specs: list[WeightSpec], names: list[str],
-                 progress: bool = True, pre_scales: list | None = None) -> list[QuantizedWeight]:
+                 progress: bool = True, pre_scales: list | None = None,
+                 bgr_impl: str = "auto") -> list[QuantizedWeight]:
         """Quantized weights for ``params``, quantizing the missing or stale ones (with a progress bar).
-        ``pre_scales[i]`` (or None) multiplies weight i's columns first (its spec carries the matching key)."""
+        ``pre_scales[i]`` (or None) multiplies weight i's columns first (its spec carries the matching key).
+        ``bgr_impl="reference"`` keeps BGR on the PyTorch reference on a GPU too (option ``kernels="reference"``);
+        a weight already cached under the same spec is reused either way."""
         out = [self.lookup(p, s) for p, s in zip(params, specs)]
         todo = [i for i, q in enumerate(out) if q is None]
         if todo:
@@ -67,7 +70,8 @@ class WeightCache:
                 require_storage(p, names[i], "quantizing it again (other options, or an edit of the parameter)")
                 try:
                     qw = quantize_weight(p, specs[i], with_stats=True,
-                                         pre_scale=pre_scales[i] if pre_scales is not None else None)
+                                         pre_scale=pre_scales[i] if pre_scales is not None else None,
+                                         bgr_impl=bgr_impl)
                 except ValueError as e:
                     raise ValueError(f"dvdquant: cannot quantize {names[i]}: {e}") from None
                 self.put(p, specs[i], qw)

@@ -118,7 +118,8 @@ class CompiledGraph:
             idx = self._cached
             pre = [self._pre_scales[i] for i in idx] if self._pre_scales is not None else None
             qws = CACHE.get_many([params[i] for i in idx], [self._specs[i] for i in idx],
-                                 [self._names[i] for i in idx], self.cfg.progress, pre)
+                                 [self._names[i] for i in idx], self.cfg.progress, pre,
+                                 bgr_impl="reference" if self.cfg.kernels == "reference" else "auto")
             triples.update({i: q.tensors() for i, q in zip(idx, qws)})
             for i in range(len(self.weights)):
                 extra += triples[i]

@@ -29,7 +29,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from dvdq_compile.codegen import act_quant as A, fused as F, qlinear as Q, tl_common as T  # noqa: E402
+from dvdq_compile.codegen import act_quant as A, bgr as B, fused as F, qlinear as Q, tl_common as T  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -113,12 +113,25 @@ def fused_specs(all_configs):
                 c.num_stages
 
 
+def bgr_specs():
+    sig = {"w_ptr": "*fp32", "d_ptr": "*fp32", "z_ptr": "*fp32", "L": "i32", "stride_r": "i32", "N_CAND": "i32",
+           "N_STEPS": "i32", "MAX_ITER": "i32", "rel_eps": "fp32"}
+    for qmax, block, warps in ((15, 2048, 2), (15, 16384, 16), (255, 8192, 8), (7, 128, 1)):
+        const = dict(QMAX=qmax, BLOCK=block, USE_RINT=True)
+        yield f"bgr qmax{qmax} L<={block}", _Plain(B._bgr_kernel), sig, const, warps, 1
+
+
+class _Plain:  # compile_one reads .fn (autotuned kernels); the BGR kernel is a plain JITFunction
+    def __init__(self, fn):
+        self.fn = fn
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     all_configs = "--all" in argv
     assert not T.INTERPRET and T.USE_RINT, "run without TRITON_INTERPRET"
     ok = True
-    for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs)):
+    for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs), *bgr_specs()):
         rec = compile_one(*spec)
         ok &= rec["ok"]
         print(json.dumps(rec), flush=True)

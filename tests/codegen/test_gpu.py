@@ -116,3 +116,30 @@ def test_int64_offsets_large_m():
     packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(9)))
     y = kernels.qlinear(c, s, packed, ws, wz, None, 4, torch.bfloat16)
     assert_out_close(y[tail], quant.qlinear_ref(rc, rs, packed, ws, wz, None, 4, torch.bfloat16), torch.bfloat16)
+
+
+@pytest.mark.parametrize("k,bits", [(1536, 4), (8960, 4), (5120, 3)])
+def test_bgr_kernel_vs_reference(k, bits):
+    """The Triton BGR search on a rotated Gaussian weight: per-row errors equal the reference's (the sums' order
+    differs, so a near-tie may go the other way on a few rows), never worse than MinMax; and quantize_weight on a
+    CUDA weight takes the kernel."""
+    from dvdq_compile.codegen import bgr as bgr_mod
+    from dvdq_compile.quant.qweight import WeightSpec, _bgr_solver, quantize_weight
+
+    w = quant.rotate((torch.randn(512, k, generator=_gen(k)) * 0.02).to(DEV), 128)
+    d, z = bgr_mod.bgr_rows(w, bits)
+    dr, zr = quant.bgr_rows(w, bits)
+
+    def err(d, z):
+        q = (torch.round(w / d[:, None]) + z[:, None]).clamp(0, 2**bits - 1)
+        return (w.double() - d[:, None].double() * (q - z[:, None]).double()).square().sum(1)
+
+    e, er = err(d, z), err(dr, zr)
+    codes, scale, zero = quant.minmax(w, bits)
+    emm = (w.double() - scale.double() * (codes.double() - zero.double())).square().sum(1)
+    assert bool((e <= emm * (1 + 1e-5)).all())
+    assert float(((e - er).abs() <= 1e-4 * er).double().mean()) >= 0.99
+    assert bool(((e - er).abs() <= 0.05 * er).all())
+    assert _bgr_solver(w, "auto") is bgr_mod.bgr_rows and _bgr_solver(w, "reference") is None
+    qw = quantize_weight(w, WeightSpec(bits=bits, rotate=0))
+    assert torch.equal(qw.scale[:, 0], d) and torch.equal(qw.zero[:, 0], z.to(torch.int32))
