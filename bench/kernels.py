@@ -223,25 +223,22 @@ def run_shape(m, n, k, args, dev, gen, peak, compiled_int8):
         t("fp8_mm", lambda: torch._scaled_mm(xq, w_fp8_t, scale_a=xs, scale_b=wsf, out_dtype=torch.bfloat16))
         t("fp8_rowwise", lambda: fp8_rowwise(x, w_fp8_t, wsf))
         del wf
-    for abits in (8, 4):
+    weights = {4: (packed, ws, wz), 8: make_weights(n, k, dev, gen, bits=8)}
+    # W8A8 on the same kernels (byte layout + the q − 128 zero-point correction) next to the int8 baselines
+    for wbits, abits in ((4, 8), (4, 4), (8, 8)):
+        pk, wsc, wzp = weights[wbits]
+        tag = f"w{wbits}a{abits}"
         c, s = kernels.act_quant(x, abits, group, args.rotate, 0)
-        t(f"act_quant_a{abits}", lambda: kernels.act_quant(x, abits, group, args.rotate, 0))
-        t(f"w4a{abits}_gemm", lambda: kernels.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16))
-        t(f"w4a{abits}_split", lambda: kernels.qlinear(*kernels.act_quant(x, abits, group, args.rotate, 0),
-                                                       packed, ws, wz, b, 4, torch.bfloat16))
-        if kernels.supports(4, tuple(ws.shape), group, k, rotate=args.rotate, variant="fused"):
-            t(f"w4a{abits}_fused", lambda: kernels.fused_qlinear(x, packed, ws, wz, b, 4, abits, group,
-                                                                 args.rotate, 0))
+        if wbits == 4:
+            t(f"act_quant_a{abits}", lambda: kernels.act_quant(x, abits, group, args.rotate, 0))
+        t(f"{tag}_gemm", lambda: kernels.qlinear(c, s, pk, wsc, wzp, b, wbits, torch.bfloat16))
+        t(f"{tag}_split", lambda: kernels.qlinear(*kernels.act_quant(x, abits, group, args.rotate, 0),
+                                                  pk, wsc, wzp, b, wbits, torch.bfloat16))
+        if kernels.supports(wbits, tuple(wsc.shape), group, k, rotate=args.rotate, variant="fused"):
+            t(f"{tag}_fused", lambda: kernels.fused_qlinear(x, pk, wsc, wzp, b, wbits, abits, group,
+                                                            args.rotate, 0))
         del c, s
-    # W8A8 on the same kernels (byte layout + the q − 128 zero-point correction) vs the symmetric int8 baselines
-    packed8, ws8, wz8 = make_weights(n, k, dev, gen, bits=8)
-    c, s = kernels.act_quant(x, 8, group, args.rotate, 0)
-    t("w8a8_gemm", lambda: kernels.qlinear(c, s, packed8, ws8, wz8, b, 8, torch.bfloat16))
-    t("w8a8_split", lambda: kernels.qlinear(*kernels.act_quant(x, 8, group, args.rotate, 0),
-                                            packed8, ws8, wz8, b, 8, torch.bfloat16))
-    if kernels.supports(8, tuple(ws8.shape), group, k, rotate=args.rotate, variant="fused"):
-        t("w8a8_fused", lambda: kernels.fused_qlinear(x, packed8, ws8, wz8, b, 8, 8, group, args.rotate, 0))
-    del c, s, packed8
+    del weights
 
     # derived numbers
     ops = 2.0 * m * n * k

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import MODES
+from .config import MODES, QuantConfig
 
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:
@@ -75,11 +75,12 @@ def demo(args) -> int:
     if args.delta is not None:
         options["delta"] = args.delta
     if args.mode is not None:
-        if args.mode != "default" and lowering != "inductor":
-            print(f"dvdq demo: --mode {args.mode} is an Inductor mode; add --lowering inductor (the default on "
-                  "CUDA; on CPU it needs a C++ compiler and Inductor does not capture CUDA graphs)", file=sys.stderr)
-            return 2
         options["mode"] = args.mode
+    try:  # a bad combination is refused here, not as a compile-time traceback
+        QuantConfig.from_options(options)
+    except ValueError as e:
+        print(f"dvdq demo: {e}", file=sys.stderr)
+        return 2
     try:
         pipe = load_pipeline(two_experts=not args.one_expert, device=device)
     except FileNotFoundError as e:

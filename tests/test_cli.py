@@ -67,7 +67,7 @@ def test_bad_arguments(capsys):
     assert cli.main(["demo", "--classes", "99", "--one-expert"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert cli.main(["demo", "--mode", "reduce-overhead", "--device", "cpu", "--one-expert"]) == 2
-    assert "--lowering inductor" in capsys.readouterr().err
+    assert "mode='reduce-overhead' is an Inductor mode; it needs lowering='inductor'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["eval", "--steps", "0"])
     with pytest.raises(SystemExit):

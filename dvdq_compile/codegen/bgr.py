@@ -22,12 +22,11 @@ near-tie code or keep-best decision can go the other way: per-row errors match t
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
+from ..quant.bgr import candidate_count
 from ..quant.minmax import TINY
 from .tl_common import USE_RINT, next_pow2, round_half_even
 
@@ -50,7 +49,7 @@ def _state(w, mask, d, z, QMAX: tl.constexpr, USE_RINT: tl.constexpr):
 
 @triton.jit
 def _bgr_kernel(w_ptr, d_ptr, z_ptr, L, stride_r, N_CAND, N_STEPS, MAX_ITER, rel_eps,
-                QMAX: tl.constexpr, BLOCK: tl.constexpr, USE_RINT: tl.constexpr):
+                QMAX: tl.constexpr, TINY: tl.constexpr, BLOCK: tl.constexpr, USE_RINT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < L
@@ -62,14 +61,14 @@ def _bgr_kernel(w_ptr, d_ptr, z_ptr, L, stride_r, N_CAND, N_STEPS, MAX_ITER, rel
     hi = tl.maximum(tl.max(tl.where(mask, w, -INF)), 0.0)
     wm = tl.math.div_rn(tl.sum(w), lf)
     step = tl.math.div_rn(hi - lo, lf * 0.0 + N_STEPS)
-    d_mm = tl.maximum(tl.math.div_rn(hi - lo, qm), 1e-12)
+    d_mm = tl.maximum(tl.math.div_rn(hi - lo, qm), TINY)
     best_e = lf * 0.0 + INF
     best_d = d_mm
     best_z = lf * 0.0
     for i in range(0, N_CAND):
         lo_i = lo + i * step
         hi_i = hi - i * step
-        d = tl.maximum(tl.math.div_rn(hi_i - lo_i, qm), 1e-12)
+        d = tl.maximum(tl.math.div_rn(hi_i - lo_i, qm), TINY)
         z = tl.minimum(tl.maximum(round_half_even(tl.math.div_rn(-lo_i, d), USE_RINT), 0.0), QMAX)
         e, s_cw, s_cc, s_q = _state(w, mask, d, z, QMAX, USE_RINT)
         better = e < best_e
@@ -79,7 +78,7 @@ def _bgr_kernel(w_ptr, d_ptr, z_ptr, L, stride_r, N_CAND, N_STEPS, MAX_ITER, rel
         it = 0
         go = MAX_ITER > 0
         while go:
-            d2 = tl.math.div_rn(s_cw, tl.maximum(s_cc, 1e-12))
+            d2 = tl.math.div_rn(s_cw, tl.maximum(s_cc, TINY))
             d2 = tl.where((d2 > 0.0) & ((d2 - d2) == 0.0), d2, d_mm)
             z2 = round_half_even(tl.math.div_rn(s_q, lf) - tl.math.div_rn(wm, d2), USE_RINT)
             z2 = tl.minimum(tl.maximum(z2, 0.0), QMAX)
@@ -102,13 +101,9 @@ def supports(length: int) -> bool:
 def bgr_rows(rows: torch.Tensor, bits: int = 4, n: int = 64, max_shrink: float = 0.9, rel_eps: float = 1e-4,
              max_iter: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of :func:`quant.bgr_rows`: per-row (Δ, z) [R] fp32 for ``rows`` [R, L] (L <= 16384)."""
-    if n < 2:
-        raise ValueError(f"BGR needs n >= 2 candidate steps, got {n}")
-    if not 0.0 <= max_shrink < 1.0:
-        raise ValueError(f"BGR max_shrink must be in [0, 1), got {max_shrink}")
+    n_cand = candidate_count(n, max_shrink)
     if rows.dim() != 2 or not supports(rows.shape[1]):
         raise ValueError(f"Triton BGR takes rows [R, L] with 1 <= L <= {MAX_L}, got shape {tuple(rows.shape)}")
-    n_cand = max(1, min(n // 2, math.ceil(max_shrink * n / 2)))
     r, length = rows.shape
     w = rows if rows.stride(-1) == 1 else rows.contiguous()
     d = torch.empty(r, dtype=torch.float32, device=rows.device)
@@ -118,8 +113,6 @@ def bgr_rows(rows: torch.Tensor, bits: int = 4, n: int = 64, max_shrink: float =
     block = max(16, next_pow2(length))
     warps = min(16, max(1, block // 1024))
     _bgr_kernel[(r,)](w, d, z, length, w.stride(0), n_cand, n, max_iter, float(rel_eps),
-                      QMAX=2**bits - 1, BLOCK=block, USE_RINT=USE_RINT, num_warps=warps)
+                      QMAX=2**bits - 1, TINY=TINY, BLOCK=block, USE_RINT=USE_RINT, num_warps=warps)
     return d, z
 
-
-assert TINY == 1e-12  # the kernel spells the reference's TINY as a literal

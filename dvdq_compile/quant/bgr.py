@@ -32,6 +32,15 @@ from .minmax import TINY, as_rows, check_finite, codes_for, finish, minmax_rows,
 CHUNK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
+def candidate_count(n: int, max_shrink: float) -> int:
+    """Initial ranges searched per row: ``i < max_shrink·n/2`` (and ``< n/2``, where the bounds cross)."""
+    if n < 2:
+        raise ValueError(f"BGR needs n >= 2 candidate steps, got {n}")
+    if not 0.0 <= max_shrink < 1.0:
+        raise ValueError(f"BGR max_shrink must be in [0, 1), got {max_shrink}")
+    return max(1, min(n // 2, math.ceil(max_shrink * n / 2)))
+
+
 def bgr_rows(rows: torch.Tensor, bits: int = 4, n: int = 64, max_shrink: float = 0.9,
              rel_eps: float = 1e-4, max_iter: int = 64,
              chunk_elems: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +52,7 @@ def bgr_rows(rows: torch.Tensor, bits: int = 4, n: int = 64, max_shrink: float =
     """
     if chunk_elems is None:
         chunk_elems = CHUNK_ELEMS.get(rows.device.type, 1 << 24)
-    if n < 2:
-        raise ValueError(f"BGR needs n >= 2 candidate steps, got {n}")
-    if not 0.0 <= max_shrink < 1.0:
-        raise ValueError(f"BGR max_shrink must be in [0, 1), got {max_shrink}")
-    n_cand = max(1, min(n // 2, math.ceil(max_shrink * n / 2)))
+    n_cand = candidate_count(n, max_shrink)
     r_all, length = rows.shape
     per = max(1, chunk_elems // max(1, n_cand * length))
     ds, zs = [], []

@@ -64,17 +64,18 @@ def quantized_bytes(n: int, k: int, spec: WeightSpec) -> int:
     return packed_bytes(n, k, spec.bits) + n * g * (4 + 4)
 
 
-def _bgr_solver(rows: torch.Tensor, impl: str):
-    """The Triton BGR kernel for CUDA rows (``impl="auto"``), else the PyTorch reference. The kernel sums in another
-    order, so its (Δ, z) can differ from the reference's in the last bits (per-row error within ~1e-6)."""
+def _bgr_solver(device: torch.device, length: int, impl: str):
+    """The Triton BGR kernel for rows of ``length`` on a CUDA device (``impl="auto"``), else None (the PyTorch
+    reference). The kernel sums in another order, so its (Δ, z) can differ from the reference's in the last bits
+    (per-row error within ~1e-6)."""
     if impl not in ("auto", "reference"):
         raise ValueError(f"bgr_impl must be 'auto' or 'reference', got {impl!r}")
-    if impl == "auto" and rows.is_cuda:
+    if impl == "auto" and device.type == "cuda":
         try:
             from ..codegen import bgr as kernel
         except ImportError:  # no triton
             return None
-        if kernel.supports(rows.shape[1]):
+        if kernel.supports(length):
             return kernel.bgr_rows
     return None
 
@@ -97,7 +98,7 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False,
     wr = rotate(w.detach(), spec.rotate, spec.sign_seed) if spec.rotate else w.detach().to(torch.float32)
     group = spec.group or None
     if spec.method == "bgr":
-        rows_fn = _bgr_solver(wr, bgr_impl) if not group else _bgr_solver(wr[:, :group], bgr_impl)
+        rows_fn = _bgr_solver(wr.device, group or wr.shape[1], bgr_impl)
         codes, scale, zero = bgr(wr, spec.bits, group, rows_fn=rows_fn, n=spec.bgr_n,
                                  max_shrink=spec.bgr_max_shrink, max_iter=spec.bgr_max_iter)
     else:

@@ -117,7 +117,7 @@ def bgr_specs():
     sig = {"w_ptr": "*fp32", "d_ptr": "*fp32", "z_ptr": "*fp32", "L": "i32", "stride_r": "i32", "N_CAND": "i32",
            "N_STEPS": "i32", "MAX_ITER": "i32", "rel_eps": "fp32"}
     for qmax, block, warps in ((15, 2048, 2), (15, 16384, 16), (255, 8192, 8), (7, 128, 1)):
-        const = dict(QMAX=qmax, BLOCK=block, USE_RINT=True)
+        const = dict(QMAX=qmax, TINY=1e-12, BLOCK=block, USE_RINT=True)
         yield f"bgr qmax{qmax} L<={block}", _Plain(B._bgr_kernel), sig, const, warps, 1
 
 

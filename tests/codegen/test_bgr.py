@@ -79,6 +79,6 @@ def test_bad_input():
 def test_quantize_weight_keeps_the_reference_off_cuda():
     from dvdq_compile.quant.qweight import _bgr_solver
 
-    assert _bgr_solver(torch.zeros(2, 16), "auto") is None  # CPU: the reference (the specification)
+    assert _bgr_solver(torch.device("cpu"), 16, "auto") is None  # CPU: the reference (the specification)
     with pytest.raises(ValueError, match="bgr_impl"):
-        _bgr_solver(torch.zeros(2, 16), "fast")
+        _bgr_solver(torch.device("cpu"), 16, "fast")

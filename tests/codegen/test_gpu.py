@@ -140,6 +140,7 @@ def test_bgr_kernel_vs_reference(k, bits):
     assert bool((e <= emm * (1 + 1e-5)).all())
     assert float(((e - er).abs() <= 1e-4 * er).double().mean()) >= 0.99
     assert bool(((e - er).abs() <= 0.05 * er).all())
-    assert _bgr_solver(w, "auto") is bgr_mod.bgr_rows and _bgr_solver(w, "reference") is None
+    assert _bgr_solver(w.device, k, "auto") is bgr_mod.bgr_rows and _bgr_solver(w.device, k, "reference") is None
+    assert _bgr_solver(w.device, bgr_mod.MAX_L + 1, "auto") is None  # rows too long for registers: the reference
     qw = quantize_weight(w, WeightSpec(bits=bits, rotate=0))
     assert torch.equal(qw.scale[:, 0], d) and torch.equal(qw.zero[:, 0], z.to(torch.int32))
