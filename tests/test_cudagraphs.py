@@ -34,9 +34,10 @@ def inner_calls(monkeypatch):
 
     monkeypatch.setattr(dvdq_compile.backend, "_lower", spy_lower)
     monkeypatch.setattr(cfx, "get_static_input_idxs", spy_static)
-    # a cache hit (AOTAutograd's) would skip the forward compile this spies on
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
-    return calls
+    # A cache hit (AOTAutograd's) would skip the forward compile this spies on. Torch's config modules are patched
+    # through their own context manager: pytest >= 9.2 undoes monkeypatch.setattr on them by deleting the setting.
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        yield calls
 
 
 def _compile(model, mode_kw: bool, **options):

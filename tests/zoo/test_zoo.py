@@ -145,7 +145,6 @@ def test_two_expert_sampling_routes_by_timestep():
 
 
 def test_wan_pipeline_matches_own_sampler():
-    pytest.importorskip("transformers", reason="diffusers.WanPipeline needs `transformers` (optional)")
     from dvdq_compile.zoo import make_wan_pipeline, wan_pipeline_kwargs
 
     torch.manual_seed(0)
