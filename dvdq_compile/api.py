@@ -1,13 +1,12 @@
 """Accessors for what the backend did to a model: report, δ controller, cache control."""
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from .runtime import free
 from .runtime.cache import CACHE
-from .runtime.graph import GRAPHS, SHARED_CONTROLLERS
+from .runtime.model_report import model_report
+from .runtime.registry import SHARED_CONTROLLERS, graphs_of
 from .runtime.report import CompileReport
 
 
@@ -17,57 +16,23 @@ def _module(model) -> torch.nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _graphs_of(model):
-    """(graph, params bound to it) for the compiled graphs this model has run through, newest graph first."""
-    ids = {id(p) for p in _module(model).parameters()}
-    out = []
-    for g in sorted(GRAPHS, key=lambda g: g.serial, reverse=True):
-        for refs in g.bound.values():
-            params = {i: r() for i, r in refs.items()}
-            if params and all(p is not None and id(p) in ids for p in params.values()):
-                out.append((g, params))
-    return out
-
-
 def report(model) -> CompileReport:
     """The per-layer compile report of ``model`` (after its first compiled call), with per-layer weight errors.
 
-    If Dynamo split the model into several graphs (graph breaks), their layers are concatenated in module order; a
-    layer that appears in several graphs (recompiles for new shapes, or the model compiled again with other
-    options) is listed once, from the newest graph.
+    Every linear of the model is listed: those of every graph Dynamo compiled for it (graph breaks split a model
+    into several; a block compiled as its own frame is listed once per block, each named for its own instance),
+    and those no graph covers (Dynamo ran them eagerly). ``warnings`` says when little or nothing was quantized.
     """
-    graphs = _graphs_of(model)
-    if not graphs:
+    rep = model_report(_module(model))
+    if rep is None:
         raise RuntimeError("no dvdquant report for this model: it has not run through a graph compiled with "
                            "backend='dvdquant' yet (torch.compile compiles on the first call)")
-    merged = copy.deepcopy(graphs[0][0].report)
-    merged.layers = []
-    merged.graphs = len(graphs)
-    seen = set()
-    for g, params in graphs:
-        by_name = {}
-        for w in g.weights:
-            for name in w.layers:
-                by_name[name] = CACHE.stats_for(params[w.arg_index])
-        freed = {name for w in g.weights if free.is_freed(params[w.arg_index]) for name in w.layers}
-        for row in copy.deepcopy(g.report.layers):
-            if row.name in seen:
-                continue
-            seen.add(row.name)
-            stats = by_name.get(row.name, {})
-            row.mse, row.mse_minmax = stats.get("mse"), stats.get("mse_minmax")
-            row.freed = row.name in freed
-            merged.layers.append(row)
-    order = {name: i for i, (name, _) in enumerate(_module(model).named_modules())}
-    merged.layers.sort(key=lambda r: order.get(r.name, len(order)))
-    merged.compile_seconds = sum(g.report.compile_seconds for g, _ in graphs)
-    merged.freed_bytes = sum(free.FREED.get(p).nbytes for p in _module(model).parameters() if free.is_freed(p))
-    return merged
+    return rep
 
 
 def controller(model):
     """The δ-GBS controller that drives ``model``'s A4/A8 choice (None with fixed activation bits)."""
-    for g, params in _graphs_of(model):
+    for g, params in graphs_of(_module(model)):
         if len(g.variants) > 1:
             return g.controller_for(params[g.weights[0].arg_index])
     return None

@@ -7,8 +7,10 @@ Registered through the ``torch_dynamo_backends`` entry point (pyproject.toml), s
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import math
+import re
 import time
 
 import torch
@@ -19,8 +21,11 @@ from . import ops  # noqa: F401  (registers the dvdq ops)
 from .calibrate import Calibration, as_calibration
 from .codegen.dispatch import resolve
 from .config import QuantConfig
+from .errors import OptionError
 from .passes.extras import plan_extras
-from .passes.find_linears import LinearSite, find_linears
+from .passes.find_linears import LinearSite, find_linears, shared_frame_mismatches
+from .passes.layer_names import frame_of
+from .passes.owner import remembered
 from .passes.rewrite import (
     QUANTIZED,
     assign_impls,
@@ -68,7 +73,7 @@ def _config(options: dict | None, mode: str | None) -> QuantConfig:
     options = dict(options or {})
     if mode is not None:
         if options.get("mode", mode) != mode:
-            raise ValueError(f"dvdquant: torch.compile mode={mode!r} and option mode={options['mode']!r} disagree")
+            raise OptionError(f"dvdquant: torch.compile mode={mode!r} and option mode={options['mode']!r} disagree")
         options["mode"] = mode
     return QuantConfig.from_options(options)
 
@@ -104,13 +109,26 @@ def _report(sites, example_inputs, cfg: QuantConfig, impl: str, why: str) -> Com
 
 
 def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
-    """Dynamo backend entry point: ``backend(gm, example_inputs, mode=..., options=...)``."""
+    """Dynamo backend entry point: ``backend(gm, example_inputs, mode=..., options=...)``.
+
+    A ``ValueError`` here is the user's to fix (an option, or an artifact that does not fit the model or the
+    options): it reaches the caller as an ``OptionError``, not wrapped in Dynamo's ``BackendCompilerFailed``."""
     unknown = set(kwargs) - {"options", "mode"}
     if unknown:
         raise TypeError(f"dvdquant backend got unexpected arguments {sorted(unknown)}")
-    cfg = _config(kwargs.get("options"), kwargs.get("mode"))
+    try:
+        return _compile(gm, example_inputs, _config(kwargs.get("options"), kwargs.get("mode")))
+    except OptionError:
+        raise
+    except ValueError as e:
+        raise OptionError(str(e)) from e
+
+
+def _compile(gm: fx.GraphModule, example_inputs, cfg: QuantConfig):
     t0 = time.perf_counter()
-    sites = find_linears(gm, example_inputs, cfg)
+    frame = frame_of(gm, example_inputs)
+    sites = find_linears(gm, example_inputs, cfg, frame)
+    mismatches = _check_owner(sites, cfg, frame)
     impl, why = resolve(cfg.kernels, _device(sites, example_inputs))
     extras = None
     if cfg.svdquant or cfg.qvdit:  # before assign_impls: an artifact weight's grouping and bits decide its kernel
@@ -144,7 +162,48 @@ def dvdquant(gm: fx.GraphModule, example_inputs, **kwargs):
     log.info("%s", report.table() if log.isEnabledFor(logging.DEBUG) else report.summary())
     source = ExtrasSource(extras, weights) if extras is not None and extras.sites else None
     return CompiledGraph(variants, weights, cfg, report, t_index, params, calibration=cal, extras=source,
-                         reads=reads)
+                         reads=reads, frame=frame, mismatches=mismatches,
+                         row_locals={s.name: s.local for s in sites})
+
+
+_WARNED_NO_OWNER: set[str] = set()
+
+
+def _warn_once(owner, msg: str) -> None:
+    seen = remembered(owner).setdefault("warned", set()) if owner is not None else _WARNED_NO_OWNER
+    if msg not in seen:
+        seen.add(msg)
+        log.warning("%s", msg)
+
+
+def _check_owner(sites: list[LinearSite], cfg: QuantConfig, frame) -> dict:
+    """Compile-time warnings about the model as a whole (once per model and message); returns the layers of other
+    instances of a submodule compiled as its own frame that would decide otherwise (see the report)."""
+    owner = frame.owner
+    if owner is None:
+        return {}
+    model = type(owner).__name__
+    names = [n for n, _ in owner.named_modules()]
+    for option in ("exclude", "include", "weight_only"):
+        for pat in getattr(cfg, option):
+            if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+                _warn_once(owner, f"dvdquant option {option}: pattern {pat!r} matches no module of {model} (module "
+                                  f"names look like {names[1:4] if len(names) > 1 else names})")
+    if sites and not any(s.decision in QUANTIZED for s in sites) and not cfg.include and \
+            not any(re.search(cfg.block_pattern, n) for n in names):
+        _warn_once(owner, f"dvdquant: {model} has no module whose name matches block_pattern "
+                          f"{cfg.block_pattern!r}, so none of its linears is quantized; pass options={{'include': "
+                          f"['*']}} (every linear) or a block_pattern that matches its blocks")
+    out = {}
+    for name, decision, why in shared_frame_mismatches(sites, cfg, frame):
+        out[name] = (decision, why)
+    if out:
+        first = next(iter(out))
+        _warn_once(owner, f"dvdquant: {len(out)} layer(s) of {model} run a graph Dynamo compiled for another "
+                          f"instance of the same module after a graph break, whose decision differs from their own "
+                          f"(e.g. {first}: own decision {out[first][0]}, {out[first][1]}); options that single out "
+                          "one instance need the whole model in one graph (fullgraph=True)")
+    return out
 
 
 def _artifacts(cfg: QuantConfig) -> list:
@@ -157,7 +216,7 @@ def _artifacts(cfg: QuantConfig) -> list:
     for c in out:
         ag = (c.meta.get("config") or {}).get("act_group")
         if ag is not None and ag != cfg.group:
-            raise ValueError(f"dvdquant option group={cfg.group} differs from the activation group {ag} the artifact "
+            raise OptionError(f"dvdquant option group={cfg.group} differs from the activation group {ag} the artifact "
                              f"{c.meta.get('path', '(in memory)')} was calibrated (clip ratios searched) with")
     return out
 
@@ -167,17 +226,17 @@ def _qvdit_artifact(a, cfg: QuantConfig):
 
     if not isinstance(a, QVDiTArtifact):
         if isinstance(a, Calibration):
-            raise ValueError("dvdquant recipe 'qvdit' takes qvdit artifacts (python -m dvdq_compile.qvdit.train, "
+            raise OptionError("dvdquant recipe 'qvdit' takes qvdit artifacts (python -m dvdq_compile.qvdit.train, "
                              "QVDiTArtifact.save), got a calibration (made by dvdq_compile.calibrate*)")
         a = QVDiTArtifact.load(a)
     c = a.cfg
     if (c.weight_bits, c.act_bits) != (cfg.weight_bits, cfg.act_bits):
-        raise ValueError(f"dvdquant options weight_bits={cfg.weight_bits}, act_bits={cfg.act_bits} differ from the "
+        raise OptionError(f"dvdquant options weight_bits={cfg.weight_bits}, act_bits={cfg.act_bits} differ from the "
                          f"qvdit artifact {a.meta.get('path', '(in memory)')} trained at {c.label}; its estimator "
                          "only holds at those bits: pass "
                          f"options={{'weight_bits': {c.weight_bits}, 'act_bits': {c.act_bits}}}")
     if not c.act_sym:
-        raise ValueError(f"dvdquant recipe 'qvdit': the artifact {a.meta.get('path', '(in memory)')} was trained with "
+        raise OptionError(f"dvdquant recipe 'qvdit': the artifact {a.meta.get('path', '(in memory)')} was trained with "
                          "asymmetric activations (act_sym=False), which the integer kernels do not run")
     return a
 

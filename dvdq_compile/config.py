@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .errors import OptionError
 from .quant.act import ACT_BITS
 from .quant.hadamard import NO_SIGNS
 from .quant.qweight import WEIGHT_BITS, WEIGHT_METHODS, WeightSpec
@@ -20,7 +21,12 @@ ACT_SCALES = ("group", "token", "channel")
 KERNELS = ("auto", "triton", "reference")
 LOWERINGS = ("inductor", "eager")
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-DEFAULT_BLOCK_PATTERN = r"(^|\.)(transformer_blocks|single_transformer_blocks|blocks|temporal_transformer_blocks)\.\d+(\.|$)"
+# The block lists of every diffusers video transformer (tests/models/catalog): `blocks` (Wan, SkyReels, Helios,
+# ...), `*transformer_blocks` (transformer_blocks, single_/temporal_/text_/visual_/audio_text_transformer_blocks),
+# `vace_blocks` (WanVACE), `refiner_blocks` (HunyuanVideo's text token refiner), `double_blocks` (JoyImage) and
+# `face_adapter` (WanAnimate's cross-attention layers between blocks).
+DEFAULT_BLOCK_PATTERN = (r"(^|\.)([a-z0-9_]*transformer_blocks|blocks|vace_blocks|refiner_blocks|double_blocks|"
+                         r"face_adapter)\.\d+(\.|$)")
 DEFAULT_MODULATION_PATTERN = r"(^|\.)(norm[^.]*|[^.]*modulation[^.]*|adaln[^.]*)\.[^.]+$"
 
 # What each option accepts, for error messages and the README option table.
@@ -45,9 +51,9 @@ ALLOWED: dict[str, str] = {
     "lowering": f"one of {LOWERINGS}",
     "mode": f"None or one of {MODES}: the torch.compile mode of the Inductor lowering ('reduce-overhead': CUDA "
             "graphs); torch.compile refuses mode= next to options=, so with options pass it here",
-    "exclude": "list of fnmatch patterns of layer names kept in full precision",
-    "include": "list of fnmatch patterns of layer names quantized even outside transformer blocks",
-    "weight_only": "list of fnmatch patterns of layer names quantized with 16-bit activations",
+    "exclude": "a list of fnmatch patterns of layer names kept in full precision",
+    "include": "a list of fnmatch patterns of layer names quantized even outside transformer blocks",
+    "weight_only": "a list of fnmatch patterns of layer names quantized with 16-bit activations",
     "min_tokens": "an int >= 0: linears whose static token count M is at most this run weight-only",
     "block_pattern": "a regular expression matching the names of transformer-block layers",
     "bgr_n": "an int >= 2: BGR candidate grid (range/n steps)",
@@ -73,7 +79,7 @@ ALLOWED: dict[str, str] = {
 
 
 def _fail(name: str, value: Any) -> None:
-    raise ValueError(f"dvdquant option {name}={value!r} is not allowed; expected {ALLOWED[name]}")
+    raise OptionError(f"dvdquant option {name}={value!r} is not allowed; expected {ALLOWED[name]}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class QuantConfig:
         unknown = sorted(set(options) - set(valid))
         if unknown:
             lines = "\n".join(f"  {k}: {ALLOWED[k]}" for k in valid)
-            raise ValueError(f"unknown dvdquant option(s) {unknown}; valid options are:\n{lines}")
+            raise OptionError(f"unknown dvdquant option(s) {unknown}; valid options are:\n{lines}")
         recipe = options.get("recipe", "dvdquant")
         if not isinstance(recipe, str):
             _fail("recipe", recipe)
@@ -130,8 +136,9 @@ class QuantConfig:
         base.update(options)
         for k in ("exclude", "include", "weight_only"):
             v = base.get(k, ())
-            if isinstance(v, str):
-                v = (v,)
+            if isinstance(v, str):  # iterating a string would give one pattern per character
+                raise OptionError(f"dvdquant option {k}={v!r} is a string; expected {ALLOWED[k]}, e.g. "
+                                  f"{{'{k}': [{v!r}]}}")
             if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
                 _fail(k, v)
             base[k] = tuple(v)
@@ -159,7 +166,7 @@ class QuantConfig:
             if not is_int(getattr(self, k)) or getattr(self, k) not in ACT_BITS:
                 _fail(k, getattr(self, k))
         if self.act_bits_low >= self.act_bits_high:
-            raise ValueError(f"dvdquant options act_bits_low={self.act_bits_low} must be below "
+            raise OptionError(f"dvdquant options act_bits_low={self.act_bits_low} must be below "
                              f"act_bits_high={self.act_bits_high}")
         if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or \
                 not math.isfinite(self.delta) or self.delta <= 0:
@@ -188,7 +195,7 @@ class QuantConfig:
         if self.mode is not None and self.mode not in MODES:
             _fail("mode", self.mode)
         if self.mode not in (None, "default") and self.lowering != "inductor":
-            raise ValueError(f"dvdquant option mode={self.mode!r} is an Inductor mode; it needs "
+            raise OptionError(f"dvdquant option mode={self.mode!r} is an Inductor mode; it needs "
                              f"lowering='inductor' (got lowering={self.lowering!r})")
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             _fail("min_tokens", self.min_tokens)
@@ -198,7 +205,7 @@ class QuantConfig:
         try:
             re.compile(self.block_pattern)
         except re.error as e:
-            raise ValueError(f"dvdquant option block_pattern={self.block_pattern!r} is not a valid regular "
+            raise OptionError(f"dvdquant option block_pattern={self.block_pattern!r} is not a valid regular "
                              f"expression: {e}") from None
         if not is_int(self.bgr_n) or self.bgr_n < 2:
             _fail("bgr_n", self.bgr_n)
@@ -216,17 +223,17 @@ class QuantConfig:
                 isinstance(self.artifact, tuple) and self.artifact and all(isinstance(a, one) for a in self.artifact)):
             _fail("artifact", self.artifact)
         if isinstance(self.artifact, tuple) and self.smooth:
-            raise ValueError("dvdquant option smooth=True takes one artifact, not a list (SmoothQuant's factors are "
+            raise OptionError("dvdquant option smooth=True takes one artifact, not a list (SmoothQuant's factors are "
                              "graph constants; use recipe svdquant_gptq_ts for per-expert artifacts)")
         if not isinstance(self.svdquant, bool):
             _fail("svdquant", self.svdquant)
         if self.svdquant:
             if self.artifact is None:
-                raise ValueError(f"dvdquant recipe {self.recipe!r} / option svdquant=True needs its artifact(s): "
+                raise OptionError(f"dvdquant recipe {self.recipe!r} / option svdquant=True needs its artifact(s): "
                                  "pass options={'artifact': [dvdq_compile.calibrate_svdquant_ts(model, run_fn), ...]} "
                                  "(or saved paths), one per expert")
             if self.smooth or self.rotate or self.act_scale != "group":
-                raise ValueError("dvdquant option svdquant=True needs smooth=False, rotate=False and "
+                raise OptionError("dvdquant option svdquant=True needs smooth=False, rotate=False and "
                                  f"act_scale='group' (got smooth={self.smooth}, rotate={self.rotate}, "
                                  f"act_scale={self.act_scale!r}): the artifact's factors are for unrotated, "
                                  "per-(token, group) quantized activations")
@@ -234,12 +241,12 @@ class QuantConfig:
             _fail("qvdit", self.qvdit)
         if self.qvdit:
             if self.artifact is None:
-                raise ValueError(f"dvdquant recipe {self.recipe!r} / option qvdit=True needs its artifact(s): pass "
+                raise OptionError(f"dvdquant recipe {self.recipe!r} / option qvdit=True needs its artifact(s): pass "
                                  "options={'artifact': [path_expert_1, ...]} (python -m dvdq_compile.qvdit.train "
                                  "writes them), one per expert")
             if self.svdquant or self.smooth or self.rotate or self.act_scale != "token" or self.act_bits == "auto" \
                     or self.weight_method != "minmax":
-                raise ValueError("dvdquant option qvdit=True needs svdquant=False, smooth=False, rotate=False, "
+                raise OptionError("dvdquant option qvdit=True needs svdquant=False, smooth=False, rotate=False, "
                                  "act_scale='token', weight_method='minmax' and fixed act_bits (got "
                                  f"svdquant={self.svdquant}, smooth={self.smooth}, rotate={self.rotate}, "
                                  f"act_scale={self.act_scale!r}, weight_method={self.weight_method!r}, "
@@ -253,14 +260,14 @@ class QuantConfig:
         if not isinstance(self.free_weights, bool):
             _fail("free_weights", self.free_weights)
         if self.smooth and self.artifact is None:
-            raise ValueError(f"dvdquant recipe {self.recipe!r} / option smooth=True needs calibration statistics: "
+            raise OptionError(f"dvdquant recipe {self.recipe!r} / option smooth=True needs calibration statistics: "
                              "pass options={'artifact': dvdq_compile.calibrate(model, run_fn)} (or the path of a "
                              "saved calibration)")
         if self.smooth and self.act_scale == "channel":
-            raise ValueError("dvdquant option smooth=True cannot be combined with act_scale='channel' (the "
+            raise OptionError("dvdquant option smooth=True cannot be combined with act_scale='channel' (the "
                              "per-channel fake-quant already scales every channel on its own)")
         if self.act_scale == "channel" and self.kernels == "triton":
-            raise ValueError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
+            raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
                              "reference path only; it cannot be combined with kernels='triton'")
 
     # Derived ------------------------------------------------------------------------------------------------

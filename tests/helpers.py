@@ -65,3 +65,30 @@ def compiled(model, **options):
     options.setdefault("progress", False)
     torch._dynamo.reset()
     return torch.compile(model, backend="dvdquant", options=options, fullgraph=True)
+
+
+def quantized_reference(model: nn.Module, names, act_bits: int = 8, group: int = 128, rotate: int = 128,
+                        weight_only=(), wbits: int = 4, method: str = "bgr") -> nn.Module:
+    """An independent composition of the ``dvdq_compile.quant`` reference: a copy of ``model`` whose linears
+    ``names`` compute their own quantized output (W``wbits`` BGR on rotated weights, per-(token, group) activations;
+    ``weight_only`` names keep 16-bit activations; ``method`` "minmax" for MinMax weights), the rest in full
+    precision. No backend, pass or kernel code."""
+    import copy
+
+    from dvdq_compile import quant
+
+    ref = copy.deepcopy(model)
+    spec = quant.WeightSpec(bits=wbits, rotate=rotate, method=method)
+    modules = dict(ref.named_modules())
+    for name in names:
+        m = modules[name]
+        qw = quant.quantize_weight(m.weight, spec)
+
+        def fwd(x, m=m, qw=qw, wo=name in weight_only):
+            if wo:
+                xr = quant.rotate(x, rotate) if rotate else x.float()
+                return quant.dequant_linear_ref(xr, *qw.tensors(), m.bias, wbits).to(x.dtype)
+            codes, scales = quant.quantize_act(x, act_bits, group, rotate)
+            return quant.qlinear_ref(codes, scales, *qw.tensors(), m.bias, wbits, x.dtype)
+        m.forward = fwd
+    return ref

@@ -67,5 +67,9 @@ def test_recipes_set_defaults_and_user_overrides_win():
     assert (q4.rotate, q4.act_bits) == (True, 4)
 
 
-def test_pattern_option_accepts_a_string():
-    assert QuantConfig.from_options({"exclude": "blocks.0.*"}).exclude == ("blocks.0.*",)
+@pytest.mark.parametrize("option", ["exclude", "include", "weight_only"])
+def test_pattern_option_given_a_string_is_an_error(option):
+    # iterating the string would have given one pattern per character
+    with pytest.raises(ValueError, match=rf"{option}='blocks\.0\.\*' is a string; expected a list"):
+        QuantConfig.from_options({option: "blocks.0.*"})
+    assert getattr(QuantConfig.from_options({option: ["blocks.0.*"]}), option) == ("blocks.0.*",)

@@ -50,10 +50,10 @@ def capture_inputs(model: torch.nn.Module, names: set[str] | None = None, rows_p
 
 def _graph_weights(model):
     """``{layer name: (graph, WeightInput)}`` for the layers the compiled graphs of ``model`` quantize."""
-    from ..api import _graphs_of
+    from ..runtime.registry import graphs_of
 
     out = {}
-    for g, _params in _graphs_of(model):
+    for g, _params in graphs_of(getattr(model, "_orig_mod", model)):
         for w in g.weights:
             for name in w.layers:
                 out.setdefault(name, (g, w))
@@ -114,9 +114,9 @@ def layer_sqnr(model, inputs: dict[str, list[torch.Tensor]]) -> dict[str, float]
     modules = dict(base.named_modules())
     rows = {r.name: r for r in report(model).layers}
     out = {}
-    from ..api import _graphs_of
+    from ..runtime.registry import graphs_of
 
-    bound = {id(g): params for g, params in _graphs_of(model)}
+    bound = {id(g): params for g, params in graphs_of(base)}
     for name, (g, w) in _graph_weights(model).items():
         row, lin = rows.get(name), modules.get(name)
         if row is None or lin is None or name not in inputs or row.decision not in ("quantize", "weight_only"):

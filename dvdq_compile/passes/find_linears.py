@@ -12,6 +12,7 @@ identity through ``example_inputs``, never by source-name strings) becomes a ``L
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import re
@@ -21,6 +22,8 @@ import torch
 import torch.fx as fx
 
 from ..config import QuantConfig
+from .layer_names import Frame, frame_of, layer_name
+from .owner import remembered
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANTIZED = ("quantize", "weight_only")  # the decisions whose weight the backend quantizes
@@ -43,6 +46,11 @@ class LinearSite:
     impl: str = "-"  # kernel that runs it: triton | reference | "-" (full precision); set by rewrite.assign_impls
     device: torch.device | None = None
     weight_groups: int = 1
+    w_dtype: torch.dtype | None = None  # the weight's dtype (None: not a parameter input)
+    local: str = ""  # the frame local the layer's module hangs off (passes/layer_names.py)
+    # the token count the min_tokens rule reads: this layer's M at the first compile of its model (a size hint if it
+    # was symbolic), so a later compile for other shapes (batch, text length) keeps the layer's decision
+    m_first: int | None = None
     # per-layer bits fixed by an artifact (passes/extras.py); None = the options' weight_bits / act_bits variant
     weight_bits: int | None = None
     act_bits: int | None = None
@@ -52,29 +60,6 @@ class LinearSite:
 
     def abits(self, variant: int) -> int:
         return self.act_bits or variant
-
-
-def module_path(stack_entry: str) -> str:
-    """Normalize an ``nn_module_stack`` path (``L['self'].__dict__['_modules']['blocks']._modules['0'].ffn``)."""
-    s = stack_entry
-    while (t := re.sub(r"getattr\(([^()]*), '([^']*)'\)", r"\1.\2", s)) != s:
-        s = t
-    s = re.sub(r"^L\['[^']*'\]", "", s)
-    s = s.replace(".__dict__['_modules']", "").replace("._modules", "")
-    s = re.sub(r"\['([^']*)'\]", r".\1", s)
-    s = re.sub(r"\[(\d+)\]", r".\1", s)
-    return s.strip(".")
-
-
-def _layer_name(node: fx.Node, fallback: str) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        path = list(stack.values())[-1]
-        path = path[0] if isinstance(path, tuple) else path
-        name = module_path(str(path))
-        if name:
-            return name
-    return fallback
 
 
 def _example(node: fx.Node):
@@ -88,6 +73,21 @@ def _static_m(x_val) -> int | None:
     if all(isinstance(d, int) for d in dims):
         return math.prod(dims)
     return None
+
+
+def _hint_m(x_val) -> int | None:
+    """The token count of this call, also when it is symbolic (its size hint: the value Dynamo traced with)."""
+    if x_val is None:
+        return None
+    m = 1
+    for d in x_val.shape[:-1]:
+        if isinstance(d, torch.SymInt):
+            hint = d.node.hint
+            if hint is None:
+                return None
+            d = hint
+        m *= int(d)
+    return m
 
 
 def _matches(name: str, patterns) -> str | None:
@@ -119,12 +119,13 @@ def decide(site: LinearSite, cfg: QuantConfig, is_param: bool, w_dtype: torch.dt
         return "weight_only", "adaLN/modulation linear: 16-bit activations (M = batch)"
     if cfg.act_bits == 16:
         return "weight_only", "act_bits=16"
-    if site.m is not None and site.m <= cfg.min_tokens:
-        return "weight_only", f"static M={site.m} <= min_tokens={cfg.min_tokens}: 16-bit activations"
-    return "quantize", "transformer-block linear"
+    if site.m_first is not None and site.m_first <= cfg.min_tokens:
+        return "weight_only", f"M={site.m_first} <= min_tokens={cfg.min_tokens} at its first compile: 16-bit " \
+                              "activations"
+    return "quantize", f"included by pattern {forced!r}" if forced else "transformer-block linear"
 
 
-def _branch_linears(gm: fx.GraphModule, prefix: str = ""):
+def _branch_linears(gm: fx.GraphModule, frame: Frame, prefix: str = ""):
     """Linears inside higher-order-op subgraphs (``torch.cond`` branches), recursively: (name, n, k)."""
     for attr, sub in gm.named_children():
         if not isinstance(sub, fx.GraphModule):
@@ -133,23 +134,27 @@ def _branch_linears(gm: fx.GraphModule, prefix: str = ""):
             if node.op == "call_function" and node.target is torch._C._nn.linear:
                 w = _example(node.args[1]) if isinstance(node.args[1], fx.Node) else None
                 n_, k_ = (int(w.shape[0]), int(w.shape[1])) if w is not None and w.dim() == 2 else (0, 0)
-                yield _layer_name(node, f"{prefix}{attr}.{node.name}"), node, n_, k_
-        yield from _branch_linears(sub, f"{prefix}{attr}.")
+                yield layer_name(node, frame, f"{prefix}{attr}.{node.name}")[0], node, n_, k_
+        yield from _branch_linears(sub, frame, f"{prefix}{attr}.")
 
 
-def find_linears(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[LinearSite]:
-    """Every linear of ``gm`` with its decision. Linears inside ``torch.cond`` branches are listed as skipped:
-    their weights reach the branch as cond operands, and rewriting them is not implemented yet."""
-    sites = _top_level(gm, example_inputs, cfg)
-    for name, node, n_, k_ in _branch_linears(gm):
+def find_linears(gm: fx.GraphModule, example_inputs, cfg: QuantConfig, frame: Frame | None = None
+                 ) -> list[LinearSite]:
+    """Every linear of ``gm`` with its decision, named in the model the user compiled (``frame``: see
+    ``passes/layer_names.py``). Linears inside ``torch.cond`` branches are listed as skipped: their weights reach
+    the branch as cond operands, and rewriting them is not implemented yet."""
+    frame = frame_of(gm, example_inputs) if frame is None else frame
+    sites = _top_level(gm, example_inputs, cfg, frame)
+    for name, node, n_, k_ in _branch_linears(gm, frame):
         sites.append(LinearSite(node=node, name=name, x=node.args[0], w=node.args[1], b=None, w_index=None,
                                 n=n_, k=k_, m=None, dtype=None, decision="skip",
                                 reason="inside a torch.cond branch: not rewritten (kept in full precision)"))
     return sites
 
 
-def _top_level(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[LinearSite]:
+def _top_level(gm: fx.GraphModule, example_inputs, cfg: QuantConfig, frame: Frame) -> list[LinearSite]:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    first_m = remembered(frame.owner).setdefault("first_m", {})
     index = {n: i for i, n in enumerate(placeholders)}
     sites = []
     for node in gm.graph.nodes:
@@ -163,11 +168,43 @@ def _top_level(gm: fx.GraphModule, example_inputs, cfg: QuantConfig) -> list[Lin
         x_val = _example(x) if isinstance(x, fx.Node) else None
         w_val = w_ex if w_ex is not None else (_example(w) if isinstance(w, fx.Node) else None)
         n_, k_ = (int(w_val.shape[0]), int(w_val.shape[1])) if w_val is not None and w_val.dim() == 2 else (0, 0)
-        site = LinearSite(node=node, name=_layer_name(node, node.name), x=x, w=w,
+        name, local = layer_name(node, frame, node.name)
+        site = LinearSite(node=node, name=name, local=local, x=x, w=w,
                           b=b if isinstance(b, fx.Node) else None, w_index=w_index, n=n_, k=k_,
                           m=_static_m(x_val), dtype=getattr(x_val, "dtype", None),
                           device=getattr(w_ex, "device", None),
                           weight_groups=(k_ // cfg.weight_group) if cfg.weight_group and k_ else 1)
-        site.decision, site.reason = decide(site, cfg, is_param, getattr(w_ex, "dtype", None))
+        site.m_first = first_m.setdefault(site.name, _hint_m(x_val)) if is_param else _hint_m(x_val)
+        site.w_dtype = w_ex.dtype if is_param else None
+        site.decision, site.reason = decide(site, cfg, is_param, site.w_dtype)
         sites.append(site)
     return sites
+
+
+def shared_frame_mismatches(sites: list[LinearSite], cfg: QuantConfig, frame: Frame) -> list[tuple[str, str, str]]:
+    """Layers of other instances of a submodule compiled as its own frame whose own decision differs from the one
+    compiled: ``(layer, its own decision, why)``.
+
+    Dynamo compiles the submodule's ``forward`` (or its attention processor) once and runs every instance of the
+    class through that graph, so a pattern that singles out one instance (``exclude=["blocks.3.*"]``) cannot apply
+    under a graph break: the decisions made for the instance traced first run for all of them."""
+    if frame.owner is None:
+        return []
+    out = []
+    for local, prefix in frame.prefix.items():
+        if not prefix:
+            continue
+        try:
+            traced = frame.owner.get_submodule(prefix.rstrip("."))
+        except AttributeError:
+            continue
+        mine = [s for s in sites if s.local == local and s.w_index is not None and s.name.startswith(prefix)]
+        for inst, mod in frame.owner.named_modules():
+            if mod is traced or type(mod) is not type(traced):
+                continue
+            for s in mine:
+                other = dataclasses.replace(s, name=f"{inst}.{s.name[len(prefix):]}")
+                decision, reason = decide(other, cfg, s.w_dtype is not None, s.w_dtype)
+                if decision != s.decision:
+                    out.append((other.name, decision, reason))
+    return out

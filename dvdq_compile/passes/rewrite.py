@@ -225,16 +225,21 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
     shared: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}
     smoothed: dict[fx.Node, fx.Node] = {}
     ext_shared: dict[tuple, tuple[fx.Node, fx.Node, fx.Node]] = {}
+    # A site's input may itself be a rewritten linear (Cosmos's AdaLN-LoRA, PEFT's lora_A -> lora_B, a plain
+    # Linear -> Linear stack): resolve it to its replacement, never to the erased node.
+    replaced: dict[fx.Node, fx.Node] = {}
     for s in sites:
         if s.decision not in QUANTIZED:
             continue
         node, x = val_map[s.node], val_map[s.x]
+        x = replaced.get(x, x)
         if extras is not None and s.name in extras.sites:
             y = _extras_linear(new, s, node, x, extras, ext_nodes, ext_shared, tbin, extra[s.w_index],
                                val_map[s.b] if s.b is not None else None, cfg, s.abits(act_bits), impl)
             y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
             node.replace_all_uses_with(y)
             g.erase_node(node)
+            replaced[node] = y
             continue
         if smooth and s.x in smooth and s.decision == "quantize":
             if x not in smoothed:  # first quantized consumer in graph order: the mul goes before it
@@ -264,6 +269,7 @@ def rewrite(gm: fx.GraphModule, sites: list[LinearSite], weights: list[WeightInp
         y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
         node.replace_all_uses_with(y)
         g.erase_node(node)
+        replaced[node] = y
     g.lint()
     new.recompile()
     return new

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -57,4 +59,4 @@ def get_recipe(name: str) -> Recipe:
     try:
         return _RECIPES[name]
     except KeyError:
-        raise ValueError(f"dvdquant option recipe={name!r} is not allowed; expected one of {names()}") from None
+        raise OptionError(f"dvdquant option recipe={name!r} is not allowed; expected one of {names()}") from None

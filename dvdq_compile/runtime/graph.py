@@ -6,7 +6,6 @@ and ``_version``), ask the δ controller which activation variant runs (one deci
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import weakref
 from typing import Callable
@@ -14,23 +13,21 @@ from typing import Callable
 import torch
 
 from ..config import QuantConfig
-from . import free
+from ..passes.owner import find_owner, name_of
+from . import coverage, free
 from .cache import CACHE
 from .identity import IdentityMap
+from .registry import GRAPHS, SERIAL, SHARED_CONTROLLERS
 from .report import CompileReport
 
 log = logging.getLogger("dvdq_compile")
-
-GRAPHS: "weakref.WeakSet[CompiledGraph]" = weakref.WeakSet()
-# parameter -> controller shared by the user across models (see dvdq_compile.share_controller).
-SHARED_CONTROLLERS = IdentityMap()
-_SERIAL = itertools.count()
 
 
 class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
                  timestep_index: int | None, param_indices: list[int], calibration=None, extras=None,
-                 reads: frozenset = frozenset()):
+                 reads: frozenset = frozenset(), frame=None, mismatches: dict | None = None,
+                 row_locals: dict | None = None):
         self.variants = variants
         self.weights = weights
         self.cfg = cfg
@@ -54,9 +51,20 @@ class CompiledGraph:
         self.controllers = IdentityMap()  # first weight parameter of a model -> its controller
         self._warned_grad = False
         self.calls = {b: 0 for b in variants}
+        # layer names (passes/layer_names.py): per frame local, the prefix of the instance the graph was traced for
+        # and an anchor parameter that gives any other bound instance's prefix; each report row's local
+        self.prefixes = dict(frame.prefix) if frame is not None else {}
+        self.anchors = dict(frame.anchors) if frame is not None else {}
+        self.row_locals = dict(row_locals or {})
+        self.mismatches = mismatches or {}  # other instance's layer -> (its own decision, why): see model_report
+        self.owners = IdentityMap()  # first parameter input -> weakref to its model
+        if frame is not None and frame.owner is not None and param_indices:
+            self._compile_owner = weakref.ref(frame.owner)
+        else:
+            self._compile_owner = None
         # creation order: GRAPHS is a WeakSet (iteration order follows addresses), and a model compiled again
         # with other options must be reported with its newest graph.
-        self.serial = next(_SERIAL)
+        self.serial = next(SERIAL)
         GRAPHS.add(self)
 
     # -- δ controller per model (two experts sharing this graph get one each unless shared) ------------------
@@ -128,8 +136,10 @@ class CompiledGraph:
                 self._free(params)
         if free.FREED.nonempty() and self.reads and self.param_indices:
             self._check_reads(args)
-        if self.param_indices and args[self.param_indices[0]] not in self.bound:
-            self.bound[args[self.param_indices[0]]] = {i: weakref.ref(args[i]) for i in self.param_indices}
+        key = args[self.param_indices[0]] if self.param_indices else None
+        if key is not None and key not in self.bound:
+            self.bound[key] = {i: weakref.ref(args[i]) for i in self.param_indices}
+            self.owners[key] = self._owner_of(key)
         if torch.is_grad_enabled() and not self._warned_grad and \
                 any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             self._warned_grad = True
@@ -147,4 +157,14 @@ class CompiledGraph:
             out = self.variants[bits](*args, *extra)  # unboxed, as Dynamo calls it
         if ctrl is not None:
             ctrl.end_call(out)
+        if key is not None:
+            ref = self.owners.get(key)
+            coverage.after_call(self, key, ref() if ref is not None else None)
         return out
+
+    def _owner_of(self, key: torch.Tensor):
+        """A weakref to the model ``key`` belongs to (the compile's owner, else found on the call stack)."""
+        owner = self._compile_owner() if self._compile_owner is not None else None
+        if owner is None or name_of(owner, key) is None:
+            owner = find_owner(key)
+        return weakref.ref(owner) if owner is not None else None

@@ -32,6 +32,7 @@ class CompileReport:
     compile_seconds: float = 0.0
     graphs: int = 1
     freed_bytes: int = 0  # 16-bit weight storage released by free_weights
+    warnings: list = field(default_factory=list)  # e.g. "nothing quantized" (runtime/model_report.problem)
 
     @property
     def bytes_before(self) -> int:
@@ -67,6 +68,7 @@ class CompileReport:
                          f"{r.act_bits:>5} {r.kernel:<9} {r.bytes_before:>10} {r.bytes_after:>10} {rel:>10}  "
                          f"{r.reason}")
         lines.append(self.summary())
+        lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

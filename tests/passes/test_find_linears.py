@@ -2,20 +2,23 @@ import pytest
 import torch
 
 from dvdq_compile.config import QuantConfig
-from dvdq_compile.passes.find_linears import find_linears, module_path
+from dvdq_compile.passes.find_linears import find_linears
+from dvdq_compile.passes.layer_names import source_path
 from tests.helpers import TinyDiT
 
 
 @pytest.mark.parametrize("raw,expected", [
     ("L['self'].__dict__['_modules']['condition_embedder'].time_embedder.linear_1",
-     "condition_embedder.time_embedder.linear_1"),
-    ("L['self'].__dict__['_modules']['blocks']._modules['0'].attn1.to_q", "blocks.0.attn1.to_q"),
-    ("L['self'].blocks[3].ffn.net[2]", "blocks.3.ffn.net.2"),
-    ("L['fn']._modules['0']", "0"),
-    ("getattr(L['self'].blocks, '1').to_out", "blocks.1.to_out"),
+     ("self", "condition_embedder.time_embedder.linear_1")),
+    ("L['self'].__dict__['_modules']['blocks']._modules['0'].attn1.to_q", ("self", "blocks.0.attn1.to_q")),
+    ("L['self'].blocks[3].ffn.net[2]", ("self", "blocks.3.ffn.net.2")),
+    ("L['fn']._modules['0']", ("fn", "0")),
+    ("getattr(L['self'].blocks, '1').to_out", ("self", "blocks.1.to_out")),
+    ("L['self']._modules['attn']._modules['to_q']._parameters['weight']", ("self", "attn.to_q.weight")),
+    ("G['model'].proj", ("", "G.model.proj")),
 ])
-def test_module_path(raw, expected):
-    assert module_path(raw) == expected
+def test_source_path(raw, expected):
+    assert source_path(raw) == expected
 
 
 def _sites(model, inputs, **options):
@@ -82,7 +85,7 @@ def test_include_does_not_override_group_divisibility():
 def test_small_static_m_runs_weight_only():
     sites = _sites(TinyDiT(), (torch.randn(1, 8, 24), torch.tensor([500])))
     s = sites["blocks.0.to_q"]
-    assert s.decision == "weight_only" and "static M=8 <= min_tokens=16" in s.reason
+    assert s.decision == "weight_only" and "M=8 <= min_tokens=16" in s.reason
     sites = _sites(TinyDiT(), (torch.randn(1, 8, 24), torch.tensor([500])), min_tokens=4)
     assert sites["blocks.0.to_q"].decision == "quantize"
 

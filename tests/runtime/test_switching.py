@@ -5,6 +5,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 import dvdq_compile
 from dvdq_compile.backend import dvdquant
+from dvdq_compile.runtime.registry import graphs_of
 from tests.helpers import TinyDiT, compiled
 
 X = torch.randn(1, 20, 24, generator=torch.Generator().manual_seed(3))
@@ -45,7 +46,7 @@ def test_scheduler_loop_switches_variants_without_recompiles():
     assert len(rows) == 20 and all(r.calls == 2 for r in rows)
     bits = [r.bits for r in rows]
     assert bits[:2] == [8, 8] and 4 in bits and 8 in bits[2:], ctrl.summary()
-    graph = next(g for g, _ in dvdq_compile.api._graphs_of(c) if len(g.variants) == 2)
+    graph = next(g for g, _ in graphs_of(c._orig_mod) if len(g.variants) == 2)
     assert graph.calls[4] == 2 * bits.count(4) and graph.calls[8] == 2 * bits.count(8)
     # the decision of each step follows the accumulator recorded before it (exact rule: tests/runtime/test_delta.py)
     assert all(r.bits == (4 if r.acc < 0.5 else 8) for r in rows[1:])
