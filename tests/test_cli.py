@@ -23,7 +23,13 @@ def test_demo_end_to_end_above_floor(tmp_path, capsys):
     m = _demo(tmp_path)
     assert m["psnr"] > PSNR_FLOOR and m["ssim"] > SSIM_FLOOR, m
     assert 4 <= m["avg_act_bits"] <= 8 and m["weight_bytes_after"] < 0.3 * m["weight_bytes_before"]
-    assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "side_by_side.gif").stat().st_size > 0
+    from PIL import Image
+    with Image.open(tmp_path / "side_by_side.gif") as gif, Image.open(tmp_path / "grid.png") as grid:
+        frames, (gw, gh) = gif.n_frames, gif.size  # one GIF frame per video frame: B samples x W wide, 2 x H high (x6)
+        b = len(m["classes"])
+        w, h = gw // (6 * b), gh // (6 * 2)
+        assert frames > 1 and (gw, gh) == (6 * b * w, 12 * h)
+        assert grid.size == (4 * frames * w, 4 * 2 * b * h)  # the PNG: F frames wide, FP + quantized row per sample
     out = capsys.readouterr().out
     assert "Compile report" in out and "PSNR vs full precision" in out
 

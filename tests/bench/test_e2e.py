@@ -36,8 +36,8 @@ def test_smoke_rows(result):
     assert res["device"].startswith("CPU") and res["torch"] == torch.__version__ and res["triton"]
     assert "GPU memory" in res["not_measured"] and res["tokens"] == 2 * 8 * 8
     assert rows["inductor bf16 + CUDA graphs"]["skipped"] == "needs a CUDA GPU"
-    for label in ROWS[:1] + ROWS[2:]:
-        assert rows[label]["step_ms"] > 0 and rows[label]["first_call_s"] > 0
+    for label in ROWS[:1] + ROWS[2:]:  # the first call compiles and quantizes: slower than a timed step
+        assert 0 < rows[label]["step_ms"] < 1000 * rows[label]["first_call_s"], rows[label]
     q, f = rows["dvdquant W4A8"], rows["dvdquant W4A8 free_weights"]
     assert q["quantized_layers"] == f["quantized_layers"] > 0
     # the released 16-bit copies are exactly what the resident weights lose

@@ -47,22 +47,45 @@ def assert_out_close(y: torch.Tensor, yr: torch.Tensor, out_dtype: torch.dtype):
     assert not bad.any(), f"{int(bad.sum())}/{bad.numel()} outside tolerance; max err {err.max():.3g}"
 
 
-def assert_out_close_rotated(y, yr, scales, wscale, wbits, out_dtype, frac_ok=0.95, flips=2):
-    """With a rotation, a handful of codes may differ by 1 (different fp32 summation order in the Hadamard):
-    most elements are within the tight tolerance, all within it plus ``flips`` code flips' worth."""
+def tie_rows(x: torch.Tensor, abits: int, group: int, rotate: int, seed: int, tol: float = 2e-4) -> torch.Tensor:
+    """Tokens whose activation codes can legitimately differ between two exact implementations of the rotation:
+    some rotated value ``x̃/s`` lies within ``tol`` (relative to its size, >= fp32 summation-order noise of a
+    Hadamard of <= 256 terms) of a .5 rounding tie, or the group's absmax (its scale) is within ``tol`` of another
+    element's magnitude. Computed with the PyTorch reference rotation (``quant.hadamard``), not the kernel."""
+    from dvdq_compile.quant.act import qmax_for
+    from dvdq_compile.quant.hadamard import rotate as ref_rotate
+
+    qmax = qmax_for(abits)
+    k = x.shape[-1]
+    xr = (ref_rotate(x, rotate, seed) if rotate else x.float()).reshape(-1, k // group, group).double()
+    amax = xr.abs().amax(-1, keepdim=True)
+    v = (xr / torch.where(amax > 0, amax / qmax, 1.0)).abs()
+    frac = v - v.floor()
+    near = (frac - 0.5).abs() <= tol * v.clamp_min(1.0)
+    top2 = xr.abs().topk(min(2, group), -1).values
+    scale_tie = (top2[..., :1] - top2[..., -1:]).abs() <= tol * amax if group > 1 else torch.zeros_like(amax,
+                                                                                                         dtype=bool)
+    return (near.any(-1) | scale_tie.squeeze(-1)).any(-1)
+
+
+def assert_out_close_rotated(y, yr, ties, scales, wscale, wbits, out_dtype, flips=2):
+    """With a rotation, codes at a rounding tie may differ by 1 (another fp32 summation order in the Hadamard):
+    every row is within the tight tolerance except rows in ``ties`` (``tie_rows``), which may be off by at most
+    ``flips`` code flips' worth. A row without a tie that is off fails, whatever M is."""
     assert y.shape == yr.shape and y.dtype == yr.dtype == out_dtype
     yf, rf = y.float().reshape(-1, y.shape[-1]), yr.float().reshape(-1, y.shape[-1])
     assert not torch.isnan(yf).any(), "NaN in the output (unwritten element?)"
     if not yf.numel():
         return
+    ties = ties.reshape(-1).to(yf.device)
     err = (yf - rf).abs()
     tight = out_tol(rf, out_dtype)
     s_max = scales.float().reshape(yf.shape[0], -1).abs().amax(1, keepdim=True)    # [M, 1]
     flip = flips * s_max * wscale.float().reshape(1, -1).abs() * (2**wbits - 1)        # [M, N]
     assert (err <= tight + flip).all(), f"max err {err.max():.3g} beyond {flips} code flips"
-    # a flipped code disturbs one token's row: count rows, allow a couple even for tiny M
-    bad_rows = int((err > tight).any(1).sum())
-    assert bad_rows <= max(2, (1 - frac_ok) * yf.shape[0]), f"{bad_rows}/{yf.shape[0]} rows outside tolerance"
+    off = (err > tight).any(1)
+    assert not (off & ~ties).any(), f"{int((off & ~ties).sum())}/{yf.shape[0]} rows without a rounding tie are " \
+                                    f"outside the tolerance (max err {err[off & ~ties].max():.3g})"
 
 
 @st.composite

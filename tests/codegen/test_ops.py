@@ -4,7 +4,7 @@ import torch
 
 import dvdq_compile.ops  # noqa: F401  (registers torch.ops.dvdq.*)
 
-from .helpers import assert_out_close, assert_out_close_rotated, make_weight, make_x
+from .helpers import assert_out_close, assert_out_close_rotated, make_weight, make_x, tie_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
@@ -30,7 +30,7 @@ def test_ops_triton_equals_reference(dtype, abits, group, rotate):
     yf = torch.ops.dvdq.fused_qlinear(x, packed, ws, wz, bias, 4, abits, group, rotate, 3, "triton")
     yfr = torch.ops.dvdq.fused_qlinear(x, packed, ws, wz, bias, 4, abits, group, rotate, 3, "reference")
     if rotate:
-        assert_out_close_rotated(yf, yfr, rs, ws, 4, dtype)
+        assert_out_close_rotated(yf, yfr, tie_rows(x, abits, group, rotate, 3), rs, ws, 4, dtype)
     else:
         assert_out_close(yf, yfr, dtype)
 

@@ -1,17 +1,17 @@
-"""diffusers video DiTs end to end: fullgraph compile, every eligible linear rewritten, error vs full precision.
+"""diffusers video DiTs end to end: fullgraph compile, every eligible linear rewritten, the output equal to an
+independent composition of the quant reference, errors ordered by bits; rotation's effect on outlier channels.
 
-Measured relative output errors (tiny Gaussian-init configs, reference kernels) are printed with ``-s``; the bounds
-sit above them with margin, and W4A4-without-rotation must fail the outlier bound that rotation passes.
+Measured relative output errors (tiny Gaussian-init configs, reference kernels) are printed with ``-s``.
 """
 import pytest
 import torch
 
 import dvdq_compile
-from tests.helpers import compiled
+from dvdq_compile.runtime.registry import graphs_of
+from tests.helpers import compiled, quantized_reference
 from tests.models.tiny import MODELS, eligible_linears, rel_err, wan, wan_inputs
 
 SETTINGS = {"W8A8": dict(weight_bits=8, act_bits=8), "W4A8": dict(act_bits=8), "W4A4": dict(act_bits=4)}
-BOUNDS = {"W8A8": 0.03, "W4A8": 0.25, "W4A4": 0.35}
 
 
 @pytest.mark.parametrize("family", sorted(MODELS))
@@ -23,15 +23,17 @@ def test_family_compiles_fullgraph_rewrites_every_eligible_linear(family):
         errs = {}
         for name, opts in SETTINGS.items():
             c = compiled(model, **opts)
-            errs[name] = rel_err(c(**kw)[0], fp)
+            y = c(**kw)[0]
+            errs[name] = rel_err(y, fp)
             r = dvdq_compile.report(c)
             rewritten = sorted(x.name for x in r.layers if x.decision in ("quantize", "weight_only"))
             assert rewritten == sorted(eligible_linears(model)), r.table()
             assert r.count("quantize") >= len(rewritten) - 4  # only modulation / short-M linears run weight-only
+            ref = quantized_reference(model, rewritten, act_bits=opts["act_bits"], wbits=opts.get("weight_bits", 4),
+                                      weight_only=[x.name for x in r.layers if x.decision == "weight_only"])
+            torch.testing.assert_close(y, ref(**kw)[0], rtol=1e-5, atol=1e-5)
     print(f"\n{family}: " + ", ".join(f"{k} {v:.4f}" for k, v in errs.items()))
-    for k, v in errs.items():
-        assert v < BOUNDS[k], (k, errs)
-    assert errs["W8A8"] < errs["W4A8"] < errs["W4A4"], errs
+    assert 0 < errs["W8A8"] < errs["W4A8"] < errs["W4A4"], errs
 
 
 def _wan_with_outlier_channels(magnitude=40.0):
@@ -43,15 +45,17 @@ def _wan_with_outlier_channels(magnitude=40.0):
     return m
 
 
-def test_rotation_rescues_w4a4_on_outlier_channels():
-    """Channel outliers (x41 through the adaLN scale): W4A4 without rotation fails the bound, with rotation passes."""
-    model, kw = _wan_with_outlier_channels(), wan_inputs()
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rotation_cuts_a4_error_on_outlier_channels(seed):
+    """Channel outliers (x41 through the adaLN scale) on every token: with 8-bit weights (so the activations
+    dominate), per-token A4 with rotation has a lower output error than without, on each of three inputs."""
+    model, kw = _wan_with_outlier_channels(), wan_inputs(seed=seed)
     with torch.no_grad():
         fp = model(**kw)[0]
-        e_rot = rel_err(compiled(model, act_bits=4)(**kw)[0], fp)
-        e_plain = rel_err(compiled(model, act_bits=4, rotate=False)(**kw)[0], fp)
-    print(f"\nW4A4 outliers: rotation {e_rot:.4f}, no rotation {e_plain:.4f}")
-    assert e_rot < 0.37 < e_plain, (e_rot, e_plain)  # measured 0.344 vs 0.396
+        e_rot = rel_err(compiled(model, act_bits=4, weight_bits=8)(**kw)[0], fp)
+        e_plain = rel_err(compiled(model, act_bits=4, weight_bits=8, rotate=False)(**kw)[0], fp)
+    print(f"\nW8A4 outliers, seed {seed}: rotation {e_rot:.4f}, no rotation {e_plain:.4f}")
+    assert e_rot < e_plain, (e_rot, e_plain)
 
 
 def test_wan22_per_token_timestep():
@@ -60,13 +64,20 @@ def test_wan22_per_token_timestep():
         fp = model(**kw)[0]
         c = compiled(model)  # default: delta-switched A4/A8
         y = c(**kw)[0]
-    assert rel_err(y, fp) < BOUNDS["W4A8"]
+        assert rel_err(y, fp) > 0
+        torch.testing.assert_close(y, _reference(model, act_bits=8)(**kw)[0], rtol=1e-5, atol=1e-5)  # step 1: A8
     ctrl = dvdq_compile.controller(c)
     assert [r.bits for r in ctrl.trace] == [8] and ctrl.trace[0].timestep == 500.0
 
 
+def _reference(model, act_bits=8):
+    """The quant reference composed over the layers the report says were quantized (at ``act_bits``)."""
+    r = dvdq_compile.report(model)
+    return quantized_reference(model, [x.name for x in r.layers if x.decision in ("quantize", "weight_only")],
+                               act_bits=act_bits, weight_only=[x.name for x in r.layers if x.decision == "weight_only"])
+
+
 def _tiny_wan_pipeline():
-    pytest.importorskip("transformers", reason="WanPipeline needs transformers (installed by the test extras)")
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     from tests.models.tiny import gaussian_init
@@ -116,7 +127,9 @@ def test_two_expert_wan_pipeline_runs_each_expert_with_its_own_weights():
     with torch.no_grad():
         q1, q2 = pipe.transformer(**kw)[0], pipe.transformer_2(**kw)[0]
         f1, f2 = e1(**kw)[0], e2(**kw)[0]
-    assert rel_err(q1, f1) < BOUNDS["W4A8"] and rel_err(q2, f2) < BOUNDS["W4A8"]
+        r1, r2 = _reference(e1)(**kw)[0], _reference(e2)(**kw)[0]
+    torch.testing.assert_close(q1, r1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q2, r2, rtol=1e-5, atol=1e-5)
     assert rel_err(q1, f2) > 0.5 and rel_err(q2, f1) > 0.5
     assert len(dvdq_compile.report(e1).layers) == len(dvdq_compile.report(e2).layers) == 26
 
@@ -160,3 +173,34 @@ def test_two_expert_wan_pipeline_with_delta_switching():
     t1, t2 = [r.timestep for r in c1.trace], [r.timestep for r in c2.trace]
     assert len(t1) + len(t2) == 8 and min(t1) >= 875 > max(t2)  # boundary_ratio 0.875 of 1000 train steps
     assert all(r.calls == 2 for r in c1.trace + c2.trace)  # CFG: cond + uncond per step, same bits
+
+
+def test_decisions_do_not_change_with_call_history():
+    """Batch size, then text length change: Dynamo recompiles with symbolic shapes. The text K/V linears (M = 24 text
+    tokens at the first call, <= min_tokens=32) stay weight-only in every graph; nothing changes decision."""
+    from diffusers import WanTransformer3DModel  # noqa: F401  (imported by wan())
+
+    model = wan()
+    torch._dynamo.reset()
+    opts = {"lowering": "eager", "kernels": "reference", "progress": False, "act_bits": 8, "min_tokens": 32}
+    c = torch.compile(model, backend="dvdquant", options=opts)
+    g = torch.Generator().manual_seed(0)
+
+    def call(batch, text):
+        kw = dict(hidden_states=torch.randn(batch, 4, 2, 16, 16, generator=g), timestep=torch.tensor([500] * batch),
+                  encoder_hidden_states=torch.randn(batch, text, 16, generator=g), return_dict=False)
+        with torch.no_grad():
+            c(**kw)
+        return {id(gr): gr for gr, _ in graphs_of(model)}
+
+    reports = []
+    seen = set()
+    for batch, text in ((1, 24), (2, 24), (3, 40)):
+        graphs = call(batch, text)
+        new = [gr for i, gr in graphs.items() if i not in seen]
+        seen |= set(graphs)
+        assert len(new) == 1, (batch, text)  # each call recompiled once (new shapes)
+        reports.append({r.name: (r.decision, r.act_bits) for r in new[0].report.layers})
+    kv = [n for n in reports[0] if "attn2.to_k" in n or "attn2.to_v" in n]
+    assert len(kv) == 4 and all(reports[0][n] == ("weight_only", "16") for n in kv)
+    assert reports[0] == reports[1] == reports[2]

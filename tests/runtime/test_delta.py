@@ -335,7 +335,8 @@ def test_bad_options(kwargs, match):
 
 
 def test_supported_bits_match_quant():
-    act = pytest.importorskip("dvdq_compile.quant.act")
+    from dvdq_compile.quant import act
+
     assert tuple(act.ACT_BITS) == SUPPORTED_BITS
 
 
@@ -536,7 +537,7 @@ def _fake_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def test_scheduler_loop(monkeypatch):
     # the submodule directly: importing the diffusers package top level costs seconds
-    mod = pytest.importorskip("diffusers.schedulers.scheduling_flow_match_euler_discrete")
+    import diffusers.schedulers.scheduling_flow_match_euler_discrete as mod
     sched = mod.FlowMatchEulerDiscreteScheduler()
     sched.set_timesteps(20)
     c = DeltaController(delta=0.09)
@@ -568,7 +569,6 @@ def test_scheduler_loop(monkeypatch):
 
 
 def test_plot_trace_smoke(tmp_path):
-    pytest.importorskip("matplotlib")
     import importlib.util
     from pathlib import Path
 
@@ -580,7 +580,8 @@ def test_plot_trace_smoke(tmp_path):
     fl = Flipper()
     drive(c, [0.05] * 4, flipper=fl)
     drive(c, [0.02] * 4, flipper=fl)  # a second run: drawn after a separator
+    from PIL import Image
     out = mod.plot_trace(c.trace, c.delta, str(tmp_path / "t.png"))
-    assert Path(out).stat().st_size > 1000
-    out = mod.plot_trace(json.loads(c.to_json())["trace"], c.delta, str(tmp_path / "j.png"))  # JSON rows
-    assert Path(out).stat().st_size > 1000
+    out_j = mod.plot_trace(json.loads(c.to_json())["trace"], c.delta, str(tmp_path / "j.png"))  # JSON rows
+    with Image.open(out) as a, Image.open(out_j) as b:  # the same trace given both ways draws the same picture
+        assert a.size == b.size and a.size[0] > 200 and list(a.getdata()) == list(b.getdata())
