@@ -13,13 +13,13 @@ Runs only on a CUDA GPU (on CPU it prints that nothing was measured and exits 0)
   launch), ``w4a8_gemm`` (``qlinear`` alone) and ``act_quant_a8`` (rotate + quantize alone; its share of the
   split time is reported).
 
-TOPS use the cost model (``dvdq_compile.codegen.cost``: 2·M·N·K per linear); "% peak" is against the int8 peak
+TOPS use the cost model (``dvdq_compile.kernels.cost``: 2·M·N·K per linear); "% peak" is against the int8 peak
 measured here with ``_int_mm`` on 8192³. It also checks correctness on the GPU against the reference
 (``quant.quantize_act`` + ``quant.qlinear_ref``) on fresh random bf16 data and records the errors.
 
 Writes ``<out>/kernels_<device-slug>.json`` and ``.md`` (+ ``.png`` if matplotlib is installed), with the device
 name and torch/triton versions. ``--write-table`` stores the measured fused-vs-split winner per shape in
-``dvdq_compile/codegen/table.json`` (read by ``choose_variant``).
+``dvdq_compile/kernels/table.json`` (read by ``choose_variant``).
 
     python bench/kernels.py [--quick] [--out DIR] [--write-table] [--group 128] [--rotate 128]
 """
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a few shapes only")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
     p.add_argument("--write-table", action="store_true", help="write fused/split decisions to the table")
-    p.add_argument("--table", default=None, help="decision table path (default: dvdq_compile/codegen/table.json)")
+    p.add_argument("--table", default=None, help="decision table path (default: dvdq_compile/kernels/table.json)")
     p.add_argument("--group", type=int, default=128, help="activation scale group (0: per-token)")
     p.add_argument("--rotate", type=int, default=128, help="Hadamard block (0: none)")
     p.add_argument("--rep", type=int, default=100, help="do_bench rep window (ms)")
@@ -143,8 +143,9 @@ def make_weights(n, k, dev, gen, bits=4):
 def correctness(n, k, args, dev, gen):
     """Fresh bf16 data, M = CHECK_M: ours vs the reference (same quantization semantics)."""
     import torch
+
     from dvdq_compile import quant
-    from dvdq_compile.codegen import kernels
+    from dvdq_compile.kernels import launch as kernels
     out = {}
     x = torch.randn(CHECK_M, k, device=dev, generator=gen).to(torch.bfloat16)
     x[:, :: max(1, k // 16)] *= 8.0  # outlier channels
@@ -188,7 +189,9 @@ def correctness(n, k, args, dev, gen):
 def run_shape(m, n, k, args, dev, gen, peak, compiled_int8):
     import torch
     import torch.nn.functional as F
-    from dvdq_compile.codegen import cost, kernels
+
+    from dvdq_compile.kernels import cost
+    from dvdq_compile.kernels import launch as kernels
     group = args.group or k
     r = {"M": m, "N": n, "K": k, "group": group, "rotate": args.rotate, "times": {}, "errors": {}}
     x = torch.randn(m, k, device=dev, generator=gen).to(torch.bfloat16)
@@ -358,13 +361,14 @@ def main(argv=None) -> int:
         SMOKE, CHECK_M = True, 40
     elif not torch.cuda.is_available():
         print("bench/kernels.py: no CUDA device; nothing was measured (the kernels are tested on CPU by "
-              "tests/codegen under TRITON_INTERPRET=1).")
+              "tests/kernels under TRITON_INTERPRET=1).")
         return 0
     elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("bench/kernels.py: TRITON_INTERPRET is set; unset it to benchmark compiled kernels. Nothing measured.")
         return 0
     import triton
-    from dvdq_compile.codegen import kernels, variant
+
+    from dvdq_compile.kernels import variant
 
     dev = torch.device("cpu" if SMOKE else "cuda")
     gen = torch.Generator(device=dev).manual_seed(0)

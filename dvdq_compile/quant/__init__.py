@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference numerics: the specification every kernel is tested against (DESIGN §4)."""
+"""Plain-PyTorch reference numerics: the specification every kernel is tested against (docs/numerics.md)."""
 from .act import dequantize_act, fake_quant_per_channel, qmax_for, quantize_act
 from .bgr import bgr, bgr_rows
 from .hadamard import NO_SIGNS, hadamard_matrix, rotate

@@ -1,8 +1,8 @@
-"""ARQ activation quantizers (algorithms.md §3).
+"""ARQ activation quantizers (docs/algorithms.md §2).
 
-Kernel contract (DESIGN §4): rotate ``x̃ = x·H_bd`` (block ``rotate``), then symmetric codes in ``[−qmax, qmax]``
-(``qmax = 2^(b−1) − 1``: 7 for A4, 127 for A8) with one fp32 scale ``s = absmax/qmax`` per (token, K-group of size
-``group``). Round half to even. An all-zero group gets scale 0 and codes 0 (never a NaN). A NaN/Inf in a group
+Kernel contract (docs/numerics.md §5): rotate ``x̃ = x·H_bd`` (block ``rotate``), then symmetric codes in
+``[−qmax, qmax]`` (``qmax = 2^(b−1) − 1``: 7 for A4, 127 for A8) with one fp32 scale ``s = absmax/qmax`` per
+(token, K-group of size ``group``). Round half to even. An all-zero group gets scale 0 and codes 0 (never a NaN). A NaN/Inf in a group
 makes that group's scale NaN/Inf (codes there are 0), so the token's output is non-finite as in full precision.
 
 Bytes: reads ``M·K`` inputs, writes ``M·K`` int8 codes + ``4·M·K/group`` scale bytes.
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .hadamard import NO_SIGNS, rotate as _rotate
+from .hadamard import NO_SIGNS
+from .hadamard import rotate as _rotate
 
 ACT_BITS = (3, 4, 5, 6, 7, 8)
 

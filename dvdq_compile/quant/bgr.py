@@ -1,4 +1,4 @@
-"""BGR: bounded-init grid refinement, the data-free weight quantizer of DVD-Quant (algorithms.md §2).
+"""BGR: bounded-init grid refinement, the data-free weight quantizer of DVD-Quant (docs/algorithms.md §1).
 
 Per row (or per row × K-group): try clipped ranges ``[lo + i·step, hi − i·step]`` (``step = range/n``), MinMax on
 each, then alternate the closed-form least-squares updates
@@ -8,14 +8,15 @@ each, then alternate the closed-form least-squares updates
     q' = clamp(round(W/Δ') + z', 0, qmax)              (Eq. 6)
 
 until the error stops improving by ``rel_eps`` (or ``max_iter``), keeping the best state seen. The runnable fixes
-(a)–(d) of algorithms.md: candidate ``i = 0`` is plain MinMax, so BGR is never worse than MinMax on any row; stop on
+Our fixes to the printed algorithm (docs/algorithms.md §1): candidate ``i = 0`` is plain MinMax, so BGR is never
+worse than MinMax on any row; stop on
 ``E_prev − E_new ≤ rel_eps·E_prev``; a non-positive or non-finite Δ' falls back to the MinMax Δ; keep-best because
 rounding z makes the alternation non-monotone. Codes always come from the **unclipped** W.
 
 ``max_shrink`` caps the total clipped fraction of the range (candidates ``i < max_shrink·n/2``); the printed
-algorithm's ``i → n/2`` would shrink the range to nothing. Defaults n = 64, max_shrink = 0.9 [I]: on Gaussian and
-Student-t rows (K = 1024) they reach the same error as n = 128 at a third of the time (the refinement moves Δ
-continuously, so a coarse initial grid suffices). Cost per refinement step ≈ 10 flops per weight and candidate.
+algorithm's ``i → n/2`` would shrink the range to nothing. Defaults n = 64, max_shrink = 0.9 (our choice, the
+paper gives none): on Gaussian and Student-t rows (K = 1024) they reach the same error as n = 128 at a third of the
+time (the refinement moves Δ continuously, so a coarse initial grid suffices). Cost per refinement step ≈ 10 flops per weight and candidate.
 """
 from __future__ import annotations
 
@@ -23,8 +24,15 @@ import math
 
 import torch
 
-from .minmax import TINY, as_rows, check_finite, codes_for, finish, minmax_rows, range_with_zero
-
+from .minmax import (
+    TINY,
+    as_rows,
+    check_finite,
+    codes_for,
+    finish,
+    minmax_rows,
+    range_with_zero,
+)
 
 # Elements of one refinement batch. Rows are independent, so the chunking never changes a result, only the speed:
 # on CPU a batch that stays in L2 (4 MB of fp32 per temporary) runs ~4x faster than a 64 MB one (a 1536x1536 weight:
@@ -133,7 +141,7 @@ def _keep(idx, e, d, z, best_e, best_d, best_z):
 def bgr(w: torch.Tensor, bits: int = 4, group: int | None = None, rows_fn=None, **kw):
     """BGR quantization of ``w`` [N, K]. Returns ``(codes uint8 [N, K], scale fp32 [N, G], zero int32 [N, G])``.
 
-    ``rows_fn`` solves the rows (default :func:`bgr_rows`; ``codegen.bgr.bgr_rows`` is its Triton twin)."""
+    ``rows_fn`` solves the rows (default :func:`bgr_rows`; ``kernels.bgr.bgr_rows`` is its Triton twin)."""
     check_finite(w)
     rows = as_rows(w, group)
     d, z = (rows_fn or bgr_rows)(rows, bits, **kw)

@@ -1,5 +1,5 @@
-"""GPTQ (Frantar et al. 2022; algorithms.md §8): weight quantization that compensates each column's rounding error
-on the columns not yet quantized, using the layer's input Hessian ``H = XᵀX``.
+"""GPTQ (Frantar et al. 2022; docs/algorithms.md §7.2): weight quantization that compensates each column's rounding
+error on the columns not yet quantized, using the layer's input Hessian ``H = XᵀX``.
 
 Reference semantics (``IST-DASLab/gptq`` ``fasterquant``), with these choices:
 
@@ -9,7 +9,8 @@ Reference semantics (``IST-DASLab/gptq`` ``fasterquant``), with these choices:
   fp noise) λ is multiplied by 10 and retried, up to ``max_damp_tries`` times, then a ``ValueError`` names the
   shape and the last λ.
 - Scales are MinMax asymmetric (range extended to include 0, as ``quant.minmax``) so codes, scales and zeros
-  are in the kernel layout of DESIGN §4. Per row (``group=0``): fitted once on the original weight. Group-wise:
+  are in the kernel layout (docs/numerics.md §3, §4). Per row (``group=0``): fitted once on the original weight.
+  Group-wise:
   refitted on the *current* (error-updated) columns when a group starts; ``block`` must be a multiple of
   ``group`` so a group never straddles a lazy block update.
 - ``act_order`` quantizes columns by decreasing ``diag(H)`` (the reference's heuristic) and un-permutes the

@@ -1,4 +1,4 @@
-"""Block-diagonal normalized Hadamard rotation (DESIGN §4).
+"""Block-diagonal normalized Hadamard rotation (docs/numerics.md §2).
 
 ``rotate(x, block)`` computes ``x · H_bd`` along the last dim, with ``H_bd = I ⊗ (D·H_g)``: a normalized Sylvester
 Hadamard ``H_g`` (``H_g H_gᵀ = I``) of size ``block``, optionally preceded by a seeded ±1 diagonal ``D`` of length

@@ -1,4 +1,4 @@
-"""The reference quantized linear, with the exact integer semantics of DESIGN §4.
+"""The reference quantized linear, with the exact integer semantics of docs/numerics.md §6.
 
     y[m, n] = Δ[n] · Σ_g s[m, g] · Σ_{k∈g} xq[m, k] · (q[n, k] − z[n])  + bias[n]
 

@@ -1,7 +1,8 @@
 """MinMax (RTN) asymmetric weight quantizer, per output row (or per row × K-group).
 
 ``Δ = (hi − lo)/(2^b − 1)``, ``z = round(−lo/Δ)``, ``q = clamp(round(W/Δ) + z, 0, 2^b − 1)``, ``Ŵ = Δ(q − z)``
-(algorithms.md §2 Eq. 1/2). ``lo``/``hi`` are the row min/max **extended to include 0** [I]: without it a row whose
+(docs/algorithms.md §1, docs/numerics.md §3). ``lo``/``hi`` are the row min/max **extended to include 0**: without
+it a row whose
 values are all positive gets ``z < 0``, which the ``[0, 2^b−1]`` clamp breaks, and an all-zero row would need
 ``Δ = 0``. With 0 inside the range, ``z`` always lies in ``[0, 2^b−1]`` and a zero row quantizes exactly.
 """

@@ -1,4 +1,5 @@
-"""A weight quantized with a learned pre-quantization offset on its own MinMax grid (Q-VDiT's TQE, algorithms.md §10).
+"""A weight quantized with a learned pre-quantization offset on its own MinMax grid (Q-VDiT's TQE,
+docs/algorithms.md §8).
 
     (Δ, z) = MinMax(W) per output row              the grid comes from the weight itself, not from W'
     W'     = W + (B A)ᵀ                            B [K, r], A [r, N]: the learned low-rank offset

@@ -1,4 +1,4 @@
-"""Code storage for quantized weights (DESIGN §4).
+"""Code storage for quantized weights (docs/numerics.md): the one definition of the kernel layout.
 
 - 4-bit: two codes per uint8 along K, **low nibble = even k**; layout ``[N, K/2]`` (K-contiguous).
 - 3-bit: eight codes per three bytes along K (little-endian bit stream), layout ``[N, 3K/8]``; a storage format for
@@ -75,6 +75,21 @@ def unpack(p: torch.Tensor, bits: int) -> torch.Tensor:
     raise ValueError(f"weight bits must be one of 3, 4, 8; got {bits}")
 
 
+def codes_per_byte(bits: int) -> int:
+    """Codes stored per byte along K in the kernel layout: 2 for the 3/4-bit nibble layout, 1 for 8-bit codes."""
+    if bits in (3, 4):
+        return 2
+    if bits == 8:
+        return 1
+    raise ValueError(f"weight bits must be one of 3, 4, 8; got {bits}")
+
+
+def packed_shape(n: int, k: int, bits: int) -> tuple[int, int]:
+    """Shape of the kernel layout (uint8) for an [N, K] code matrix."""
+    return n, k // codes_per_byte(bits)
+
+
 def packed_bytes(n: int, k: int, bits: int) -> int:
     """Bytes of the kernel layout for an [N, K] code matrix."""
-    return n * (k if bits == 8 else k // 2)
+    rows, cols = packed_shape(n, k, bits)
+    return rows * cols

@@ -64,26 +64,11 @@ def quantized_bytes(n: int, k: int, spec: WeightSpec) -> int:
     return packed_bytes(n, k, spec.bits) + n * g * (4 + 4)
 
 
-def _bgr_solver(device: torch.device, length: int, impl: str):
-    """The Triton BGR kernel for rows of ``length`` on a CUDA device (``impl="auto"``), else None (the PyTorch
-    reference). The kernel sums in another order, so its (Δ, z) can differ from the reference's in the last bits
-    (per-row error within ~1e-6)."""
-    if impl not in ("auto", "reference"):
-        raise ValueError(f"bgr_impl must be 'auto' or 'reference', got {impl!r}")
-    if impl == "auto" and device.type == "cuda":
-        try:
-            from ..codegen import bgr as kernel
-        except ImportError:  # no triton
-            return None
-        if kernel.supports(length):
-            return kernel.bgr_rows
-    return None
-
-
 def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False,
-                    pre_scale: torch.Tensor | None = None, bgr_impl: str = "auto") -> QuantizedWeight:
+                    pre_scale: torch.Tensor | None = None, rows_fn=None) -> QuantizedWeight:
     """Scale columns by ``pre_scale`` [K] (if given), rotate (``W·H_bd``), then quantize ``w`` [N, K] per ``spec``.
-    Runs on ``w``'s device in fp32; BGR on a CUDA device runs the Triton kernel unless ``bgr_impl="reference"``."""
+    Runs on ``w``'s device in fp32. ``rows_fn``: BGR's row solver (None: the reference :func:`quant.bgr.bgr_rows`);
+    the caller hands in the Triton kernel on a GPU (``kernels.dispatch.bgr_solver``): this reference imports none."""
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [N, K], got shape {tuple(w.shape)}")
     if not w.is_floating_point():
@@ -98,7 +83,6 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec, with_stats: bool = False,
     wr = rotate(w.detach(), spec.rotate, spec.sign_seed) if spec.rotate else w.detach().to(torch.float32)
     group = spec.group or None
     if spec.method == "bgr":
-        rows_fn = _bgr_solver(wr.device, group or wr.shape[1], bgr_impl)
         codes, scale, zero = bgr(wr, spec.bits, group, rows_fn=rows_fn, n=spec.bgr_n,
                                  max_shrink=spec.bgr_max_shrink, max_iter=spec.bgr_max_iter)
     else:

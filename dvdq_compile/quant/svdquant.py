@@ -1,4 +1,4 @@
-"""SVDQuant per layer (Li et al. 2024; algorithms.md §7): smoothing, a rank-r 16-bit branch, a 4-bit residual.
+"""SVDQuant per layer (Li et al. 2024; docs/algorithms.md §7.1): smoothing, a rank-r 16-bit branch, a 4-bit residual.
 
 For linears that read one activation ``x`` (q/k/v share one, so they share one smoothing factor):
 
@@ -20,7 +20,7 @@ what makes α trade activation outliers against weight range, and the low-rank b
 input is the unquantized x̂ (only R sees quantized activations). During the search the residual is RTN-quantized
 and L1L2 is the plain SVD; on the chosen α the branch is refit and GPTQ (if asked) runs once.
 
-Low-rank refit (SVDQuant refits L1L2 on the output error, ≤ 100 iterations with early stop; algorithms.md §7), on
+Low-rank refit (SVDQuant refits L1L2 on the output error, ≤ 100 iterations with early stop; docs/algorithms.md §7.1), on
 the same objective E as the α search: given the current RTN residual Q = Q(Ŵ − L), and taking Q(R) ≈ R = Ŵ − L in
 the activation-noise term (D = T·diag(σ²)), the rank-r L minimizing ``tr((Ŵ−Q−L)Σ̂(·)ᵀ) + tr((Ŵ−L)D(·)ᵀ)`` is
 closed-form, a truncated SVD in the P-weighted norm:

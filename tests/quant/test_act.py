@@ -1,4 +1,4 @@
-"""ARQ activation quantizers (DESIGN §4, algorithms.md §3, quant/act.py)."""
+"""ARQ activation quantizers (docs/numerics.md §5, docs/algorithms.md §2, quant/act.py)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dvdq_compile.quant import dequantize_act, fake_quant_per_channel, qmax_for, quantize_act, rotate
+from dvdq_compile.quant import (
+    dequantize_act,
+    fake_quant_per_channel,
+    qmax_for,
+    quantize_act,
+    rotate,
+)
 
 ACT = [(4, 7), (8, 127), (6, 31)]
 

@@ -1,4 +1,4 @@
-"""BGR bounded-init grid refinement (algorithms.md §2, quant/bgr.py): behaviour, not internals."""
+"""BGR bounded-init grid refinement (docs/algorithms.md §1, quant/bgr.py): behaviour, not internals."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Block-diagonal normalized Hadamard rotation (DESIGN §4, quant/hadamard.py)."""
+"""Block-diagonal normalized Hadamard rotation (docs/numerics.md §2, quant/hadamard.py)."""
 from __future__ import annotations
 
 import math

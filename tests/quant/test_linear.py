@@ -1,4 +1,4 @@
-"""Reference quantized linear (DESIGN §4 GEMM formula, quant/linear.py)."""
+"""Reference quantized linear (docs/numerics.md §6 GEMM formula, quant/linear.py)."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,17 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from dvdq_compile.quant import (WeightSpec, dequant_linear_ref, dequantize_act, int_partials, pack, qlinear_ref,
-                                quantize_act, quantize_weight, rotate)
+from dvdq_compile.quant import (
+    WeightSpec,
+    dequant_linear_ref,
+    dequantize_act,
+    int_partials,
+    pack,
+    qlinear_ref,
+    quantize_act,
+    quantize_weight,
+    rotate,
+)
 
 from ._util import sqnr_db
 
@@ -49,7 +58,7 @@ def partials_int64(codes, q, z, block):
 
 
 def formula_fp64(codes, scales, q, z, d, bias):
-    """DESIGN §4: y[m,n] = Σ_blocks Δ[n,blk]·s[m,blk]·P[m,n,blk] + bias[n], all in fp64."""
+    """docs/numerics.md §6: y[m,n] = Σ_blocks Δ[n,blk]·s[m,blk]·P[m,n,blk] + bias[n], all in fp64."""
     k = codes.shape[-1]
     ga, gw = scales.shape[-1], d.shape[1]
     blk = min(k // ga, k // gw)

@@ -1,4 +1,4 @@
-"""MinMax (RTN) asymmetric weight quantizer (algorithms.md §2 Eq. 1/2, quant/minmax.py)."""
+"""MinMax (RTN) asymmetric weight quantizer (docs/numerics.md §3, quant/minmax.py)."""
 from __future__ import annotations
 
 import pytest
@@ -88,7 +88,7 @@ def test_constant_row(bits, c):
 
 @pytest.mark.parametrize("bits", BITS)
 def test_all_positive_row_includes_zero(bits):
-    """[I] the range is extended to include 0: an all-positive row gets z = 0 and Δ = max/qmax, not (max−min)/qmax."""
+    """The range is extended to include 0: an all-positive row gets z = 0 and Δ = max/qmax, not (max−min)/qmax."""
     qmax = 2**bits - 1
     w = torch.linspace(2.0, 5.0, 40).repeat(2, 1)
     w[1] = -w[1]  # and the all-negative mirror

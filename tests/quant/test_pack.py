@@ -1,4 +1,4 @@
-"""Code storage (DESIGN §4, quant/pack.py): int4 nibbles (low = even k), int3 24-bit words, 8-bit bytes."""
+"""Code storage (docs/numerics.md §4, quant/pack.py): int4 nibbles (low = even k), int3 24-bit words, 8-bit bytes."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dvdq_compile.quant import pack, pack_int3, pack_int4, unpack, unpack_int3, unpack_int4
+from dvdq_compile.quant import (
+    pack,
+    pack_int3,
+    pack_int4,
+    unpack,
+    unpack_int3,
+    unpack_int4,
+)
 from dvdq_compile.quant.pack import packed_bytes
 
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dvdq_compile.quant import (NO_SIGNS, QuantizedWeight, WeightSpec, bgr, hadamard_matrix, minmax, pack,
-                                quantize_weight, quantized_bytes, rotate, unpack)
+from dvdq_compile.quant import (
+    NO_SIGNS,
+    QuantizedWeight,
+    WeightSpec,
+    bgr,
+    hadamard_matrix,
+    minmax,
+    pack,
+    quantize_weight,
+    quantized_bytes,
+    rotate,
+    unpack,
+)
 
 from ._util import dequant_ref, make_weight, sqnr_db
 
@@ -128,7 +139,7 @@ def test_rotation_block_must_divide_k():
         quantize_weight(torch.randn(4, 96), WeightSpec(rotate=64))
 
 
-def test_spec_defaults_match_design():
+def test_spec_defaults_match_the_paper():
     s = WeightSpec()
     assert (s.bits, s.method, s.group, s.rotate, s.sign_seed) == (4, "bgr", 0, 128, NO_SIGNS)
     with pytest.raises(Exception):

@@ -1,15 +1,15 @@
 """Compiled kernels on a CUDA GPU: bf16 inputs, autotuned configs, video-DiT-sized shapes, vs the reference.
 
-Run with ``TRITON_INTERPRET=0 python -m pytest tests/codegen -m gpu`` (skipped on CPU and under the interpreter).
+Run with ``TRITON_INTERPRET=0 python -m pytest tests/kernels -m gpu`` (skipped on CPU and under the interpreter).
 """
 import pytest
 import torch
 
 from dvdq_compile import quant
-from dvdq_compile.codegen import act_quant as aq_mod
-from dvdq_compile.codegen import fused as fused_mod
-from dvdq_compile.codegen import kernels
-from dvdq_compile.codegen import qlinear as ql_mod
+from dvdq_compile.kernels import act_quant as aq_mod
+from dvdq_compile.kernels import fused as fused_mod
+from dvdq_compile.kernels import launch as kernels
+from dvdq_compile.kernels import qlinear as ql_mod
 
 from .helpers import assert_out_close, assert_out_close_rotated, make_weight, make_x, near_tie_x, tie_rows
 
@@ -126,9 +126,10 @@ def test_int64_offsets_large_m():
 def test_bgr_kernel_vs_reference(k, bits):
     """The Triton BGR search on a rotated Gaussian weight: per-row errors equal the reference's (the sums' order
     differs, so a near-tie may go the other way on a few rows), never worse than MinMax; and quantize_weight on a
-    CUDA weight takes the kernel."""
-    from dvdq_compile.codegen import bgr as bgr_mod
-    from dvdq_compile.quant.qweight import WeightSpec, _bgr_solver, quantize_weight
+    CUDA weight takes the kernel the backend hands it."""
+    from dvdq_compile.kernels import bgr as bgr_mod
+    from dvdq_compile.kernels.dispatch import bgr_solver
+    from dvdq_compile.quant.qweight import WeightSpec, quantize_weight
 
     w = quant.rotate((torch.randn(512, k, generator=_gen(k)) * 0.02).to(DEV), 128)
     d, z = bgr_mod.bgr_rows(w, bits)
@@ -144,7 +145,7 @@ def test_bgr_kernel_vs_reference(k, bits):
     assert bool((e <= emm * (1 + 1e-5)).all())
     assert float(((e - er).abs() <= 1e-4 * er).double().mean()) >= 0.99
     assert bool(((e - er).abs() <= 0.05 * er).all())
-    assert _bgr_solver(w.device, k, "auto") is bgr_mod.bgr_rows and _bgr_solver(w.device, k, "reference") is None
-    assert _bgr_solver(w.device, bgr_mod.MAX_L + 1, "auto") is None  # rows too long for registers: the reference
-    qw = quantize_weight(w, WeightSpec(bits=bits, rotate=0))
+    assert bgr_solver(w.device, k, "auto") is bgr_mod.bgr_rows and bgr_solver(w.device, k, "reference") is None
+    assert bgr_solver(w.device, bgr_mod.MAX_L + 1, "auto") is None  # rows too long for registers: the reference
+    qw = quantize_weight(w, WeightSpec(bits=bits, rotate=0), rows_fn=bgr_solver(w.device, k))
     assert torch.equal(qw.scale[:, 0], d) and torch.equal(qw.zero[:, 0], z.to(torch.int32))

@@ -1,10 +1,11 @@
 """Triton act_quant vs quant.quantize_act (CPU interpreter)."""
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dvdq_compile import quant
-from dvdq_compile.codegen import kernels
+from dvdq_compile.kernels import launch as kernels
 
 from .helpers import POISON_I8, make_x, near_tie_x
 

@@ -10,7 +10,7 @@ Cost (``cost.fused_qlinear_cost``): FLOPs ``2·M·N·K`` (int8) + ``2·M·K·r·
 every N-tile; twice with a per-token scale, which needs the full-K absmax first) + ``≈4·M·K·⌈N/BN⌉`` (quantize);
 bytes ``e·M·K·⌈N/BN⌉`` (activations re-read per N-tile, mostly from L2) + ``N·K·b/8`` + ``e_out·M·N``. It saves the
 ``M·K·(1 + 4/g)`` byte round trip of the codes and one launch; it pays ``2r/BN`` of extra GEMM time in rotation
-work (platform.md §7 "Hadamard placement"). Which variant wins is measured (``bench/kernels.py``) and recorded in
+work (docs/architecture.md §6). Which variant wins is measured (``bench/kernels.py``) and recorded in
 ``table.json``; :func:`variant.choose_variant` reads it.
 
 Supported: ``group`` a power of two in [32, 256] with the rotation block dividing it, or ``group == K``
@@ -25,13 +25,30 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from .qlinear import (MIN_BLOCK_K, RS_COLS, epilogue, load_weight_tile, output_buffer, pack_factor, row_sum,
-                      swizzle, unsupported_reason as _ql_reason, zero_correct)
-from .tl_common import (INTERPRET, NAN, USE_RINT, as_rows, configs, hadamard_for, is_pow2, m_bucket,
-                        quantize_rows, rotate_tile, row_absmax)
-
-MAX_GROUP = 256
-MAX_CHUNK = 256 if INTERPRET else 128
+from . import capability
+from .capability import pack_factor
+from .tl_common import (
+    RS_COLS,
+    USE_RINT,
+    as_rows,
+    check_weight_rows,
+    configs,
+    epilogue,
+    gemm_grid,
+    hadamard_for,
+    int_dot,
+    load_hadamard,
+    load_rotated,
+    m_bucket,
+    output_buffer,
+    output_tile,
+    quantize_rows,
+    row_absmax,
+    running_absmax,
+    weight_args,
+    weight_prologue,
+    zero_correct,
+)
 
 
 def _gpu_configs():
@@ -46,19 +63,6 @@ _CONFIGS = configs(_gpu_configs(), triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, 
                                                   num_stages=1))
 
 
-@triton.jit
-def _load_rotated(x_rows, offs_k, mask_m, h, BLOCK_M: tl.constexpr, W: tl.constexpr, ROT: tl.constexpr,
-                  ROT_MODE: tl.constexpr, ROT_SCALE: tl.constexpr):
-    x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None], other=0.0)
-    if ROT > 0:
-        if ROT_MODE == 0:
-            x = x.to(tl.float32)
-        xr = rotate_tile(x, h, BLOCK_M, W, ROT, ROT_MODE, ROT_SCALE)
-    else:
-        xr = x.to(tl.float32)
-    return xr
-
-
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "ROT", "PER_TOKEN", "PACK"])
 @triton.jit
 def _fused_qlinear_kernel(
@@ -71,41 +75,21 @@ def _fused_qlinear_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # GROUP_K: the scale group (group mode) or the K chunk (per-token mode); also the dot's K block
-    pid_m, pid_n = swizzle(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_k = tl.arange(0, GROUP_K)
-    offs_kh = tl.arange(0, GROUP_K // PACK)
     x_rows = x_ptr + offs_m[:, None] * stride_xm
-    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_kh[None, :]
-    zr = tl.load(wz_ptr + offs_n, mask=mask_n, other=0)
-    z8 = zr.to(tl.int8)      # nibbles: q − z in registers
-    zc = 128 - zr            # bytes: the int32 correction (qlinear.zero_correct)
-    if ROT > 0:
-        offs_r = tl.arange(0, ROT)
-        h = tl.load(h_ptr + offs_r[:, None] * ROT + offs_r[None, :])
-    else:
-        h = None
+    w_ptrs, z8, zc = weight_prologue(w_ptr, wz_ptr, offs_n, mask_n, stride_wn, GROUP_K, PACK)
+    h = load_hadamard(h_ptr, ROT)
 
     if PER_TOKEN:
-        amax = tl.zeros((BLOCK_M,), tl.float32)
-        nans = tl.zeros((BLOCK_M,), tl.int32)
-        for k0 in range(0, K, GROUP_K):
-            xr = _load_rotated(x_rows, k0 + offs_k, mask_m, h, BLOCK_M, GROUP_K, ROT, ROT_MODE, ROT_SCALE)
-            amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
-            nans = tl.maximum(nans, tl.max((xr != xr).to(tl.int32), axis=1))
-        amax = tl.where(nans > 0, NAN, amax)
+        amax = running_absmax(x_rows, mask_m, h, K, BLOCK_M, GROUP_K, ROT, ROT_MODE, ROT_SCALE, True)
         acc_i = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
         rs = tl.zeros((BLOCK_M, RS_COLS), tl.int32)
         for k0 in range(0, K, GROUP_K):
-            xr = _load_rotated(x_rows, k0 + offs_k, mask_m, h, BLOCK_M, GROUP_K, ROT, ROT_MODE, ROT_SCALE)
+            xr = load_rotated(x_rows + (k0 + offs_k)[None, :], mask_m[:, None], h, BLOCK_M, GROUP_K, ROT, ROT_MODE,
+                              ROT_SCALE)
             c, _ = quantize_rows(xr, amax[:, None], QMAX, USE_RINT)
-            c8 = c.to(tl.int8)
-            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, GROUP_K, PACK)
-            acc_i = tl.dot(c8, b, acc_i, out_dtype=tl.int32)
-            rs = row_sum(c8, rs, GROUP_K, PACK)
+            acc_i, rs = int_dot(c.to(tl.int8), w_ptrs, mask_n, z8, acc_i, rs, BLOCK_N, GROUP_K, PACK)
             w_ptrs += GROUP_K // PACK
         acc_i = zero_correct(acc_i, rs, zc, PACK)
         s = tl.math.div_rn(amax, tl.full((BLOCK_M,), QMAX, tl.float32))
@@ -113,13 +97,12 @@ def _fused_qlinear_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
         for k0 in range(0, K, GROUP_K):
-            xr = _load_rotated(x_rows, k0 + offs_k, mask_m, h, BLOCK_M, GROUP_K, ROT, ROT_MODE, ROT_SCALE)
+            xr = load_rotated(x_rows + (k0 + offs_k)[None, :], mask_m[:, None], h, BLOCK_M, GROUP_K, ROT, ROT_MODE,
+                              ROT_SCALE)
             amax = row_absmax(xr, 1)
             c, s = quantize_rows(xr, amax[:, None], QMAX, USE_RINT)
-            c8 = c.to(tl.int8)
-            b = load_weight_tile(w_ptrs, mask_n, z8, BLOCK_N, GROUP_K, PACK)
-            acc_i = tl.dot(c8, b, out_dtype=tl.int32)
-            rs = row_sum(c8, tl.zeros((BLOCK_M, RS_COLS), tl.int32), GROUP_K, PACK)
+            acc_i, rs = int_dot(c.to(tl.int8), w_ptrs, mask_n, z8, None, tl.zeros((BLOCK_M, RS_COLS), tl.int32),
+                                BLOCK_N, GROUP_K, PACK)
             acc_i = zero_correct(acc_i, rs, zc, PACK)
             acc += acc_i.to(tl.float32) * s
             w_ptrs += GROUP_K // PACK
@@ -128,36 +111,6 @@ def _fused_qlinear_kernel(
 
 # ----------------------------------------------------------------------------------------------------------------
 # host side
-
-def plan(group: int, rotate: int, k: int) -> tuple[bool, int]:
-    """(per_token, GROUP_K) for a launch, or ``ValueError`` with the reason."""
-    if group < 1 or k % group:
-        raise ValueError(f"activation scale group {group} does not divide K={k}")
-    if rotate and (not is_pow2(rotate) or not 16 <= rotate <= MAX_GROUP or k % rotate):
-        raise ValueError(f"Hadamard block {rotate}: fused kernel takes a power of two in [16, {MAX_GROUP}] "
-                         f"dividing K={k}")
-    if is_pow2(group) and MIN_BLOCK_K <= group <= MAX_GROUP and group >= rotate:
-        return False, group
-    if group == k and k % MIN_BLOCK_K == 0:
-        chunk = MAX_CHUNK
-        while k % chunk:
-            chunk //= 2
-        if chunk >= max(rotate, MIN_BLOCK_K):
-            return True, chunk
-    raise ValueError(f"fused qlinear takes a power-of-two group in [{MIN_BLOCK_K}, {MAX_GROUP}] that the Hadamard "
-                     f"block divides, or group == K (per-token); got group={group}, rotate={rotate}, K={k}")
-
-
-def unsupported_reason(wbits: int, wscale_shape, act_group: int, k: int, rotate: int = 0) -> str | None:
-    why = _ql_reason(wbits, wscale_shape, act_group, k)
-    if why:
-        return why
-    try:
-        plan(act_group, rotate, k)
-    except ValueError as e:
-        return str(e)
-    return None
-
 
 def fused_qlinear(x: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor, wzero: torch.Tensor,
                   bias: torch.Tensor | None, wbits: int, abits: int, group: int, rotate: int = 0,
@@ -168,31 +121,22 @@ def fused_qlinear(x: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor, w
         raise TypeError(f"activation must be a floating-point tensor, got dtype {x.dtype}")
     qmax = qmax_for(abits)
     k = x.shape[-1]
-    why = unsupported_reason(wbits, tuple(wscale.shape), group, k, rotate)
+    why = capability.unsupported_reason("fused_qlinear", wbits, tuple(wscale.shape), group, k, rotate)
     if why:
         raise ValueError(f"Triton fused_qlinear: {why}")
     if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] * pack_factor(wbits) != k:
         raise ValueError(f"packed weight {packed.dtype} {tuple(packed.shape)} does not match K={k}")
-    if tuple(wzero.shape) != tuple(wscale.shape) or wscale.shape[0] != packed.shape[0]:
-        raise ValueError(f"weight scale {tuple(wscale.shape)} / zero {tuple(wzero.shape)} do not match "
-                         f"{packed.shape[0]} rows")
-    per_token, gk = plan(group, rotate, k)
+    check_weight_rows(packed, wscale, wzero)
+    per_token, gk = capability.plan("fused_qlinear", group, k, rotate)
     n = packed.shape[0]
     x2 = as_rows(x)
     m = x2.shape[0]
     buf, res = output_buffer(x.shape[:-1], n, x.dtype, x.device, out)
     if m == 0 or n == 0:
         return res
-    if rotate:
-        h, mode, rscale = hadamard_for(rotate, sign_seed, x)
-    else:
-        h, mode, rscale = x2, 0, 1.0
-    w = packed if packed.stride(-1) == 1 else packed.contiguous()
-    ws = wscale.reshape(-1).to(torch.float32).contiguous()
-    wz = wzero.reshape(-1).to(torch.int32).contiguous()
-    b = bias.contiguous() if bias is not None else ws
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _fused_qlinear_kernel[grid](
+    h, mode, rscale = hadamard_for(rotate, sign_seed, x2)
+    w, ws, wz, b = weight_args(packed, wscale, wzero, bias)
+    _fused_qlinear_kernel[gemm_grid(m, n)](
         x2, h, w, ws, wz, b, buf, m, n, k, m_bucket(m), x2.stride(0), w.stride(0), buf.stride(0),
         QMAX=qmax, GROUP_K=gk, PER_TOKEN=per_token, PACK=pack_factor(wbits), ROT=rotate, ROT_MODE=mode,
         ROT_SCALE=rscale, USE_RINT=USE_RINT, HAS_BIAS=bias is not None,

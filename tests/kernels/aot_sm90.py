@@ -1,13 +1,13 @@
 """Compile the dvdq kernels for Hopper (sm_90) without a GPU, and report ptxas resource usage.
 
-The interpreter accepts dot shapes, layouts and intrinsics that real NVIDIA codegen rejects (platform.md §2: "CI
-cannot catch this"). Triton can still compile to a cubin offline with the ptxas bundled in its wheel, so this
-catches GPU-only compile errors (int8 dot K-block, wgmma layouts, libdevice.rint, div_rn, 3-D reshapes) on the
+The interpreter accepts dot shapes, layouts and intrinsics that real NVIDIA codegen rejects, so the interpreter tests
+cannot catch those (docs/architecture.md §8). Triton can still compile to a cubin offline with the ptxas bundled in
+its wheel, so this catches GPU-only compile errors (int8 dot K-block, wgmma layouts, libdevice.rint, div_rn, 3-D reshapes) on the
 CPU machine. It cannot check numerics or speed.
 
 Run in a process WITHOUT ``TRITON_INTERPRET`` (the kernels must be real ``JITFunction``\\ s)::
 
-    env -u TRITON_INTERPRET python tests/codegen/aot_sm90.py [--all]
+    env -u TRITON_INTERPRET python tests/kernels/aot_sm90.py [--all]
 
 Prints one JSON line per specialization: name, ok, error, registers, stack (spill) bytes, shared memory, and the
 number of wgmma instructions in the PTX.
@@ -29,7 +29,11 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from dvdq_compile.codegen import act_quant as A, bgr as B, fused as F, qlinear as Q, tl_common as T  # noqa: E402
+from dvdq_compile.kernels import act_quant as A  # noqa: E402
+from dvdq_compile.kernels import bgr as B
+from dvdq_compile.kernels import fused as F
+from dvdq_compile.kernels import qlinear as Q
+from dvdq_compile.kernels import tl_common as T
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"

@@ -1,6 +1,6 @@
 """Rotate + per-(token, K-group) symmetric activation quantization (ARQ), one Triton kernel.
 
-Reference: :func:`dvdq_compile.quant.quantize_act` (the specification; DESIGN §4)::
+Reference: :func:`dvdq_compile.quant.quantize_act` (the specification; docs/numerics.md §5)::
 
     x̃ = x · (I ⊗ D·H_r)                      # block Hadamard, block r = ``rotate`` (0: no rotation)
     s[m, g] = max_{k∈g} |x̃[m, k]| / qmax      # qmax = 2^(bits-1) - 1; with a clip ratio c: (max·c) / qmax
@@ -26,11 +26,20 @@ import triton.language as tl
 
 from ..quant.act import clip_value, qmax_for
 from ..quant.hadamard import NO_SIGNS
-from .tl_common import (INTERPRET, NAN, USE_RINT, as_rows, configs, hadamard_for, is_pow2, m_bucket, quantize_rows,
-                        rotate_tile, row_absmax)
-
-TILE_MAX = 256    # widest column tile (tile mode) / chunk (per-token mode)
-ROT_MIN, ROT_MAX = 16, 256   # Hadamard blocks a kernel can hold (tl.dot needs K >= 16 on NVIDIA)
+from . import capability
+from .tl_common import (
+    USE_RINT,
+    as_rows,
+    chunk_mask,
+    configs,
+    hadamard_for,
+    load_hadamard,
+    load_rotated,
+    m_bucket,
+    quantize_rows,
+    row_absmax,
+    running_absmax,
+)
 
 _CONFIGS = configs(
     [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=2)
@@ -55,22 +64,12 @@ def _act_quant_kernel(
     mask_m = offs_m < M
     x_rows = x_ptr + offs_m[:, None] * stride_xm
     c_rows = c_ptr + offs_m[:, None] * stride_cm
-    if ROT > 0:
-        offs_r = tl.arange(0, ROT)
-        h = tl.load(h_ptr + offs_r[:, None] * ROT + offs_r[None, :])
-    else:
-        h = None
+    h = load_hadamard(h_ptr, ROT)
 
     if not PER_TOKEN:
         # ---- tile mode: T columns = T // GROUP whole groups
         offs_k = tl.program_id(1) * T + tl.arange(0, T)
-        x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None], other=0.0)
-        if ROT > 0:
-            if ROT_MODE == 0:
-                x = x.to(tl.float32)
-            xr = rotate_tile(x, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-        else:
-            xr = x.to(tl.float32)
+        xr = load_rotated(x_rows + offs_k[None, :], mask_m[:, None], h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
         x3 = tl.reshape(xr, (BLOCK_M, T // GROUP, GROUP))
         amax = row_absmax(x3, 2)
         if HAS_CLIP:
@@ -82,33 +81,13 @@ def _act_quant_kernel(
                  mask=mask_m[:, None])
     else:
         # ---- per-token mode: pass 1 absmax over K, pass 2 quantize (rotation recomputed)
-        amax = tl.zeros((BLOCK_M,), tl.float32)
-        nans = tl.zeros((BLOCK_M,), tl.int32)
-        for k0 in range(0, K, T):
-            offs_k = k0 + tl.arange(0, T)
-            mask = mask_m[:, None] & (offs_k[None, :] < K)
-            x = tl.load(x_rows + offs_k[None, :], mask=mask, other=0.0)
-            if ROT > 0:
-                if ROT_MODE == 0:
-                    x = x.to(tl.float32)
-                xr = rotate_tile(x, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-            else:
-                xr = x.to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
-            nans = tl.maximum(nans, tl.max((xr != xr).to(tl.int32), axis=1))
-        amax = tl.where(nans > 0, NAN, amax)
+        amax = running_absmax(x_rows, mask_m, h, K, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE, False)
         if HAS_CLIP:
             amax = amax * tl.load(clip_ptr)
         for k0 in range(0, K, T):
             offs_k = k0 + tl.arange(0, T)
-            mask = mask_m[:, None] & (offs_k[None, :] < K)
-            x = tl.load(x_rows + offs_k[None, :], mask=mask, other=0.0)
-            if ROT > 0:
-                if ROT_MODE == 0:
-                    x = x.to(tl.float32)
-                xr = rotate_tile(x, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-            else:
-                xr = x.to(tl.float32)
+            mask = chunk_mask(mask_m, offs_k, K, False)
+            xr = load_rotated(x_rows + offs_k[None, :], mask, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
             c, _ = quantize_rows(xr, amax[:, None], QMAX, USE_RINT)
             tl.store(c_rows + offs_k[None, :], c.to(tl.int8), mask=mask)
         s = tl.math.div_rn(amax, tl.full((BLOCK_M,), QMAX, tl.float32))
@@ -117,36 +96,6 @@ def _act_quant_kernel(
 
 # ----------------------------------------------------------------------------------------------------------------
 # host side
-
-def plan(group: int, rotate: int, k: int) -> tuple[bool, int]:
-    """(per_token, T) for a launch, or ``ValueError`` saying why the kernel cannot run this case."""
-    if group < 1 or k % group:
-        raise ValueError(f"activation scale group {group} does not divide K={k}")
-    if rotate:
-        if not is_pow2(rotate) or not ROT_MIN <= rotate <= ROT_MAX:
-            raise ValueError(f"Triton act_quant supports Hadamard blocks {ROT_MIN}..{ROT_MAX} (powers of two), "
-                             f"got {rotate}")
-        if k % rotate:
-            raise ValueError(f"Hadamard block {rotate} does not divide K={k}")
-    base = max(group, rotate)
-    if is_pow2(group) and base <= TILE_MAX:
-        t = base
-        while t * 2 <= TILE_MAX and k % (t * 2) == 0:
-            t *= 2
-        return False, t
-    if group == k:
-        return True, max(rotate, 128 if not INTERPRET else TILE_MAX)
-    raise ValueError(f"Triton act_quant needs a power-of-two group <= {TILE_MAX} (with the Hadamard block) or "
-                     f"group == K (per-token); got group={group}, rotate={rotate}, K={k}")
-
-
-def supports_act_quant(group: int, rotate: int, k: int) -> bool:
-    try:
-        plan(group, rotate, k)
-    except ValueError:
-        return False
-    return True
-
 
 def act_quant(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed: int = NO_SIGNS,
               out: tuple[torch.Tensor, torch.Tensor] | None = None, clip=None):
@@ -161,7 +110,7 @@ def act_quant(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed
         raise TypeError(f"activation must be a floating-point tensor, got dtype {x.dtype}")
     qmax = qmax_for(bits)
     k = x.shape[-1]
-    per_token, t = plan(group, rotate, k)
+    per_token, t = capability.plan("act_quant", group, k, rotate)
     cshape, sshape = tuple(x.shape), (*x.shape[:-1], k // group)
     if out is None:
         codes = torch.empty(cshape, dtype=torch.int8, device=x.device)
@@ -177,14 +126,12 @@ def act_quant(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_seed
     if m == 0 or k == 0:
         return codes, scales
     c2, s2 = codes.view(m, k), scales.view(m, k // group)
-    if rotate:
-        h, mode, rscale = hadamard_for(rotate, sign_seed, x)
-    else:
-        h, mode, rscale = x2, 0, 1.0  # unused pointer
+    h, mode, rscale = hadamard_for(rotate, sign_seed, x2)
     grid = (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)) if per_token else \
         (lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), k // t))
     _act_quant_kernel[grid](
-        x2, h, c2, s2, c1.to(x.device) if c1 is not None else s2, m, k, m_bucket(m), x2.stride(0), c2.stride(0), s2.stride(0),
+        x2, h, c2, s2, c1.to(x.device) if c1 is not None else s2, m, k, m_bucket(m), x2.stride(0), c2.stride(0),
+        s2.stride(0),
         QMAX=qmax, GROUP=group if not per_token else 1, T=t, ROT=rotate, ROT_MODE=mode, ROT_SCALE=rscale,
         PER_TOKEN=per_token, USE_RINT=USE_RINT, HAS_CLIP=c1 is not None,
     )

@@ -3,7 +3,7 @@
 The table is written by ``bench/kernels.py --write-table`` from measured GPU timings; each entry is one
 (device, abits, N, K, M) with the faster variant. Lookup: entries with the same device name, ``abits``, ``N``
 and ``K``; the one whose M is nearest on a log scale decides. No entry -> the table's ``default`` ("split": the
-two-kernel baseline of platform.md §7, since a fused prologue recomputes the rotation for every N-tile).
+two-kernel baseline (docs/architecture.md §6), since a fused prologue recomputes the rotation for every N-tile).
 """
 from __future__ import annotations
 

@@ -27,9 +27,9 @@ def interpreter_on() -> bool:
 
 
 def kernels_ready() -> bool:
-    """True once the codegen kernels module imports (it needs triton)."""
+    """True once the kernel launchers module (kernels/launch.py) imports (it needs triton)."""
     try:
-        from . import kernels  # noqa: F401
+        from . import launch  # noqa: F401
     except ImportError:
         return False
     return True
@@ -47,7 +47,7 @@ def triton_usable(device: torch.device) -> tuple[bool, str]:
     else:
         return False, f"no Triton kernels for device type {device.type!r}"
     if not kernels_ready():
-        return False, "dvdq_compile.codegen.kernels is not available"
+        return False, "dvdq_compile.kernels.launch is not available"
     return True, ""
 
 
@@ -68,7 +68,7 @@ def linear_impl(impl: str, wbits: int, weight_groups: int, n: int, k: int, act_g
     """Per-linear choice: the graph-level ``impl`` unless the Triton kernels do not cover this linear."""
     if impl != "triton":
         return impl, ""
-    from . import kernels
+    from . import launch as kernels
 
     why = kernels.unsupported_reason(wbits, (n, weight_groups), act_group, k, rotate)
     return ("reference", f"reference kernels: {why}") if why else ("triton", "")
@@ -77,18 +77,32 @@ def linear_impl(impl: str, wbits: int, weight_groups: int, n: int, k: int, act_g
 def act_impl(impl: str, act_group: int, rotate: int, k: int) -> str:
     if impl != "triton":
         return impl
-    from . import kernels
+    from . import capability
 
-    return "triton" if kernels.supports_act_quant(act_group, rotate, k) else "reference"
+    return "reference" if capability.unsupported_reason("act_quant", None, None, act_group, k, rotate) else "triton"
 
 
 def gemm_variant(impl: str, m, n: int, k: int, abits: int, device, act_group: int, rotate: int, wbits: int,
                  weight_groups: int) -> str:
-    """"fused" (one launch) or "split" (act_quant + qlinear), from the measured decision table (codegen/table.json)."""
+    """"fused" (one launch) or "split" (act_quant + qlinear), from the measured decision table (kernels/table.json)."""
     if impl != "triton":
         return "split"
-    from . import kernels
+    from . import launch as kernels
 
     if kernels.unsupported_reason(wbits, (n, weight_groups), act_group, k, rotate, variant="fused"):
         return "split"
     return kernels.choose_variant(m, n, k, abits, device, group=act_group, rotate=rotate)
+
+
+def bgr_solver(device: torch.device, length: int, impl: str = "auto"):
+    """The Triton BGR row solver for rows of ``length`` on a CUDA device (``impl="auto"``), else None (the PyTorch
+    reference). The kernel sums in another order, so its (Δ, z) can differ from the reference's in the last bits
+    (per-row error within 1e-4 of the reference's; docs/numerics.md §10)."""
+    if impl not in ("auto", "reference"):
+        raise ValueError(f"bgr_impl must be 'auto' or 'reference', got {impl!r}")
+    if impl == "auto" and device.type == "cuda" and triton_importable():
+        from . import bgr
+
+        if bgr.supports(length):
+            return bgr.bgr_rows
+    return None

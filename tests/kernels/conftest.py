@@ -2,11 +2,11 @@
 
 - ``TRITON_INTERPRET=1`` (default, CPU CI): the CPU tests run the kernels in the interpreter; ``gpu`` tests skip.
 - ``TRITON_INTERPRET=0`` on a CUDA machine: the ``gpu`` tests run compiled kernels; CPU-tensor tests skip
-  (compiled Triton cannot take CPU tensors). Run: ``TRITON_INTERPRET=0 python -m pytest tests/codegen -m gpu``.
+  (compiled Triton cannot take CPU tensors). Run: ``TRITON_INTERPRET=0 python -m pytest tests/kernels -m gpu``.
 """
 import pytest
 
-from dvdq_compile.codegen.tl_common import INTERPRET
+from dvdq_compile.kernels.tl_common import INTERPRET
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dvdq_compile import ops, quant
-from dvdq_compile.codegen import kernels
+from dvdq_compile.kernels import launch as kernels
 
 from .helpers import make_x
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sympy
 
+from ..quant.pack import codes_per_byte
+
 M, N, K = sympy.symbols("M N K", positive=True, integer=True)
 
 ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
@@ -18,6 +20,12 @@ ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 
 def _sz(dtype) -> int:
     return ELEM[str(dtype).replace("torch.", "")] if not isinstance(dtype, int) else dtype
+
+
+def _stored_bits(wbits: int) -> int:
+    """Bits stored per weight code in the kernel layout (:func:`quant.pack.codes_per_byte`: 4 for 3/4-bit nibbles,
+    8 for bytes)."""
+    return 8 // codes_per_byte(wbits)
 
 
 def act_quant_cost(m=M, k=K, group: int = 128, rotate: int = 128, in_dtype="bfloat16") -> dict:
@@ -38,7 +46,7 @@ def qlinear_cost(m=M, n=N, k=K, group: int = 128, wbits: int = 4, out_dtype="bfl
     ``e_out·N`` bias, ``e_out·M·N`` output."""
     eo = _sz(out_dtype)
     g = k if group is None else group
-    wb = 4 if wbits in (3, 4) else wbits
+    wb = _stored_bits(wbits)
     flops = 2 * m * n * k + 2 * m * n * k / g + 2 * m * n
     by = m * k + 4 * m * k / g + n * k * wb / 8 + 8 * n + (eo * n if bias else 0) + eo * m * n
     return {"flops": sympy.sympify(flops), "int_ops": sympy.sympify(2 * m * n * k), "bytes": sympy.sympify(by)}
@@ -54,18 +62,12 @@ def fused_qlinear_cost(m=M, n=N, k=K, group: int = 128, rotate: int = 128, wbits
     per_token = group is None or group == k
     g = k if per_token else group
     tiles = sympy.ceiling(sympy.sympify(n) / block_n)
-    wb = 4 if wbits in (3, 4) else wbits
+    wb = _stored_bits(wbits)
     prologue = (2 * m * k * rotate * (2 if per_token else 1) + 4 * m * k) * tiles
     flops = 2 * m * n * k + 2 * m * n * k / g + 2 * m * n + prologue
     by = e * m * k + n * k * wb / 8 + 8 * n + (eo * n if bias else 0) + eo * m * n
     return {"flops": sympy.sympify(flops), "int_ops": sympy.sympify(2 * m * n * k), "bytes": sympy.sympify(by),
             "prologue_flops": sympy.sympify(prologue)}
-
-
-def linear_cost(m=M, n=N, k=K, dtype="bfloat16") -> dict:
-    """Dense 16-bit linear (the cuBLAS baseline): ``2·M·N·K`` FLOPs; bytes ``e·(M·K + N·K + M·N)``."""
-    e = _sz(dtype)
-    return {"flops": sympy.sympify(2 * m * n * k), "bytes": sympy.sympify(e * (m * k + n * k + m * n))}
 
 
 def evaluate(expr, **values) -> float:

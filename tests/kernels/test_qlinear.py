@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dvdq_compile import quant
-from dvdq_compile.codegen import kernels
+from dvdq_compile.kernels import launch as kernels
 
 from .helpers import assert_out_close, assert_out_close_rotated, linear_cases, make_weight, make_x, tie_rows
 

@@ -1,4 +1,4 @@
-"""Triton BGR (codegen/bgr.py) vs the reference quant.bgr_rows, in the interpreter.
+"""Triton BGR (kernels/bgr.py) vs the reference quant.bgr_rows, in the interpreter.
 
 The kernel sums in another order, so Δ may differ in the last bits; what must hold: the reference's states are
 searched (per-row error within 1e-4 relative of the reference's on at least 95% of rows, and close on all), no row
@@ -6,9 +6,10 @@ is worse than MinMax, zero/constant rows stay exact, and the outputs are valid (
 """
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dvdq_compile.codegen import bgr as kernel
+from dvdq_compile.kernels import bgr as kernel
 from dvdq_compile.quant import bgr_rows, minmax
 
 from ..quant._util import DISTS, make_weight
@@ -76,9 +77,9 @@ def test_bad_input():
     assert kernel.supports(13824) and not kernel.supports(0)
 
 
-def test_quantize_weight_keeps_the_reference_off_cuda():
-    from dvdq_compile.quant.qweight import _bgr_solver
+def test_bgr_solver_keeps_the_reference_off_cuda():
+    from dvdq_compile.kernels.dispatch import bgr_solver
 
-    assert _bgr_solver(torch.device("cpu"), 16, "auto") is None  # CPU: the reference (the specification)
+    assert bgr_solver(torch.device("cpu"), 16, "auto") is None  # CPU: the reference (the specification)
     with pytest.raises(ValueError, match="bgr_impl"):
-        _bgr_solver(torch.device("cpu"), 16, "fast")
+        bgr_solver(torch.device("cpu"), 16, "fast")

@@ -4,7 +4,8 @@ import json
 import sympy
 import torch
 
-from dvdq_compile.codegen import cost, kernels, variant
+from dvdq_compile.kernels import cost, variant
+from dvdq_compile.kernels import launch as kernels
 
 
 def test_default_is_split():
