@@ -16,3 +16,7 @@ class OptionError(_Unwrapped, ValueError):
             super().__init__(msg)
         else:
             super().__init__(msg, first_useful_frame=None)
+
+
+class FreedWeightError(RuntimeError):
+    """A weight released by ``free_weights`` was about to be read (see ``runtime/free.py``)."""

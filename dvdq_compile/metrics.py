@@ -5,7 +5,7 @@ video ``x`` (quantized) with a reference ``ref`` (full precision) of the same sh
 except the per-video variants (a tensor ``[B]``) and :func:`relation_kl_loss` (a differentiable tensor).
 
 * Fidelity: :func:`psnr`, :func:`ssim` (Wang et al. 2004), :func:`sqnr_db` (torchao's ``compute_error``).
-* Temporal consistency (reference/algorithms.md §15 item 4): :func:`frame_diff_corr` (does the quantized video
+* Temporal consistency (docs/algorithms.md §10): :func:`frame_diff_corr` (does the quantized video
   move like the reference?) and :func:`relation_kl` (Q-VDiT's Temporal Maintenance Distillation statistic: is the
   frame-to-frame similarity structure preserved?). Per-frame metrics such as PSNR/SSIM cannot see flicker or
   frozen motion; these two can.
@@ -181,7 +181,7 @@ def frame_diff_corr(x: torch.Tensor, ref: torch.Tensor) -> float:
     Per video, ``dx = x[:, 1:] − x[:, :-1]`` along frames (and likewise ``dref``) is flattened over channels,
     frame pairs and pixels; the Pearson correlation of ``dx`` and ``dref`` is averaged over the batch. 1.0 for
     identical videos; low or negative when the quantized video moves differently (frozen, jittering, shuffled
-    frames). The frame-difference-fidelity motion proxy of reference/algorithms.md §15 (4); unlike PSNR it is
+    frames). The frame-difference-fidelity motion proxy (docs/algorithms.md §10); unlike PSNR it is
     insensitive to errors that are constant in time, and a per-frame brightness offset only shifts ``dx`` by a
     constant per frame pair, which changes the correlation little when the video moves.
 

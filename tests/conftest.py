@@ -1,6 +1,6 @@
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import (platform.md §2)
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import (docs/architecture.md §8)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    """Every test starts with an empty backend state (no compiled graphs bound, empty weight cache, nothing
+    freed): what one test compiled cannot leak into another's report or cache."""
+    from dvdq_compile.state import fresh_state
+
+    with fresh_state():
+        yield

@@ -3,7 +3,7 @@ import gc
 import torch
 
 import dvdq_compile
-from dvdq_compile.runtime.identity import IdentityMap
+from dvdq_compile.identity import IdentityMap
 from tests.helpers import TinyDiT, compiled
 
 

@@ -1,11 +1,11 @@
-"""dvdq_compile.eval.metrics: identities, an independent SSIM reference, monotonicity, temporal metrics, errors."""
+"""dvdq_compile.metrics: identities, an independent SSIM reference, monotonicity, temporal metrics, errors."""
 import itertools
 import math
 
 import pytest
 import torch
 
-from dvdq_compile.eval import metrics as M
+from dvdq_compile import metrics as M
 
 SHAPE = (2, 3, 8, 16, 16)  # the zoo's [B, C, F, H, W]
 

@@ -1,7 +1,7 @@
 """Recipe ``qvdit``: Q-VDiT's Token-aware Quantization Estimator (TQE) and Temporal Maintenance Distillation (TMD).
 
 Feng et al., "Q-VDiT: Towards Accurate Quantization and Distillation of Video-Generation Diffusion Transformers",
-ICML 2025 (``reference/algorithms.md`` §10). One responsibility per file:
+ICML 2025 (docs/algorithms.md §8). One responsibility per file:
 
 - ``tqe``: :class:`TQELinear` (learned low-rank weight offset before quantization + rank-1 FP correction after it,
   straight-through quantizers) and its config;

@@ -2,7 +2,7 @@
 
 Tensors are stored as ``<layer>::<name>`` (``lora_A``, ``lora_B``, ``a1``, ``b1``, ``mask``); the manifest (in the
 safetensors metadata and beside it as ``<path>.json``) holds the recipe, its bits, every layer's bits and weight
-fingerprint (``dvdq_compile.calibrate.weight_fingerprint``), the layers kept at W8A8 in the faithful setting, and the
+fingerprint (``artifacts.weight_fingerprint``), the layers kept at W8A8 in the faithful setting, and the
 model fingerprint. Loading into a model whose weights differ is refused with a ``ValueError`` naming the layer, as
 for the calibration artifacts. The (Δ, z) of each layer are not stored: they are MinMax of the model's own weight,
 recomputed bit-exactly on load.
@@ -15,11 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..calibrate import (
+from ..artifacts import (
+    Extras,
     TimestepBins,
     check_fingerprint,
+    check_intact,
+    label,
     model_fingerprint,
-    read_manifest,
+    read_artifact,
     weight_fingerprint,
     write_artifact,
 )
@@ -70,33 +73,24 @@ class QVDiTArtifact:
 
     @classmethod
     def load(cls, path: str | Path) -> QVDiTArtifact:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"qvdit artifact: no file at {path}")
-        with safe_open(str(path), framework="pt") as f:
-            man = read_manifest(f, path, FORMAT, "qvdit artifact", "qvdit artifact")
-            c = man["config"]
-            for k in ("mlp", "weight_only", "temporal"):
-                c[k] = tuple(c[k])
-            cfg = QVDiTConfig(**c)
-            layers, weights, tensors, frames = {}, {}, {}, {}
-            for n, info in man["layers"].items():
-                layers[n] = TQEConfig(**info["config"])
-                weights[n] = info["weight"]
-                frames[n] = info["frames"]
-                tensors[n] = {k: f.get_tensor(f"{n}::{k}") for k in info["tensors"]}
-        art = cls(cfg, layers, weights, tensors, frames, dict(man.get("meta", {}), path=str(path)))
-        if art.fingerprint != man["fingerprint"]:
-            raise ValueError(f"qvdit artifact: {path} is corrupt (manifest fingerprint {man['fingerprint']} != "
-                             f"{art.fingerprint} recomputed from its layers)")
+        man, t, path = read_artifact(path, FORMAT, "qvdit artifact", "qvdit artifact")
+        c = man["config"]
+        for k in ("mlp", "weight_only", "temporal"):
+            c[k] = tuple(c[k])
+        layers, weights, tensors, frames = {}, {}, {}, {}
+        for n, info in man["layers"].items():
+            layers[n] = TQEConfig(**info["config"])
+            weights[n] = info["weight"]
+            frames[n] = info["frames"]
+            tensors[n] = {k: t[f"{n}::{k}"] for k in info["tensors"]}
+        art = cls(QVDiTConfig(**c), layers, weights, tensors, frames, dict(man.get("meta", {}), path=str(path)))
+        check_intact(man, art.fingerprint, path, "qvdit artifact")
         return art
 
     def check(self, name: str, w: torch.Tensor) -> None:
         """Raise if ``w`` is not the weight layer ``name`` was trained on (no-op for a layer not in the artifact).
         The same contract as ``Calibration.check``: the backend matches models (experts) to artifacts with it."""
-        check_fingerprint(self.weights, name, w, f"qvdit artifact {self.meta.get('path', '(in memory)')} was trained",
+        check_fingerprint(self.weights, name, w, f"qvdit artifact {label(self)} was trained",
                           "Train qvdit on this model (python -m dvdq_compile.qvdit.train) or pass the artifact made "
                           "for it.")
 
@@ -106,11 +100,11 @@ class QVDiTArtifact:
             try:
                 mod = model.get_submodule(n)
             except AttributeError:
-                raise ValueError(f"qvdit artifact {self.meta.get('path', '(in memory)')}: layer {n!r} does not "
+                raise ValueError(f"qvdit artifact {label(self)}: layer {n!r} does not "
                                  "exist in this model") from None
             self.check(n, mod.weight)
 
-    # -- what the backend reads (passes/extras.py: the same interface as a Calibration) -----------------------
+    # -- what the backend reads (artifacts.Artifact) ------------------------------------------------------------
     @property
     def bins(self) -> TimestepBins:
         return TimestepBins()  # no timestep dependence: one bin
@@ -123,14 +117,12 @@ class QVDiTArtifact:
         """Layer ``name`` as backend extras: its bits, the weight offset ``(B, A)`` folded into the weight codes at
         load (``quant.offset_qweight``) and the rank-1 branch ``(a1ᵀ, b1ᵀ)`` on the quantized activation (on ``x``
         for a weight-only layer). None: the artifact has no such layer."""
-        from ..passes.extras import Extras
-
         lc = self.layers.get(name)
         if lc is None:
             return None
         t = self.tensors[name]
         if "mask" in t:
-            raise ValueError(f"qvdit artifact {self.meta.get('path', '(in memory)')}: layer {name!r} has a per-frame "
+            raise ValueError(f"qvdit artifact {label(self)}: layer {name!r} has a per-frame "
                              "token mask (a temporal layer); the backend runs joint spatio-temporal models (Wan, "
                              "the zoo) and does not implement the mask. Evaluate it with qvdit.swap (eager)")
         lowrank = (t["a1"].T.contiguous(), t["b1"].T.contiguous()) if "a1" in t else None

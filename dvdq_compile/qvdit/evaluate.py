@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..eval import metrics
+from .. import metrics
 from .artifact import QVDiTArtifact
 from .swap import QVDiTConfig, install, layer_plan, set_integer
 from .train import SETTINGS

@@ -1,6 +1,7 @@
 """Which linears of a video DiT get TQE, at which bits, and the module swap that installs them (eager fake-quant).
 
-Layer policy (mirrors the backend's, DESIGN §5): every ``nn.Linear`` inside a transformer block is quantized;
+Layer policy (mirrors the backend's, docs/architecture.md §3): every ``nn.Linear`` inside a transformer block is
+quantized;
 embedders and the final projection stay full precision. Wan's cross-attention key/value projections read the text
 tokens (``T_TEXT`` = 4 per sample on the zoo model): the backend runs linears with so few tokens weight-only
 (``min_tokens``), so they keep 16-bit activations here too. Q-VDiT's released W3A6/W4A6 scripts keep the MLP

@@ -1,9 +1,9 @@
-"""Temporal Maintenance Distillation loss (Q-VDiT ``qdiff/utils.py::get_time_relation_loss``, algorithms.md §10).
+"""Temporal Maintenance Distillation loss (Q-VDiT ``qdiff/utils.py::get_time_relation_loss``, docs/algorithms.md §8).
 
     L = MSE(out_q, out_fp) + λ · KL(softmax(S_fp) ‖ softmax(S_q)),   S = F̂ F̂ᵀ,  F̂ = l2-normalised frames,  λ = 100
 
 on the whole-model output ``[B, C, F, H, W]`` (the zoo model's velocity prediction). The relation term is
-:func:`dvdq_compile.eval.metrics.relation_kl_loss` (same definition: row-wise softmax of the frame cosine-similarity
+:func:`dvdq_compile.metrics.relation_kl_loss` (same definition: row-wise softmax of the frame cosine-similarity
 matrix, KL with the full-precision side as the target), divided by ``F``: Q-VDiT reduces ``F.kl_div`` with
 ``reduction='mean'`` (over B·F·F elements) while ``relation_kl_loss`` sums each row's KL and averages over B·F, so
 ``/F`` reproduces Q-VDiT's value and with it the meaning of λ = 100. Unlike Q-VDiT's ``reshape(b, t, −1)`` of a
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..eval.metrics import relation_kl_loss
+from ..metrics import relation_kl_loss
 
 LAMBDA = 100.0
 

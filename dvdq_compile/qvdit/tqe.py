@@ -1,4 +1,4 @@
-"""TQE on one linear, in the form of Q-VDiT's released code (algorithms.md §10).
+"""TQE on one linear, in the form of Q-VDiT's released code (docs/algorithms.md §8).
 
     W'  = W + (B A)ᵀ                      B [K, r] zero-init, A [r, N]: a rank-r offset added BEFORE quantization
     Ŵ   = Δ (clamp(round(W'/Δ) + z, 0, 2^b − 1) − z)        per-output-row asymmetric, (Δ, z) fixed from W

@@ -55,9 +55,9 @@ def test_groups_and_round_trip(tmp_path):
     assert ["blocks.0.to_k", "blocks.0.to_q", "blocks.0.to_v"] in cal.groups
     assert ["blocks.0.ff1"] in cal.groups and ["blocks.0.to_out"] in cal.groups
     assert ("blocks.1.ff2", 2) in calls and ("blocks.1.ff2", 0) in calls
-    cal.extras["x::y"] = torch.arange(6.0).reshape(2, 3)
+    cal.recipe_tensors["x::y"] = torch.arange(6.0).reshape(2, 3)
     back = Calibration.load(cal.save(tmp_path / "c.safetensors"))
-    assert back.bins == cal.bins and back.groups == cal.groups and torch.equal(back.extras["x::y"], cal.extras["x::y"])
+    assert back.bins == cal.bins and back.groups == cal.groups and torch.equal(back.recipe_tensors["x::y"], cal.recipe_tensors["x::y"])
     for name, st in cal.stats.items():
         b = back.stats[name]
         assert torch.equal(b.absmax_bins, st.absmax_bins) and b.tokens_bins == st.tokens_bins

@@ -46,7 +46,7 @@ def _run(xs, ts):
 def _ref_one(model, cal, x, t):
     """The recipe's numerics written out with the reference quantizers."""
     name = "blocks.0.lin"
-    e = {k: cal.extras[f"{name}::{k}"] for k in ("lam", "l1", "l2", "packed", "scale", "zero", "clip")}
+    e = {k: cal.recipe_tensors[f"{name}::{k}"] for k in ("lam", "l1", "l2", "packed", "scale", "zero", "clip")}
     xh = torch.mul(x, 1.0 / e["lam"])
     c = e["clip"][cal.bins.index(t)]
     codes, scales = quantize_act(xh, 4, 64, 0, NO_SIGNS, clip=c)
@@ -57,7 +57,7 @@ def _ref_one(model, cal, x, t):
 def test_numerics_and_bins_without_recompiles():
     model = One()
     cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0, 800.0, 200.0]), FAST)
-    cal.extras["blocks.0.lin::clip"] = torch.tensor([0.6, 1.0])  # make the two bins visibly different
+    cal.recipe_tensors["blocks.0.lin::clip"] = torch.tensor([0.6, 1.0])  # make the two bins visibly different
     torch._dynamo.utils.counters.clear()
     f = compiled(model, recipe="svdquant_gptq_ts", artifact=cal)
     x = _xs(5, 1)[0]
@@ -99,9 +99,9 @@ def test_artifact_round_trip_bit_exact(tmp_path):
     model = One()
     cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0, 800.0, 200.0]), FAST)
     back = Calibration.load(cal.save(tmp_path / "a.safetensors"))
-    assert set(back.extras) == set(cal.extras)
-    for k, v in cal.extras.items():
-        assert torch.equal(back.extras[k], v) and back.extras[k].dtype == v.dtype, k
+    assert set(back.recipe_tensors) == set(cal.recipe_tensors)
+    for k, v in cal.recipe_tensors.items():
+        assert torch.equal(back.recipe_tensors[k], v) and back.recipe_tensors[k].dtype == v.dtype, k
     assert back.meta["recipe"] == "svdquant_gptq_ts" and back.bins == cal.bins
     x = _xs(3, 1)[0]
     y1 = compiled(model, recipe="svdquant_gptq_ts", artifact=cal)(x, torch.tensor([10.0]))
@@ -161,7 +161,7 @@ def test_clip_search_picks_the_known_best_per_bin():
         x[..., ::64] *= 40
     cfg = dataclasses.replace(FAST, rank=0, gptq=False, alphas=(0.0,))
     cal = calibrate_svdquant_ts(model, _run(hi + lo, [900.0, 800.0, 100.0, 200.0]), cfg)
-    e = {k: cal.extras[f"blocks.0.lin::{k}"] for k in ("lam", "packed", "scale", "zero", "clip")}
+    e = {k: cal.recipe_tensors[f"blocks.0.lin::{k}"] for k in ("lam", "packed", "scale", "zero", "clip")}
     from dvdq_compile.quant import dequantize_act
     from dvdq_compile.quant.minmax import dequantize
     from dvdq_compile.quant.pack import unpack
@@ -188,7 +188,7 @@ def test_layer_sqnr_measures_the_extras_path():
     """dvdq eval's per-layer SQNR rebuilds the recipe's path (smoothing, clip, low-rank): it must equal the SQNR of
     the reference written out here (mean over the clip table's bins)."""
     from dvdq_compile.eval.layers import layer_sqnr
-    from dvdq_compile.eval.metrics import sqnr_db
+    from dvdq_compile.metrics import sqnr_db
 
     model = One()
     cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0, 800.0, 200.0]), FAST)
@@ -207,7 +207,7 @@ def test_inductor_and_triton_kernels_match_the_reference():
     (interpreter): bit-equal to the reference, one graph across timesteps of both bins."""
     model = One()
     cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0, 800.0, 200.0]), FAST)
-    cal.extras["blocks.0.lin::clip"] = torch.tensor([0.6, 1.0])
+    cal.recipe_tensors["blocks.0.lin::clip"] = torch.tensor([0.6, 1.0])
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     f = torch.compile(model, backend="dvdquant", options={"recipe": "svdquant_gptq_ts", "artifact": cal,
@@ -225,7 +225,7 @@ def test_no_timestep_bins_ablation():
     model = One()
     cfg = dataclasses.replace(FAST, timestep_bins=None)
     cal = calibrate_svdquant_ts(model, _run(_xs(0), [900.0, 100.0]), cfg)
-    assert cal.bins.n == 1 and cal.extras["blocks.0.lin::clip"].shape == (1,)
+    assert cal.bins.n == 1 and cal.recipe_tensors["blocks.0.lin::clip"].shape == (1,)
     x = _xs(2, 1)[0]
     f = compiled(model, recipe="svdquant_gptq_ts", artifact=cal)
     for t in (900.0, 10.0):

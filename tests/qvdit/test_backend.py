@@ -8,7 +8,7 @@ import torch
 
 import dvdq_compile
 from dvdq_compile.eval.layers import capture_inputs, layer_sqnr
-from dvdq_compile.eval.metrics import sqnr_db
+from dvdq_compile.metrics import sqnr_db
 from dvdq_compile.qvdit import swap
 from dvdq_compile.qvdit.artifact import QVDiTArtifact
 from dvdq_compile.runtime.registry import graphs_of
@@ -240,7 +240,7 @@ def test_inconsistent_artifacts_are_refused_with_the_layer_named():
 
 
 def test_extras_record_rejects_contradictions():
-    from dvdq_compile.passes.extras import Extras
+    from dvdq_compile.artifacts import Extras
 
     q = (torch.zeros(4, 4, dtype=torch.uint8), torch.ones(4, 1), torch.zeros(4, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="either precomputed"):

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 
 import dvdq_compile
 from dvdq_compile import quant
-from dvdq_compile.codegen import kernels
+from dvdq_compile.kernels import launch as kernels
 from dvdq_compile.quant.pack import pack_int3, unpack_int3
-from tests.codegen.helpers import assert_out_close, make_weight, make_x
 from tests.helpers import TinyDiT, compiled, rel_err
+from tests.kernels.helpers import assert_out_close, make_weight, make_x
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
