@@ -44,7 +44,7 @@ from dvdq_compile.quant.qweight import quantize_weight
 
 PAPER = {"low": 0.8637, "high": 0.9154,
          "source": "DVD-Quant arXiv 2505.18663 Fig. 3, HunyuanVideo INT4, mean error per layer family, MinMax -> BGR "
-                   "(reference/algorithms.md section 2): -86.37% (double.txt_mlp_fc1) to -91.54% (single.linear2)"}
+                   "(docs/algorithms.md §1): -86.37% (double.txt_mlp_fc1) to -91.54% (single.linear2)"}
 THREADS = 2
 SYNTH_STD = 0.02
 SYNTH_SEED = 1234

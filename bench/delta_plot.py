@@ -101,16 +101,19 @@ def fake_model(x, t):
     return 0.15 * x - x0 + 0.25 * torch.sin(3 * g + 5.0 * s * s) * (0.3 + s)
 
 
-def run_fake(delta: float, steps: int = 20, guidance: float = 3.0, seed: int = 0):
-    """Sample with the fake model through a DeltaController (CFG as two calls, Wan-style); returns it."""
+def run_fake(delta: float, steps: int = 20, guidance: float = 3.0, seed: int = 0, ctrl=None):
+    """Sample with the fake model through a DeltaController (CFG as two calls, Wan-style); returns it (``ctrl``:
+    the controller to drive, else a new one with ``delta``) and the scheduler."""
     import torch
-    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+        FlowMatchEulerDiscreteScheduler,
+    )
 
     from dvdq_compile.runtime.delta import DeltaController
 
     sched = FlowMatchEulerDiscreteScheduler()
     sched.set_timesteps(steps)
-    ctrl = DeltaController(delta=delta)
+    ctrl = DeltaController(delta=delta) if ctrl is None else ctrl
     x = torch.randn(2, 256, generator=torch.Generator().manual_seed(seed))
     for t in sched.timesteps:
         ts = t.expand(x.shape[0])
@@ -121,7 +124,7 @@ def run_fake(delta: float, steps: int = 20, guidance: float = 3.0, seed: int = 0
         uncond = 0.8 * fake_model(x, ts)
         ctrl.end_call((uncond,))
         x = sched.step(uncond + guidance * (cond - uncond), t, x).prev_sample
-    return ctrl
+    return ctrl, sched
 
 
 def main(out_dir: str = RESULTS, deltas: Sequence[float] = DELTAS, steps: int = 20) -> tuple[str, str]:
@@ -133,7 +136,7 @@ def main(out_dir: str = RESULTS, deltas: Sequence[float] = DELTAS, steps: int = 
     from dvdq_compile.runtime.delta import bits_pattern
 
     os.makedirs(out_dir, exist_ok=True)
-    ctrls = {d: run_fake(d, steps) for d in deltas}
+    ctrls = {d: run_fake(d, steps)[0] for d in deltas}
     fig, axes = plt.subplots(len(deltas), 1, figsize=(10, 2.6 * len(deltas)), sharex=True)
     axes = [axes] if len(deltas) == 1 else list(axes)
     for ax, d in zip(axes, deltas):

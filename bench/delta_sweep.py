@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dvdq_compile
-from dvdq_compile.eval.metrics import psnr
+from dvdq_compile.metrics import psnr
 from dvdq_compile.zoo import load_pipeline, sample
 
 DELTAS = (0.03, 0.06, 0.09, 0.12, 0.18)

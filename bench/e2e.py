@@ -168,12 +168,17 @@ def prepare(row: Row, model: torch.nn.Module, smoke: bool = False):
     if row.kind == "inductor":
         return torch.compile(model, mode=row.mode)
     if row.kind in ("torchao_int8", "torchao_fp8"):
-        from torchao.quantization import quantize_  # ImportError -> the row records "not installed"
+        from torchao.quantization import (
+            quantize_,  # ImportError -> the row records "not installed"
+        )
         if row.kind == "torchao_int8":
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig
             config = Int8DynamicActivationInt8WeightConfig()
         else:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                PerRow,
+            )
             config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
         pat = re.compile(DEFAULT_BLOCK_PATTERN)  # the same layers as dvdquant quantizes
         quantize_(model, config, filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and bool(pat.search(name)))
@@ -319,6 +324,7 @@ def bgr_time(cfg: ModelConfig, args, device) -> dict:
     """Seconds to quantize every block linear with the default spec (rotation + BGR) on ``device``, per weight
     shape, and the estimate for the whole model: seconds per weight × the full config's block-linear weights (the
     cost is linear in the weight count for a given K; built with fewer blocks, the estimate says so)."""
+    from dvdq_compile.kernels.dispatch import bgr_solver
     from dvdq_compile.quant.qweight import quantize_weight
 
     model = build(cfg, args.layers, device, seed=args.seed)
@@ -329,7 +335,7 @@ def bgr_time(cfg: ModelConfig, args, device) -> dict:
     for _, w in ws:
         sync(device)
         t0 = time.perf_counter()
-        quantize_weight(w, spec)
+        quantize_weight(w, spec, rows_fn=bgr_solver(w.device, w.shape[1]))  # the kernel on a GPU, as the backend
         sync(device)
         dt = time.perf_counter() - t0
         total += dt
@@ -344,7 +350,7 @@ def bgr_time(cfg: ModelConfig, args, device) -> dict:
         for impl in ("auto", "reference"):
             sync(device)
             t0 = time.perf_counter()
-            quantize_weight(w0, spec, bgr_impl=impl)
+            quantize_weight(w0, spec, rows_fn=bgr_solver(w0.device, w0.shape[1], impl))
             sync(device)
             times[impl] = time.perf_counter() - t0
         vs_reference = {"layer": ws[0][0], "shape": list(w0.shape), "kernel_seconds": times["auto"],

@@ -10,10 +10,10 @@ from .api import controller, freed_weights, report, requantize, restore_weights,
 from .backend import dvdquant
 from .calibrate import Calibration, calibrate
 from .config import QuantConfig
-from .errors import OptionError
+from .errors import FreedWeightError, OptionError
 from .recipes.svdquant_gptq_ts import SVDQuantTSConfig, calibrate_svdquant_ts
-from .runtime.free import FreedWeightError
 
 __all__ = ["Calibration", "FreedWeightError", "OptionError", "QuantConfig", "SVDQuantTSConfig", "calibrate",
-           "calibrate_svdquant_ts", "controller", "dvdquant", "freed_weights", "report", "requantize", "restore_weights", "share_controller"]
+           "calibrate_svdquant_ts", "controller", "dvdquant", "freed_weights", "report", "requantize",
+           "restore_weights", "share_controller"]
 __version__ = "0.1.0"

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import torch
 
+from .errors import FreedWeightError
 from .runtime import free
 from .runtime.cache import CACHE
+from .runtime.delta import DeltaController
 from .runtime.model_report import model_report
-from .runtime.registry import SHARED_CONTROLLERS, graphs_of
+from .runtime.registry import graphs_of
 from .runtime.report import CompileReport
+from .state import STATE
 
 
 def _module(model) -> torch.nn.Module:
@@ -39,13 +42,14 @@ def controller(model):
 
 
 def share_controller(*models, controller=None):
-    """Make ``models`` (e.g. the two experts of a Wan 2.2 pipeline) share one δ controller; returns it."""
+    """Make ``models`` (e.g. the two experts of a Wan 2.2 pipeline) share one δ controller; returns it. Without
+    ``controller``, the new one takes its settings (delta, bits, min_high_steps, mode) from the options of the first
+    compiled graph that uses it."""
     if controller is None:
-        from .runtime.delta import DeltaController
-        controller = DeltaController()
+        controller = DeltaController(adopt=True)
     for m in models:
         for p in _module(m).parameters():
-            SHARED_CONTROLLERS[p] = controller
+            STATE.shared_controllers[p] = controller
     return controller
 
 
@@ -53,7 +57,7 @@ def requantize(model) -> int:
     """Drop ``model``'s cached quantized weights (e.g. after editing ``p.data``); returns how many were dropped."""
     released = freed_weights(model)
     if released:
-        raise free.FreedWeightError(f"dvdq_compile.requantize: {len(released)} weight(s) of this model were released "
+        raise FreedWeightError(f"dvdq_compile.requantize: {len(released)} weight(s) of this model were released "
                                     f"by free_weights (e.g. {next(iter(released))}); their quantized copies are the "
                                     "only ones left. Call dvdq_compile.restore_weights(model, state_dict) first")
     return CACHE.drop_params(list(_module(model).parameters()))
@@ -61,7 +65,7 @@ def requantize(model) -> int:
 
 def freed_weights(model) -> dict[str, int]:
     """``{parameter name: bytes}`` of ``model``'s weights whose 16-bit storage ``free_weights`` released."""
-    return {name: free.FREED.get(p).nbytes for name, p in _module(model).named_parameters() if free.is_freed(p)}
+    return {name: STATE.freed.get(p).nbytes for name, p in _module(model).named_parameters() if p in STATE.freed}
 
 
 def restore_weights(model, state_dict) -> dict[str, bool]:

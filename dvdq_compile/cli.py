@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import MODES, QuantConfig
+from .config import COMPILE_MODES, QuantConfig
 
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:
@@ -64,8 +64,7 @@ def _act_bits(v: str):
 
 
 def demo(args) -> int:
-    from . import api
-    from .eval import metrics
+    from . import api, metrics
     from .zoo import class_names, load_pipeline, sample
 
     device = _device(args.device)
@@ -214,7 +213,7 @@ def main(argv=None) -> int:
                    help="default: inductor on CUDA, eager on CPU")
     d.add_argument("--kernels", choices=("auto", "triton", "reference"), default="auto",
                    help="auto: Triton on CUDA, the PyTorch reference on CPU")
-    d.add_argument("--mode", choices=MODES, default=None,
+    d.add_argument("--mode", choices=COMPILE_MODES, default=None,
                    help="torch.compile mode of the Inductor lowering (reduce-overhead: CUDA graphs)")
     d.add_argument("--one-expert", action="store_true", help="use only the main expert (no low-noise expert)")
     d.add_argument("--out", default="out/demo", help="output directory (default out/demo)")

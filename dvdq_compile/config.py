@@ -1,13 +1,18 @@
-"""QuantConfig: every backend option, its default and its validation.
+"""QuantConfig: every backend option, its default and its validation; and the recipe registry.
 
-``torch.compile(model, backend="dvdquant", options={...})`` builds one with ``QuantConfig.from_options``; an unknown
-or ill-typed option raises ``ValueError`` naming the option and what is allowed.
+``torch.compile(model, backend="dvdquant", options={...})`` builds one with ``QuantConfig.from_options``: the
+recipe's defaults, then the options given. An unknown or ill-typed option raises ``OptionError`` (a
+``ValueError``) naming the option and what is allowed.
+
+Options that only one recipe reads (``smooth_alpha`` for ``smoothquant``) are declared by that recipe and live in
+``QuantConfig.recipe_options``; a recipe registers itself here with :func:`register_recipe` (see
+``recipes/base.py``), so this module knows no recipe and no artifact class.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,7 +25,7 @@ GROUPS = (64, 128, 256)
 ACT_SCALES = ("group", "token", "channel")
 KERNELS = ("auto", "triton", "reference")
 LOWERINGS = ("inductor", "eager")
-MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 # The block lists of every diffusers video transformer (tests/models/catalog): `blocks` (Wan, SkyReels, Helios,
 # ...), `*transformer_blocks` (transformer_blocks, single_/temporal_/text_/visual_/audio_text_transformer_blocks),
 # `vace_blocks` (WanVACE), `refiner_blocks` (HunyuanVideo's text token refiner), `double_blocks` (JoyImage) and
@@ -31,7 +36,7 @@ DEFAULT_MODULATION_PATTERN = r"(^|\.)(norm[^.]*|[^.]*modulation[^.]*|adaln[^.]*)
 
 # What each option accepts, for error messages and the README option table.
 ALLOWED: dict[str, str] = {
-    "recipe": "a registered recipe name (see dvdq_compile.recipes.names())",
+    "recipe": "a registered recipe name (dvdq_compile.config.recipe_names())",
     "weight_bits": f"one of {WEIGHT_BITS}",
     "act_bits": f"'auto' (delta-guided switch between act_bits_low and act_bits_high), 16 (weight-only), "
                 f"or one of {ACT_BITS}",
@@ -49,7 +54,7 @@ ALLOWED: dict[str, str] = {
                  "fake-quant (reference kernels only)",
     "kernels": f"one of {KERNELS}",
     "lowering": f"one of {LOWERINGS}",
-    "mode": f"None or one of {MODES}: the torch.compile mode of the Inductor lowering ('reduce-overhead': CUDA "
+    "mode": f"None or one of {COMPILE_MODES}: the torch.compile mode of the Inductor lowering ('reduce-overhead': CUDA "
             "graphs); torch.compile refuses mode= next to options=, so with options pass it here",
     "exclude": "a list of fnmatch patterns of layer names kept in full precision",
     "include": "a list of fnmatch patterns of layer names quantized even outside transformer blocks",
@@ -60,21 +65,10 @@ ALLOWED: dict[str, str] = {
     "bgr_max_shrink": "a float in [0, 1): largest total fraction of a row's range BGR clips",
     "bgr_max_iter": "an int >= 1: BGR refinement iteration cap",
     "progress": "bool: progress bar while weights are quantized",
-    "artifact": "None, or a dvdq_compile.Calibration / the path of one saved by Calibration.save "
-                "(calibrated recipes: smoothquant, svdquant_gptq_ts), or a qvdit artifact / its path (recipe qvdit), "
-                "or (svdquant, qvdit) a list of them, one per model sharing the compiled graph (Wan 2.2 experts), "
-                "matched by weight fingerprint",
-    "smooth": "bool: SmoothQuant smoothing of the quantized linears from the artifact's activation ranges "
-              "(needs 'artifact')",
-    "smooth_alpha": "a float in [0, 1]: SmoothQuant migration strength alpha",
+    "artifact": "None, or what the recipe reads (a calibration, an artifact, a path to one, or a list of them: one "
+                "per model sharing the compiled graph, matched by weight fingerprint); see the recipe",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
-    "svdquant": "bool: apply the artifact's per-layer extras (smoothing, 16-bit low-rank branch, precomputed "
-                "GPTQ residual, per-timestep-bin clip ratios; made by dvdq_compile.calibrate_svdquant_ts) to the "
-                "layers it covers (needs 'artifact'; recipe svdquant_gptq_ts)",
-    "qvdit": "bool: run the layers a Q-VDiT artifact covers with its learned estimator (weight offset folded into "
-             "the codes at load, rank-1 branch on the quantized activation) at the artifact's per-layer bits "
-             "(needs 'artifact' from python -m dvdq_compile.qvdit.train; recipe qvdit)",
 }
 
 
@@ -111,29 +105,30 @@ class QuantConfig:
     bgr_max_iter: int = 64
     progress: bool = True
     artifact: Any = None
-    smooth: bool = False
-    smooth_alpha: float = 0.5
     free_weights: bool = False
-    svdquant: bool = False
-    qvdit: bool = False
+    # The options the recipe declares for itself, as sorted (name, value) pairs (read with ``option``).
+    recipe_options: tuple = ()
     # Set by recipes, not by users: the modulation (adaLN) name pattern.
     modulation_pattern: str = field(default=DEFAULT_MODULATION_PATTERN, repr=False)
 
     @classmethod
     def from_options(cls, options: dict | None = None) -> QuantConfig:
-        from .recipes import get_recipe
-
         options = dict(options or {})
+        recipe_name = options.get("recipe", "dvdquant")
+        if not isinstance(recipe_name, str):
+            _fail("recipe", recipe_name)
+        recipe = recipe_for(recipe_name)
         valid = [f.name for f in fields(cls) if f.name in ALLOWED]
-        unknown = sorted(set(options) - set(valid))
+        own = dict(recipe.options)
+        unknown = sorted(set(options) - set(valid) - set(own))
         if unknown:
-            lines = "\n".join(f"  {k}: {ALLOWED[k]}" for k in valid)
-            raise OptionError(f"unknown dvdquant option(s) {unknown}; valid options are:\n{lines}")
-        recipe = options.get("recipe", "dvdquant")
-        if not isinstance(recipe, str):
-            _fail("recipe", recipe)
-        base = get_recipe(recipe).defaults()
-        base.update(options)
+            lines = "\n".join([f"  {k}: {ALLOWED[k]}" for k in valid] +
+                              [f"  {k}: {o.allowed} (recipe {recipe_name!r})" for k, o in own.items()])
+            others = sorted({k for r in _RECIPES.values() for k in r.options} - set(own))
+            hint = f" (recipe-specific options of other recipes: {others})" if set(unknown) & set(others) else ""
+            raise OptionError(f"unknown dvdquant option(s) {unknown}{hint}; valid options are:\n{lines}")
+        base = dict(recipe.defaults)
+        base.update({k: v for k, v in options.items() if k not in own})
         for k in ("exclude", "include", "weight_only"):
             v = base.get(k, ())
             if isinstance(v, str):  # iterating a string would give one pattern per character
@@ -144,6 +139,13 @@ class QuantConfig:
             base[k] = tuple(v)
         if isinstance(base.get("artifact"), list):
             base["artifact"] = tuple(base["artifact"])  # QuantConfig is hashed
+        ropts = {k: o.default for k, o in own.items()}
+        for k, v in options.items():
+            if k in own:
+                if not own[k].ok(v):
+                    raise OptionError(f"dvdquant option {k}={v!r} is not allowed; expected {own[k].allowed}")
+                ropts[k] = v
+        base["recipe_options"] = tuple(sorted(ropts.items()))
         cfg = cls(**base)
         cfg.validate()
         return cfg
@@ -192,7 +194,7 @@ class QuantConfig:
             _fail("kernels", self.kernels)
         if self.lowering not in LOWERINGS:
             _fail("lowering", self.lowering)
-        if self.mode is not None and self.mode not in MODES:
+        if self.mode is not None and self.mode not in COMPILE_MODES:
             _fail("mode", self.mode)
         if self.mode not in (None, "default") and self.lowering != "inductor":
             raise OptionError(f"dvdquant option mode={self.mode!r} is an Inductor mode; it needs "
@@ -201,7 +203,6 @@ class QuantConfig:
             _fail("min_tokens", self.min_tokens)
         if not isinstance(self.block_pattern, str):
             _fail("block_pattern", self.block_pattern)
-        import re
         try:
             re.compile(self.block_pattern)
         except re.error as e:
@@ -216,61 +217,28 @@ class QuantConfig:
             _fail("bgr_max_iter", self.bgr_max_iter)
         if not isinstance(self.progress, bool):
             _fail("progress", self.progress)
-        from .calibrate import Calibration
-        from .qvdit.artifact import QVDiTArtifact
-        one = (str, os.PathLike, Calibration, QVDiTArtifact)
-        if self.artifact is not None and not isinstance(self.artifact, one) and not (
-                isinstance(self.artifact, tuple) and self.artifact and all(isinstance(a, one) for a in self.artifact)):
-            _fail("artifact", self.artifact)
-        if isinstance(self.artifact, tuple) and self.smooth:
-            raise OptionError("dvdquant option smooth=True takes one artifact, not a list (SmoothQuant's factors are "
-                             "graph constants; use recipe svdquant_gptq_ts for per-expert artifacts)")
-        if not isinstance(self.svdquant, bool):
-            _fail("svdquant", self.svdquant)
-        if self.svdquant:
-            if self.artifact is None:
-                raise OptionError(f"dvdquant recipe {self.recipe!r} / option svdquant=True needs its artifact(s): "
-                                 "pass options={'artifact': [dvdq_compile.calibrate_svdquant_ts(model, run_fn), ...]} "
-                                 "(or saved paths), one per expert")
-            if self.smooth or self.rotate or self.act_scale != "group":
-                raise OptionError("dvdquant option svdquant=True needs smooth=False, rotate=False and "
-                                 f"act_scale='group' (got smooth={self.smooth}, rotate={self.rotate}, "
-                                 f"act_scale={self.act_scale!r}): the artifact's factors are for unrotated, "
-                                 "per-(token, group) quantized activations")
-        if not isinstance(self.qvdit, bool):
-            _fail("qvdit", self.qvdit)
-        if self.qvdit:
-            if self.artifact is None:
-                raise OptionError(f"dvdquant recipe {self.recipe!r} / option qvdit=True needs its artifact(s): pass "
-                                 "options={'artifact': [path_expert_1, ...]} (python -m dvdq_compile.qvdit.train "
-                                 "writes them), one per expert")
-            if self.svdquant or self.smooth or self.rotate or self.act_scale != "token" or self.act_bits == "auto" \
-                    or self.weight_method != "minmax":
-                raise OptionError("dvdquant option qvdit=True needs svdquant=False, smooth=False, rotate=False, "
-                                 "act_scale='token', weight_method='minmax' and fixed act_bits (got "
-                                 f"svdquant={self.svdquant}, smooth={self.smooth}, rotate={self.rotate}, "
-                                 f"act_scale={self.act_scale!r}, weight_method={self.weight_method!r}, "
-                                 f"act_bits={self.act_bits!r}): the estimator was trained on unrotated MinMax "
-                                 "weights and symmetric per-token activations at fixed bits")
-        if not isinstance(self.smooth, bool):
-            _fail("smooth", self.smooth)
-        if isinstance(self.smooth_alpha, bool) or not isinstance(self.smooth_alpha, (int, float)) or \
-                not 0 <= self.smooth_alpha <= 1:
-            _fail("smooth_alpha", self.smooth_alpha)
         if not isinstance(self.free_weights, bool):
             _fail("free_weights", self.free_weights)
-        if self.smooth and self.artifact is None:
-            raise OptionError(f"dvdquant recipe {self.recipe!r} / option smooth=True needs calibration statistics: "
-                             "pass options={'artifact': dvdq_compile.calibrate(model, run_fn)} (or the path of a "
-                             "saved calibration)")
-        if self.smooth and self.act_scale == "channel":
-            raise OptionError("dvdquant option smooth=True cannot be combined with act_scale='channel' (the "
-                             "per-channel fake-quant already scales every channel on its own)")
         if self.act_scale == "channel" and self.kernels == "triton":
             raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
-                             "reference path only; it cannot be combined with kernels='triton'")
+                              "reference path only; it cannot be combined with kernels='triton'")
+        recipe_for(self.recipe).validate(self)
 
     # Derived ------------------------------------------------------------------------------------------------
+    def option(self, name: str):
+        """The value of recipe option ``name`` (declared by the recipe: ``Recipe.options``)."""
+        for k, v in self.recipe_options:
+            if k == name:
+                return v
+        raise KeyError(f"recipe {self.recipe!r} has no option {name!r}")
+
+    @property
+    def artifacts(self) -> tuple:
+        """The ``artifact`` option as a tuple (empty for None)."""
+        if self.artifact is None:
+            return ()
+        return self.artifact if isinstance(self.artifact, tuple) else (self.artifact,)
+
     @property
     def switching(self) -> bool:
         return self.act_bits == "auto"
@@ -292,3 +260,27 @@ class QuantConfig:
         return WeightSpec(bits=self.weight_bits, method=self.weight_method, group=self.weight_group,
                           rotate=self.rotate_block, sign_seed=self.seed, bgr_n=self.bgr_n,
                           bgr_max_shrink=float(self.bgr_max_shrink), bgr_max_iter=self.bgr_max_iter)
+
+
+# -- the recipe registry (recipes/base.py registers every recipe module's recipe here) ---------------------------
+_RECIPES: dict[str, Any] = {}  # name -> recipes.base.Recipe
+
+
+def register_recipe(recipe):
+    """Make ``recipe`` available as ``options={"recipe": recipe.name}``; returns it (a decorator-friendly call)."""
+    if recipe.name in _RECIPES and _RECIPES[recipe.name] is not recipe:
+        raise ValueError(f"dvdquant recipe {recipe.name!r} is registered twice")
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def recipe_names() -> list[str]:
+    return sorted(_RECIPES)
+
+
+def recipe_for(name: str):
+    try:
+        return _RECIPES[name]
+    except KeyError:
+        raise OptionError(f"dvdquant option recipe={name!r} is not allowed; expected one of {recipe_names()}") \
+            from None

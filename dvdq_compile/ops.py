@@ -1,7 +1,7 @@
 """`dvdq` custom ops (``torch.library.custom_op`` + ``register_fake``), dispatching to Triton or the reference.
 
 ``custom_op`` rather than ``triton_op``: under ``TRITON_INTERPRET=1`` only ``custom_op`` survives Dynamo/AOT
-(platform.md §4); the op body runs the kernel launcher eagerly and Inductor sees one extern call.
+(docs/architecture.md §8); the op body runs the kernel launcher eagerly and Inductor sees one extern call.
 
 Ops (shapes: ``x`` [..., K], weights [N, ·], M = prod(leading dims)):
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import quant
-from .codegen.dispatch import IMPLS
+from .kernels.dispatch import IMPLS
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -39,7 +39,7 @@ def _check_impl(impl: str) -> None:
 
 
 def _kernels():
-    from .codegen import kernels
+    from .kernels import launch as kernels
     return kernels
 
 

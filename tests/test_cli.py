@@ -37,7 +37,7 @@ def test_demo_end_to_end_above_floor(tmp_path, capsys):
 def test_demo_floor_catches_a_broken_quantizer(tmp_path, monkeypatch):
     real = cache.quantize_weight
 
-    def broken(w, spec, with_stats=False, pre_scale=None, bgr_impl="auto"):
+    def broken(w, spec, with_stats=False, pre_scale=None, rows_fn=None):
         qw = real(w, dataclasses.replace(spec, method="minmax"), with_stats, pre_scale)  # minmax: fast
         qw.scale.zero_()
         return qw

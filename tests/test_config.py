@@ -3,7 +3,7 @@ import math
 import pytest
 
 from dvdq_compile import QuantConfig
-from dvdq_compile.recipes import names
+from dvdq_compile.config import recipe_names as names
 
 
 def test_defaults_are_dvdquant():

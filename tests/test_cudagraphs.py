@@ -9,7 +9,7 @@ import torch
 import torch._inductor.compile_fx as cfx
 
 import dvdq_compile
-from dvdq_compile.runtime.graph import GRAPHS
+from dvdq_compile.runtime.registry import graphs_of
 
 from .helpers import TinyDiT, rel_err
 
@@ -48,8 +48,9 @@ def _compile(model, mode_kw: bool, **options):
     return torch.compile(model, backend="dvdquant", options={**options, "mode": "reduce-overhead"})
 
 
-def _newest_graph():
-    return max(GRAPHS, key=lambda g: g.serial)
+def _newest_graph(model):
+    """The newest compiled graph bound to ``model``'s weights."""
+    return graphs_of(model)[0][0]
 
 
 @pytest.mark.slow
@@ -58,7 +59,7 @@ def test_parameters_and_quantized_weights_are_static(inner_calls, mode_kw):
     model = TinyDiT()
     with torch.no_grad():
         y = _compile(model, mode_kw, act_bits=8)(X, T)
-        g = _newest_graph()
+        g = _newest_graph(model)
         torch._dynamo.reset()
         ref = torch.compile(model, backend="dvdquant", options={"lowering": "eager", "kernels": "reference",
                                                                 "progress": False, "act_bits": 8})(X, T)
@@ -80,7 +81,7 @@ def test_graph_without_quantized_layers_keeps_parameters_static(inner_calls):
     model = TinyDiT()
     with torch.no_grad():
         _compile(model, False, exclude=["*"], act_bits=8)(X, T)
-    g = _newest_graph()
+    g = _newest_graph(model)
     assert not g.weights and len(inner_calls) == 1
     n_inputs, static, _ = inner_calls[0]
     assert static == set(g.param_indices) and n_inputs > len(static)
@@ -110,7 +111,7 @@ def test_artifact_inputs_are_static_too(inner_calls):
     with torch.no_grad():
         torch.compile(base, backend="dvdquant", options={"recipe": "qvdit", "artifact": art, "progress": False,
                                                          "mode": "reduce-overhead"})(**_inputs())
-    g = _newest_graph()
+    g = _newest_graph(base)
     n_added = 3 * len(g.weights) + len(g.extras.plan.inputs)
     assert g.extras.plan.inputs and len(inner_calls) == len(g.variants) == 1
     n_inputs, static, cudagraphs = inner_calls[0]

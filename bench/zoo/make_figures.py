@@ -20,7 +20,14 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from dvdq_compile.zoo import ZOO_DIR, class_names, load_checkpoint, num_classes, sample, sample_batch  # noqa: E402
+from dvdq_compile.zoo import (  # noqa: E402
+    ZOO_DIR,
+    class_names,
+    load_checkpoint,
+    num_classes,
+    sample,
+    sample_batch,
+)
 
 
 def read_csv(path: Path):

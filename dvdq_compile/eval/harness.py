@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from . import metrics
+from .. import metrics
 from .layers import capture_inputs, layer_sqnr
 
 log = logging.getLogger("dvdq_compile")

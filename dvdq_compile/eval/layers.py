@@ -5,11 +5,10 @@ uncompiled model during a full-precision sampling run) goes through the layer's 
 compared with ``F.linear(x, W, b)``. Errors of earlier layers do not accumulate, so the number says how lossy this
 layer's quantization is, not how far the model has drifted (the video metrics say that).
 
-The quantized path is rebuilt from what the backend actually used: the weight spec and SmoothQuant factors from the
-compiled graph, the quantized weight from the cache (the same tensors the graph consumed), and the same ``dvdq``
-reference ops (``act_quant`` → ``qlinear``; ``dq_linear`` for weight-only and per-channel fake-quant layers).
-Captured rows are measured as one batch element: for the per-channel fake-quant ablation (scales per batch element
-over its tokens) that pools the scale over all captured rows.
+The quantized path is the graph's own: the layer's plan and op sequence (``passes/linear_ops.py``, run eagerly on
+tensors instead of inserted as nodes), the quantized weight and artifact tensors the graph consumed (the cache and
+the model's artifact), with the kernels the plan chose. Captured rows are measured as one batch element: for the
+per-channel fake-quant ablation (scales per batch element over its tokens) that pools the scale over all rows.
 """
 from __future__ import annotations
 
@@ -18,8 +17,12 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ..eval.metrics import sqnr_db
+from ..metrics import sqnr_db
+from ..passes.layer_names import rename
+from ..passes.linear_ops import EagerBuilder, emit, emit_extras
 from ..runtime.cache import CACHE
+from ..runtime.model_report import prefixes_of
+from ..runtime.registry import graphs_of
 
 
 @contextmanager
@@ -48,57 +51,28 @@ def capture_inputs(model: torch.nn.Module, names: set[str] | None = None, rows_p
             h.remove()
 
 
-def _graph_weights(model):
-    """``{layer name: (graph, WeightInput)}`` for the layers the compiled graphs of ``model`` quantize."""
-    from ..runtime.registry import graphs_of
-
-    out = {}
-    for g, _params in graphs_of(getattr(model, "_orig_mod", model)):
-        for w in g.weights:
-            for name in w.layers:
-                out.setdefault(name, (g, w))
-    return out
-
-
-def extras_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, ex, act_bits: int, clip, qweight,
-                  decision: str = "quantize") -> torch.Tensor:
-    """The output of one extras layer (``passes/extras.py``: smoothing, artifact or offset weight ``qweight`` (the
-    triple the graph consumed), per-layer bits, clip, low-rank branch), as the rewritten graph computes it."""
-    ops = torch.ops.dvdq
-    wbits = ex.weight_bits or cfg.weight_bits
-    packed, scale, zero = (t.to(x.device) for t in qweight)
-
-    def branch(y, u):
-        return y if ex.lowrank is None else y + (u @ ex.lowrank[0].to(u)) @ ex.lowrank[1].to(u)
-
-    if decision == "weight_only":
-        return branch(ops.dq_linear(x, packed, scale, zero, lin.bias, wbits, 0, cfg.seed, "none", 16), x)
-    xh = torch.mul(x, (1.0 / ex.pre_scale.float()).to(x.device)).to(x.dtype) if ex.pre_scale is not None else x
-    c = None if clip is None else torch.as_tensor(clip, dtype=torch.float32).reshape(1)
-    group = x.shape[-1] if cfg.act_scale == "token" else cfg.group
-    codes, scales = ops.act_quant(xh, ex.act_bits or act_bits, group, 0, cfg.seed, "reference", c)
-    y = ops.qlinear(codes, scales, packed, scale, zero, lin.bias, wbits, x.dtype, "reference")
-    if ex.lowrank is not None and ex.lowrank_input == "xq":
-        from ..passes.rewrite import _dequant_act
-        return branch(y, _dequant_act(codes, scales, x.dtype))
-    return branch(y, xh)
-
-
-def quantized_output(x: torch.Tensor, lin: torch.nn.Linear, cfg, spec, pre_scale, decision: str, act_bits: int):
-    """The output of one quantized linear on ``x`` [M, K], as the rewritten graph computes it."""
-    ops = torch.ops.dvdq
-    qw = CACHE.get_many([lin.weight], [spec], ["eval"], False, [pre_scale] if pre_scale is not None else None)[0]
-    packed, scale, zero = qw.tensors()
-    rot, seed = cfg.rotate_block, cfg.seed
-    if decision == "weight_only":
-        return ops.dq_linear(x, packed, scale, zero, lin.bias, cfg.weight_bits, rot, seed, "none", act_bits)
-    if cfg.act_scale == "channel":
-        return ops.dq_linear(x, packed, scale, zero, lin.bias, cfg.weight_bits, rot, seed, "channel", act_bits)
-    if pre_scale is not None:
-        x = torch.mul(x, (1.0 / pre_scale.to(torch.float32)).contiguous()).to(x.dtype)
-    group = x.shape[-1] if cfg.act_scale == "token" else cfg.group
-    codes, scales = ops.act_quant(x, act_bits, group, rot, seed, "reference")
-    return ops.qlinear(codes, scales, packed, scale, zero, lin.bias, cfg.weight_bits, x.dtype, "reference")
+def layer_output(g, p, x: torch.Tensor, params: dict, bits: int, bias=None, clip=None) -> torch.Tensor:
+    """Layer ``p`` (a plan of compiled graph ``g``, bound to the model through ``params``) on ``x`` [M, K] in the
+    ``bits``-bit variant, through the graph's op sequence; ``bias``: the module's. ``clip``: the clip ratio to use
+    for an artifact layer with a clip table (captured inputs carry no timestep)."""
+    s = p.site
+    w = next(w for w in g.weights if w.arg_index == s.w_index)
+    b = EagerBuilder()
+    extras = g.extras
+    if extras is not None and p.name in extras.plan.sites:
+        key = params[g.param_indices[0]]
+        triples, tail = extras.tensors(params, key)
+        weight = tuple(t.to(x.device) for t in triples[g.weights.index(w)])
+        ex, _ = extras.plan.sites[p.name]
+        inputs = {k: tail[extras.plan.index(p.name, k)].to(x.device) for k in ("inv_lam", "l1", "l2")
+                  if extras.plan.has(p.name, k)}
+        c = None if clip is None else torch.as_tensor(clip, dtype=torch.float32, device=x.device).reshape(1)
+        return emit_extras(b, p, x, weight, bias, bits, g.cfg.seed, {}, ex, None, inputs, c)
+    qw = CACHE.get_many([params[s.w_index]], [w.spec], [p.name], False,
+                        [w.pre_scale] if w.pre_scale is not None else None)[0]
+    smoothing = g.plan.products.smoothing
+    sm = smoothing.by_w.get(s.w_index) if smoothing is not None else None
+    return emit(b, p, x, qw.tensors(), bias, bits, g.cfg.seed, {}, sm)
 
 
 @torch.no_grad()
@@ -106,47 +80,31 @@ def layer_sqnr(model, inputs: dict[str, list[torch.Tensor]]) -> dict[str, float]
     """SQNR (dB) of every quantized layer of compiled ``model`` on the captured full-precision ``inputs``.
 
     A δ-switched graph ran two activation variants: the layer's SQNR is the average of the two variants' SQNR
-    weighted by how many calls each variant served.
+    weighted by how many calls each variant served. A layer with a clip table per timestep bin gets the mean over
+    the bins of its SQNR with each bin's ratio (a bin the layer's expert never runs counts too).
     """
-    from ..api import report
-
     base = getattr(model, "_orig_mod", model)
     modules = dict(base.named_modules())
-    rows = {r.name: r for r in report(model).layers}
     out = {}
-    from ..runtime.registry import graphs_of
-
-    bound = {id(g): params for g, params in graphs_of(base)}
-    for name, (g, w) in _graph_weights(model).items():
-        row, lin = rows.get(name), modules.get(name)
-        if row is None or lin is None or name not in inputs or row.decision not in ("quantize", "weight_only"):
-            continue
-        x = torch.cat(inputs[name]).to(lin.weight.device)
-        ref = F.linear(x, lin.weight, lin.bias)
+    for g, params in graphs_of(base):
+        prefixes = prefixes_of(g, params, base)
         total = sum(g.calls.values())
-        acc = 0.0
-        for bits, calls in g.calls.items():
-            if total and not calls:
+        for p in g.plan.quantized():
+            name = rename(p.name, g.prefixes.get(p.site.local, ""), prefixes.get(p.site.local, ""))
+            lin = modules.get(name)
+            if name in out or lin is None or name not in inputs:
                 continue
-            if w.source == "artifact":
-                acc += _extras_sqnr(x, ref, lin, g, w, row.decision, bound[id(g)], bits) * (
-                    (calls / total) if total else 1 / len(g.calls))
-                continue
-            y = quantized_output(x, lin, g.cfg, w.spec, w.pre_scale, row.decision, bits)
-            acc += sqnr_db(y.float(), ref.float()) * ((calls / total) if total else 1 / len(g.calls))
-        out[name] = acc
+            x = torch.cat(inputs[name]).to(lin.weight.device)
+            ref = F.linear(x, lin.weight, lin.bias).float()
+            extras = g.extras
+            ex = extras.plan.sites[p.name][0] if extras is not None and p.name in extras.plan.sites else None
+            clips = [None] if ex is None or ex.clip is None else [float(c) for c in ex.clip]
+            acc = 0.0
+            for bits, calls in g.calls.items():
+                if total and not calls:
+                    continue
+                sq = sum(sqnr_db(layer_output(g, p, x, params, bits, lin.bias, c).float(), ref)
+                         for c in clips) / len(clips)
+                acc += sq * ((calls / total) if total else 1 / len(g.calls))
+            out[name] = acc
     return out
-
-
-def _extras_sqnr(x, ref, lin, g, w, decision, params, bits) -> float:
-    """An extras layer's SQNR. Captured inputs carry no timestep, so with a clip table it is the mean over the
-    timestep bins of the SQNR with each bin's clip ratio (a bin the layer's expert never runs counts too)."""
-    from ..passes.extras import extras_from_artifact
-
-    key = params[g.param_indices[0]]
-    triples, _ = g.extras.tensors(params, key)
-    qweight = triples[next(i for i, v in enumerate(g.weights) if v is w)]
-    ex = extras_from_artifact(g.extras.artifact(params, key), w.layers[0])
-    clips = [None] if ex.clip is None else [float(c) for c in ex.clip]
-    return sum(sqnr_db(extras_output(x, lin, g.cfg, ex, bits, c, qweight, decision).float(), ref.float())
-               for c in clips) / len(clips)

@@ -1,4 +1,4 @@
-"""The model a compiled graph belongs to, found at compile time, and what the backend remembers about it.
+"""The model a compiled graph belongs to, found on the call stack, and the qualified names of its parameters.
 
 Dynamo hands the backend a graph and its inputs, not the module the user compiled. The parameters among the inputs
 are that module's own objects, and its ``forward`` is running on the Python call stack while Dynamo compiles (the
@@ -7,13 +7,10 @@ backend is called synchronously from the frame being compiled), so the owner is 
 from __future__ import annotations
 
 import sys
-import weakref
 
 import torch
 
-_NAMES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, str]]" = weakref.WeakKeyDictionary()
-# owner model -> {(layer name, option key): decision}: decisions that must not change with the call history
-_REMEMBERED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+from ..state import STATE
 
 
 def unwrap(m: torch.nn.Module) -> torch.nn.Module:
@@ -25,10 +22,10 @@ def unwrap(m: torch.nn.Module) -> torch.nn.Module:
 
 def param_names(root: torch.nn.Module) -> dict[int, str]:
     """``{id(parameter): qualified name}`` of ``root`` (cached per module; see ``owns`` for staleness)."""
-    names = _NAMES.get(root)
+    names = STATE.param_names.get(root)
     if names is None:
         names = {id(p): n for n, p in root.named_parameters()}
-        _NAMES[root] = names
+        STATE.param_names[root] = names
     return names
 
 
@@ -43,7 +40,7 @@ def name_of(root: torch.nn.Module, p: torch.Tensor) -> str | None:
                     return name
             except AttributeError:
                 pass
-        _NAMES.pop(root, None)
+        STATE.param_names.pop(root, None)
     return None
 
 
@@ -68,10 +65,3 @@ def find_owner(p: torch.Tensor) -> torch.nn.Module | None:
                 outer = mod
         f = f.f_back
     return compiled if compiled is not None else outer
-
-
-def remembered(owner: torch.nn.Module | None) -> dict:
-    """A per-model dict that lives as long as the model (a throwaway dict when there is no owner)."""
-    if owner is None:
-        return {}
-    return _REMEMBERED.setdefault(owner, {})

@@ -1,4 +1,5 @@
-"""Recipe ``svdquant_gptq_ts`` calibration: SVDQuant + GPTQ residual + timestep-bin clip ratios, per expert.
+"""Recipe ``svdquant_gptq_ts``: SVDQuant + GPTQ residual + timestep-bin clip ratios, per expert
+(docs/algorithms.md §7), and its calibration.
 
 ``calibrate_svdquant_ts(model, run_fn)`` makes the artifact the backend loads with
 ``options={"recipe": "svdquant_gptq_ts", "artifact": [artifact_expert_1, artifact_expert_2, ...]}``:
@@ -14,11 +15,11 @@
 
 A Wan 2.2 pipeline has two experts: calibrate each on its own timesteps (its ``run_fn`` runs the whole sampler,
 with this expert hooked and the other one in full precision), which also gives each its own artifact. The
-artifact is a :class:`~dvdq_compile.calibrate.Calibration` whose ``extras`` hold, per layer ``name``:
+artifact is a :class:`~dvdq_compile.artifacts.Calibration` whose ``recipe_tensors`` hold, per layer ``name``:
 ``name::lam`` [K] (smoothing, x̂ = x/λ), ``name::l1`` [K, r], ``name::l2`` [r, N], ``name::packed`` / ``::scale`` /
 ``::zero`` (the quantized residual in kernel layout), ``name::clip`` [bins] (clip ratio per timestep bin).
 
-Choices where the paper is silent (algorithms.md §9 [NF]): 4 uniform bins over t ∈ [0, 1000); clip grid
+Choices where the paper is silent (docs/algorithms.md §7): 4 uniform bins over t ∈ [0, 1000); clip grid
 {1.0, 0.95, …, 0.6}; rank 32; residual scales per output row by default (``weight_group=0``) because the Triton
 qlinear takes per-row scales only (``weight_group=64``, the SVDQuant setting, runs the reference GEMM); α grid
 {0, 0.1, …, 1}; GPTQ damp 0.01, block 128, no act_order.
@@ -33,10 +34,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibrate import Calibration, TimestepBins, calibrate
+from ..artifacts import Calibration, Extras, TimestepBins, as_calibration
+from ..calibrate import calibrate
+from ..config import DEFAULT_BLOCK_PATTERN, DEFAULT_MODULATION_PATTERN, register_recipe
+from ..errors import OptionError
+from ..passes.extras import plan_extras
+from ..passes.plan import Products
 from ..quant.act import dequantize_act, quantize_act
 from ..quant.pack import pack
 from ..quant.svdquant import DEFAULT_ALPHAS, SVDQuantConfig, svdquant
+from .base import Recipe
 
 RECIPE = "svdquant_gptq_ts"
 CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(9))  # 1.0 … 0.6
@@ -74,8 +81,6 @@ class SVDQuantTSConfig:
 
 def default_layers(name: str, mod: torch.nn.Linear) -> bool:
     """The layers the backend quantizes with activations by default: transformer-block linears, not modulation."""
-    from ..config import DEFAULT_BLOCK_PATTERN, DEFAULT_MODULATION_PATTERN
-
     return bool(re.search(DEFAULT_BLOCK_PATTERN, name)) and not re.search(DEFAULT_MODULATION_PATTERN, name)
 
 
@@ -133,7 +138,7 @@ def calibrate_svdquant_ts(model: torch.nn.Module, run_fn: Callable[[torch.nn.Mod
             tables[name][b, i] += sum(float((t - xq @ r.T).double().square().sum()) for t, r in targets)
 
     calibrate(model, run_fn, layers=lambda n, m: n in plans, timestep_bins=by_bin, observers=observe)
-    extras = {}
+    tensors = {}
     clips = {}
     for g, (group, res) in plans.items():
         tab = tables[g]
@@ -143,10 +148,10 @@ def calibrate_svdquant_ts(model: torch.nn.Module, run_fn: Callable[[torch.nn.Mod
         clip = grid[idx].clone()
         clips[g] = clip.tolist()
         for n, lay in zip(group, res.layers):
-            extras.update({f"{n}::lam": res.lam.float(), f"{n}::l1": lay.l1, f"{n}::l2": lay.l2,
-                           f"{n}::packed": pack(lay.codes, cfg.weight_bits), f"{n}::scale": lay.scale,
-                           f"{n}::zero": lay.zero, f"{n}::clip": clip})
-    cal.extras = extras
+            tensors.update({f"{n}::lam": res.lam.float(), f"{n}::l1": lay.l1, f"{n}::l2": lay.l2,
+                            f"{n}::packed": pack(lay.codes, cfg.weight_bits), f"{n}::scale": lay.scale,
+                            f"{n}::zero": lay.zero, f"{n}::clip": clip})
+    cal.recipe_tensors = tensors
     cal.meta.update(recipe=RECIPE, config={k: (list(v) if isinstance(v, tuple) else v) for k, v in
                                           dataclasses.asdict(cfg).items() if k != "timestep_bins"},
                     timestep_bins=list(bins.edges), clip=clips,
@@ -154,8 +159,65 @@ def calibrate_svdquant_ts(model: torch.nn.Module, run_fn: Callable[[torch.nn.Mod
     return cal
 
 
-def layer_extras(cal: Calibration, name: str) -> dict | None:
-    """The recipe's tensors for layer ``name`` in ``cal`` (None if the layer has none)."""
-    if f"{name}::packed" not in cal.extras:
-        return None
-    return {k: cal.extras[f"{name}::{k}"] for k in EXTRA_KEYS}
+class TSArtifact:
+    """A ``svdquant_gptq_ts`` calibration as the backend reads it (``artifacts.Artifact``): the calibration's
+    statistics and fingerprints, and per layer the recipe's tensors as ``Extras``."""
+
+    def __init__(self, cal: Calibration):
+        self.cal = cal
+        self.meta, self.weights = cal.meta, cal.weights
+
+    def check(self, name: str, w: torch.Tensor) -> None:
+        self.cal.check(name, w)
+
+    @property
+    def bins(self) -> TimestepBins:
+        return self.cal.bins
+
+    @property
+    def groups(self) -> list:
+        return self.cal.groups
+
+    def layer_extras(self, name: str) -> Extras | None:
+        if f"{name}::packed" not in self.cal.recipe_tensors:
+            return None
+        e = {k: self.cal.recipe_tensors[f"{name}::{k}"] for k in EXTRA_KEYS}
+        return Extras(pre_scale=e["lam"], qweight=(e["packed"], e["scale"], e["zero"]),
+                      lowrank=(e["l1"], e["l2"]) if e["l1"].shape[1] else None, clip=e["clip"])
+
+
+class SVDQuantGPTQTS(Recipe):
+    name = RECIPE
+    summary = ("SVDQuant (smoothing + 16-bit rank-32 branch) + GPTQ 4-bit residual + per-timestep-bin activation "
+               "clip ratios, per expert (needs options['artifact'] from dvdq_compile.calibrate_svdquant_ts), W4A4 "
+               "per-(token, 64) activations")
+    defaults = {"weight_method": "minmax", "rotate": False, "act_scale": "group", "group": 64, "act_bits": 4}
+    takes_artifact = True
+    artifact_types = (Calibration,)
+    artifact_help = ("its artifact(s): pass options={'artifact': [dvdq_compile.calibrate_svdquant_ts(model, "
+                     "run_fn), ...]} (or saved paths), one per expert")
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        if cfg.rotate or cfg.act_scale != "group":
+            raise OptionError(f"dvdquant recipe {self.name!r} needs rotate=False and act_scale='group' (got "
+                              f"rotate={cfg.rotate}, act_scale={cfg.act_scale!r}): the artifact's factors are for "
+                              "unrotated, per-(token, group) quantized activations")
+
+    def load_artifacts(self, cfg) -> list:
+        out = []
+        for a in cfg.artifacts:
+            cal = as_calibration(a)
+            ag = (cal.meta.get("config") or {}).get("act_group")
+            if ag is not None and ag != cfg.group:
+                raise OptionError(f"dvdquant option group={cfg.group} differs from the activation group {ag} the "
+                                  f"artifact {cal.meta.get('path', '(in memory)')} was calibrated (clip ratios "
+                                  "searched) with")
+            out.append(TSArtifact(cal))
+        return out
+
+    def plan(self, ctx) -> Products:
+        return Products(extras=plan_extras(ctx))
+
+
+register_recipe(SVDQuantGPTQTS())

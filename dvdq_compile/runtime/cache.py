@@ -1,4 +1,4 @@
-"""Quantized-weight cache keyed by parameter identity and ``_version`` (DESIGN §3 step 6).
+"""Quantized-weight cache keyed by parameter identity and ``_version`` (docs/architecture.md §2, §7).
 
 Dynamo shares one compiled graph between instances of one class (Wan 2.2's two experts), and the real
 ``nn.Parameter`` objects are the graph's runtime inputs; so the quantized tensors are looked up from the runtime
@@ -15,7 +15,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..kernels.dispatch import bgr_solver
 from ..quant.qweight import QuantizedWeight, WeightSpec, quantize_weight
+from ..state import STATE
+from .free import require_storage
 
 log = logging.getLogger("dvdq_compile")
 
@@ -28,8 +31,11 @@ class _Entry:
 
 
 class WeightCache:
-    def __init__(self):
-        self._entries: dict[tuple[int, WeightSpec], _Entry] = {}
+    """The quantized weights, kept in ``STATE.weights``: ``(id(param), spec) -> entry``."""
+
+    @property
+    def _entries(self) -> dict:
+        return STATE.weights
 
     def __len__(self):
         return len(self._entries)
@@ -66,12 +72,13 @@ class WeightCache:
                        disable=(not progress) or None, leave=False)
             for i in bar:
                 p = params[i]
-                from .free import require_storage
                 require_storage(p, names[i], "quantizing it again (other options, or an edit of the parameter)")
                 try:
+                    rows_fn = bgr_solver(p.device, specs[i].group or p.shape[1], bgr_impl) \
+                        if specs[i].method == "bgr" else None
                     qw = quantize_weight(p, specs[i], with_stats=True,
                                          pre_scale=pre_scales[i] if pre_scales is not None else None,
-                                         bgr_impl=bgr_impl)
+                                         rows_fn=rows_fn)
                 except ValueError as e:
                     raise ValueError(f"dvdquant: cannot quantize {names[i]}: {e}") from None
                 self.put(p, specs[i], qw)

@@ -11,6 +11,7 @@ import weakref
 
 import torch
 
+from ..state import STATE
 from .model_report import model_report
 
 log = logging.getLogger("dvdq_compile")
@@ -29,18 +30,16 @@ class _State:
         self.newest = graph.serial
 
 
-_STATE: "weakref.WeakKeyDictionary[torch.nn.Module, _State]" = weakref.WeakKeyDictionary()
-
-
 def after_call(graph, key: torch.Tensor, owner: torch.nn.Module | None) -> None:
     """Called by every compiled graph after each call with the first parameter of its binding and the model that
     owns it. The check runs once per round of compiles (a new torch.compile of the model, or a recompile for new
     shapes, starts a round), at the start of the round's second forward; a message is given once per model."""
     if owner is None:
         return
-    st = _STATE.get(owner)
+    mem = STATE.model(owner)
+    st = mem.get("coverage")
     if st is None:
-        _STATE[owner] = _State(graph, key)
+        mem["coverage"] = _State(graph, key)
         return
     if st.checked:
         if graph.serial > st.newest:  # compiled after the last check: a new round

@@ -1,4 +1,4 @@
-"""δ-guided bit switching (δ-GBS): the per-denoising-step A4/A8 controller (DESIGN §6, algorithms.md §4).
+"""δ-guided bit switching (δ-GBS): the per-denoising-step A4/A8 controller (docs/algorithms.md §3).
 
 One decision per denoising step for the whole network. With ``F_t`` the transformer output at step ``t``::
 
@@ -35,7 +35,7 @@ CFG: which output is used
     controller keeps the output of every call *index* within a step: call 0, call 1, … (Wan: cond then uncond;
     CogVideoX: one batched call whose output holds both halves). The step's L1 is the **mean over call indices j**
     of ``‖F_t^j − F_{t−1}^j‖₁ / ‖F_{t−1}^j‖₁``, over the j present in both steps with the same shape (none: the L1
-    is undefined and counts as +inf). algorithms.md §4 suggests the guided prediction for true-CFG Wan; the
+    is undefined and counts as +inf). The paper's L1 is on the guided prediction for true-CFG Wan; the
     per-call mean is the closest signal visible from inside the compiled model, and with one batched call it is
     exactly the paper's whole-output L1.
 
@@ -69,10 +69,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-__all__ = ["DeltaController", "StepRecord", "SUPPORTED_BITS", "MODES", "bits_pattern"]
+__all__ = ["DeltaController", "StepRecord", "SUPPORTED_BITS", "DELTA_MODES", "bits_pattern"]
 
 SUPPORTED_BITS = (3, 4, 5, 6, 7, 8)  # activation bit widths the kernels support (= quant.act.ACT_BITS)
-MODES = ("switch", "low", "high")
+DELTA_MODES = ("switch", "low", "high")
 INF = math.inf
 
 
@@ -134,7 +134,7 @@ class DeltaController:
     """
 
     def __init__(self, delta: float = 0.09, low: int = 4, high: int = 8, min_high_steps: int = 1,
-                 mode: str = "switch"):
+                 mode: str = "switch", adopt: bool = False):
         if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta) \
                 or delta <= 0:
             _fail("delta", delta, "a finite number > 0 (threshold on the accumulated relative L1 change)")
@@ -147,13 +147,16 @@ class DeltaController:
         if not _is_int(min_high_steps) or min_high_steps < 1:
             _fail("min_high_steps", min_high_steps, "an int >= 1 (steps that always run high bits at the start "
                                                     "of a sampling run)")
-        if not isinstance(mode, str) or mode not in MODES:
-            _fail("mode", mode, f"one of {MODES}")
+        if not isinstance(mode, str) or mode not in DELTA_MODES:
+            _fail("mode", mode, f"one of {DELTA_MODES}")
         self.delta = float(delta)
         self.low = int(low)
         self.high = int(high)
         self.min_high_steps = int(min_high_steps)
         self.mode = mode
+        # adopt=True (dvdq_compile.share_controller without a controller): take the settings of the first compiled
+        # graph that uses it (its delta, bits, min_high_steps, mode) instead of these defaults
+        self.adopt = adopt
         self._rows: list[_Row] = []
         self._run = -1  # run index of the last step started (incremented when a run's first step starts)
         self._new_run = True  # the next step starts a run
@@ -168,6 +171,18 @@ class DeltaController:
         self._ts_key: float | None = None
 
     # ---------------------------------------------------------------------------------------------------- API
+    def fit(self, delta: float, low: int, high: int, min_high_steps: int, mode: str) -> None:
+        """Called by a compiled graph that uses this controller with its own options: an ``adopt`` controller
+        takes them (once); any controller must choose between the two variants the graph compiled."""
+        if self.adopt:
+            self.delta, self.low, self.high, self.min_high_steps, self.mode = float(delta), low, high, \
+                min_high_steps, mode
+            self.adopt = False
+        elif (self.low, self.high) != (low, high):
+            raise ValueError(f"dvdquant: a shared δ controller chooses between A{self.low} and A{self.high}, but a "
+                             f"model using it was compiled with the variants A{low} and A{high}; compile the "
+                             "models that share a controller with the same act_bits_low / act_bits_high")
+
     def begin_call(self, timestep: Any = None) -> int:
         """Start one model call; returns the activation bits it must run with.
 

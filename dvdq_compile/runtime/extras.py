@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from ..passes.extras import ExtrasPlan, extras_from_artifact, model_tensors
+from ..identity import IdentityMap
+from ..passes.extras import ExtrasPlan, model_tensors
 from ..quant.offset import offset_qweight
 from .free import require_storage
-from .identity import IdentityMap
 
 
 class ExtrasSource:
@@ -52,7 +52,7 @@ class ExtrasSource:
             dev = args[next(iter(self.layer_params.values()))].device
             triples = {}
             for pos, name in self.art_weights.items():
-                ex = extras_from_artifact(cal, name)
+                ex = cal.layer_extras(name)
                 if ex.qweight is not None:
                     triples[pos] = tuple(t.to(dev).contiguous() for t in ex.qweight)
                 else:  # offset weight: MinMax grid of this model's W, codes of W + (B A)ᵀ

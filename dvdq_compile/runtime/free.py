@@ -2,7 +2,7 @@
 
 After a compiled graph has quantized its weights, the rewritten graph no longer reads the original parameters, so
 their storage can go: ``p.untyped_storage().resize_(0)`` keeps the tensor's size, stride, dtype and device, so
-Dynamo's guards stay valid and nothing recompiles (reference/platform.md §3). The parameter object itself stays
+Dynamo's guards stay valid and nothing recompiles (docs/architecture.md §8). The parameter object itself stays
 (the quantized-weight cache is keyed by its identity).
 
 Reading a tensor whose storage is gone is undefined: some ops raise, some dereference a null pointer and kill the
@@ -29,13 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .identity import IdentityMap
+from ..artifacts.fingerprint import checksum, weight_fingerprint
+from ..errors import FreedWeightError
+from ..state import STATE
 
 log = logging.getLogger("dvdq_compile")
-
-
-class FreedWeightError(RuntimeError):
-    """A weight released by ``free_weights`` was about to be read."""
 
 
 @dataclass
@@ -43,20 +41,23 @@ class Freed:
     name: str  # the quantized layer(s) that own it
     nbytes: int
     checksum: tuple  # of the values at free time: a restore with other values invalidates the quantized copy
-    fingerprint: str  # calibrate.weight_fingerprint at free time: artifacts are still checked against it
+    fingerprint: str  # artifacts.weight_fingerprint at free time: artifacts are still checked against it
 
 
-FREED = IdentityMap()  # parameter -> Freed
-_EPOCH = [0]  # bumped on every free / restore: lets graphs skip their read check when nothing changed
-_HOOK: list = []
+_HOOK: list = []  # the global eager-call guard, installed once per process
 
 
 def epoch() -> int:
-    return _EPOCH[0]
+    """Bumped on every free / restore (``STATE.free_epoch``): graphs skip their read check when unchanged."""
+    return STATE.free_epoch
 
 
 def is_freed(p: torch.Tensor) -> bool:
-    return p in FREED
+    return p in STATE.freed
+
+
+def info(p: torch.Tensor) -> Freed | None:
+    return STATE.freed.get(p)
 
 
 def not_freeable(p: torch.Tensor) -> str | None:
@@ -83,12 +84,13 @@ def require_storage(p: torch.Tensor, name: str, what: str) -> None:
 
 def _guard(module, _args):
     # Under tracing this is a no-op: the compiled graph reads the quantized copy, not the parameter.
-    if torch.compiler.is_compiling() or not FREED.nonempty():
+    freed = STATE.freed
+    if torch.compiler.is_compiling() or not freed.nonempty():
         return
     for pname, p in module._parameters.items():
-        if p is not None and p in FREED:
-            raise FreedWeightError(message(FREED.get(p).name, f"an eager call of {type(module).__name__} "
-                                                                f"(parameter {pname!r})"))
+        if p is not None and p in freed:
+            raise FreedWeightError(message(freed.get(p).name, f"an eager call of {type(module).__name__} "
+                                                              f"(parameter {pname!r})"))
 
 
 # Module hooks that run in Python while torch.compile's frame callback is active (the root module's call, eager
@@ -108,29 +110,9 @@ def _install_guard() -> None:
         _HOOK.append(torch.nn.modules.module.register_module_forward_pre_hook(_guard))
 
 
-def checksum(p: torch.Tensor) -> tuple[int, int]:
-    """Two int64 sums over every element's bits (plain and position-weighted), on the tensor's device: any edit
-    of the values changes them (barring a deliberate collision), unlike a sampled fingerprint."""
-    v = p.detach().reshape(-1)
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[v.element_size()]
-    i = v.view(ints).to(torch.int64)
-    pos = torch.arange(1, i.numel() + 1, device=i.device, dtype=torch.int64)
-    return int(i.sum()), int((i * pos).sum())  # int64 wrap-around is deterministic: fine for a checksum
-
-
-def fingerprint_of(w: torch.Tensor) -> str:
-    """``calibrate.weight_fingerprint`` of ``w``, without reading a released weight."""
-    from ..calibrate import weight_fingerprint
-
-    info = FREED.get(w)
-    return info.fingerprint if info is not None else weight_fingerprint(w)
-
-
 def free(p: torch.Tensor, name: str) -> int:
     """Release ``p``'s storage; returns the bytes freed (0 if it must stay, with the reason logged)."""
-    from ..calibrate import weight_fingerprint
-
-    if p in FREED:
+    if p in STATE.freed:
         return 0
     why = not_freeable(p)
     if why is not None:
@@ -138,28 +120,28 @@ def free(p: torch.Tensor, name: str) -> int:
         return 0
     _install_guard()
     nbytes = p.untyped_storage().nbytes()
-    FREED[p] = Freed(name, nbytes, checksum(p), weight_fingerprint(p))
+    STATE.freed[p] = Freed(name, nbytes, checksum(p), weight_fingerprint(p))
     p.untyped_storage().resize_(0)
-    _EPOCH[0] += 1
+    STATE.free_epoch += 1
     return nbytes
 
 
 def restore(p: torch.Tensor, value: torch.Tensor, name: str) -> bool:
     """Give freed ``p`` its storage back with ``value``; returns whether the values differ from the freed ones
     (then the cached quantized copy is invalidated, and the next compiled call requantizes)."""
-    info = FREED.get(p)
-    if info is None:
+    rec = STATE.freed.get(p)
+    if rec is None:
         raise ValueError(f"dvdq_compile.restore_weights: {name} was not freed")
     if tuple(value.shape) != tuple(p.shape):
         raise ValueError(f"dvdq_compile.restore_weights: {name} has shape {tuple(p.shape)}, the value given has "
                          f"{tuple(value.shape)}")
-    p.untyped_storage().resize_(info.nbytes)
+    p.untyped_storage().resize_(rec.nbytes)
     with torch.no_grad():
         p.data.copy_(value)  # through .data: no _version bump, the quantized copy stays valid if values match
-    changed = checksum(p) != info.checksum
+    changed = checksum(p) != rec.checksum
     if changed:
         with torch.no_grad():
             p.mul_(1)  # bumps _version: the cache requantizes from the restored values
-    FREED.pop(p)
-    _EPOCH[0] += 1
+    STATE.freed.pop(p)
+    STATE.free_epoch += 1
     return changed

@@ -2,7 +2,7 @@
 
 On each call: map the runtime weight arguments to their quantized tensors (``CACHE``, keyed by parameter identity
 and ``_version``), ask the δ controller which activation variant runs (one decision per denoising step, keyed by the
-``timestep`` input), run it, and hand the output back to the controller (DESIGN §3 step 6, §6).
+``timestep`` input), run it, and hand the output back to the controller (docs/architecture.md §2, §7).
 """
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from typing import Callable
 import torch
 
 from ..config import QuantConfig
+from ..errors import FreedWeightError
+from ..identity import IdentityMap
 from ..passes.owner import find_owner, name_of
+from ..state import STATE
 from . import coverage, free
 from .cache import CACHE
-from .identity import IdentityMap
-from .registry import GRAPHS, SERIAL, SHARED_CONTROLLERS
+from .delta import DeltaController
 from .report import CompileReport
 
 log = logging.getLogger("dvdq_compile")
@@ -25,10 +27,11 @@ log = logging.getLogger("dvdq_compile")
 
 class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
-                 timestep_index: int | None, param_indices: list[int], calibration=None, extras=None,
+                 timestep_index: int | None, param_indices: list[int], checks=(), extras=None,
                  reads: frozenset = frozenset(), frame=None, mismatches: dict | None = None,
-                 row_locals: dict | None = None):
+                 row_locals: dict | None = None, plan=None):
         self.variants = variants
+        self.plan = plan  # passes.plan.Plan: the layer plans the variants were rewritten from
         self.weights = weights
         self.cfg = cfg
         self.report = report
@@ -36,7 +39,7 @@ class CompiledGraph:
         self._specs = [w.spec for w in weights]
         self._names = [", ".join(w.layers) for w in weights]
         self._pre_scales = [w.pre_scale for w in weights] if any(w.pre_scale is not None for w in weights) else None
-        self.calibration = calibration  # a calibrated recipe's artifact: checked against every model bound
+        self.checks = list(checks)  # artifacts every model bound must match (on its smoothed weights)
         self.extras = extras  # runtime.extras.ExtrasSource: per-model artifact tensors (svdquant_gptq_ts, ...)
         self._cached = [i for i, w in enumerate(weights) if w.source != "artifact"]
         self.param_indices = param_indices  # graph inputs that are nn.Parameters
@@ -62,32 +65,34 @@ class CompiledGraph:
             self._compile_owner = weakref.ref(frame.owner)
         else:
             self._compile_owner = None
-        # creation order: GRAPHS is a WeakSet (iteration order follows addresses), and a model compiled again
+        # creation order: STATE.graphs is a WeakSet (iteration order follows addresses), and a model compiled again
         # with other options must be reported with its newest graph.
-        self.serial = next(SERIAL)
-        GRAPHS.add(self)
+        self.serial = next(STATE.serial)
+        STATE.graphs.add(self)
 
     # -- δ controller per model (two experts sharing this graph get one each unless shared) ------------------
     def controller_for(self, key_param: torch.Tensor):
-        shared = SHARED_CONTROLLERS.get(key_param)
+        c = self.cfg
+        settings = dict(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high, min_high_steps=c.min_high_steps,
+                        mode=c.delta_mode)
+        shared = STATE.shared_controllers.get(key_param)
         if shared is not None:
+            shared.fit(**settings)
             return shared
         ctrl = self.controllers.get(key_param)
         if ctrl is None:
-            from .delta import DeltaController
-            c = self.cfg
-            ctrl = DeltaController(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high,
-                                   min_high_steps=c.min_high_steps, mode=c.delta_mode)
+            ctrl = DeltaController(**settings)
             self.controllers[key_param] = ctrl
         return ctrl
 
-    def _check_calibration(self, params) -> None:
+    def _check_artifacts(self, params) -> None:
         """A graph shared by several models (Wan 2.2's experts) must not apply one model's calibration to
         another: the artifact's per-layer weight fingerprints must match every model that runs through it."""
         for w, p in zip(self.weights, params):
             if w.pre_scale is not None:
                 for name in w.layers:
-                    self.calibration.check(name, p)
+                    for art in self.checks:
+                        art.check(name, p)
 
     def _free(self, params) -> None:
         """Release the storage of this model's quantized weights (their quantized copies are cached now)."""
@@ -104,9 +109,9 @@ class CompiledGraph:
         if self._checked_at.get(key) == free.epoch():
             return
         for i in sorted(self.reads):
-            info = free.FREED.get(args[i])
+            info = free.info(args[i])
             if info is not None:
-                raise free.FreedWeightError(free.message(info.name, "a compiled graph that keeps this weight in "
+                raise FreedWeightError(free.message(info.name, "a compiled graph that keeps this weight in "
                                                                     "full precision (other options, or a layer "
                                                                     "this graph does not quantize)"))
         self._checked_at[key] = free.epoch()
@@ -117,8 +122,8 @@ class CompiledGraph:
         tail: list[torch.Tensor] = []
         if self.weights:
             params = [args[w.arg_index] for w in self.weights]
-            if self.calibration is not None and args[self.param_indices[0]] not in self.bound:
-                self._check_calibration(params)
+            if self.checks and args[self.param_indices[0]] not in self.bound:
+                self._check_artifacts(params)
             triples: dict[int, tuple] = {}
             if self.extras is not None:
                 got, tail = self.extras.tensors(args, args[self.param_indices[0]])
@@ -134,7 +139,7 @@ class CompiledGraph:
             extra += tail
             if self.cfg.free_weights and self._freed_at.get(params[0]) != free.epoch():
                 self._free(params)
-        if free.FREED.nonempty() and self.reads and self.param_indices:
+        if STATE.freed.nonempty() and self.reads and self.param_indices:
             self._check_reads(args)
         key = args[self.param_indices[0]] if self.param_indices else None
         if key is not None and key not in self.bound:

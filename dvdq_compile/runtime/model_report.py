@@ -10,7 +10,7 @@ import torch
 
 from ..passes.layer_names import rename
 from ..passes.owner import name_of
-from . import free
+from ..state import STATE
 from .cache import CACHE
 from .registry import graphs_of
 from .report import CompileReport, LayerReport
@@ -19,7 +19,7 @@ NOT_COMPILED = ("not in any compiled graph: Dynamo ran this code eagerly (it ski
                 "break inside a loop) or the layer was never called")
 
 
-def _prefixes(g, params: dict, module: torch.nn.Module) -> dict[str, str]:
+def prefixes_of(g, params: dict, module: torch.nn.Module) -> dict[str, str]:
     """Per frame local, the name prefix of the instance bound to ``g`` through ``params`` (a block or attention
     processor compiled as its own frame runs every instance); the compile's prefix where an anchor does not fit."""
     out = dict(g.prefixes)
@@ -42,12 +42,12 @@ def model_report(module: torch.nn.Module) -> CompileReport | None:
     merged.layers, merged.graphs = [], len({id(g) for g, _ in graphs})
     seen: set[str] = set()
     for g, params in graphs:
-        prefixes = _prefixes(g, params, module)
+        prefixes = prefixes_of(g, params, module)
         stats, freed = {}, set()
         for w in g.weights:
             for name in w.layers:
                 stats[name] = CACHE.stats_for(params[w.arg_index])
-                if free.is_freed(params[w.arg_index]):
+                if params[w.arg_index] in STATE.freed:
                     freed.add(name)
         for row in g.report.layers:
             local = g.row_locals.get(row.name, "")
@@ -75,7 +75,7 @@ def model_report(module: torch.nn.Module) -> CompileReport | None:
     order = {name: i for i, (name, _) in enumerate(module.named_modules())}
     merged.layers.sort(key=lambda r: order.get(r.name, len(order)))
     merged.compile_seconds = sum(g.report.compile_seconds for g in {id(g): g for g, _ in graphs}.values())
-    merged.freed_bytes = sum(free.FREED.get(p).nbytes for p in module.parameters() if free.is_freed(p))
+    merged.freed_bytes = sum(STATE.freed.get(p).nbytes for p in module.parameters() if p in STATE.freed)
     msg = problem(merged, module, graphs[0][0].cfg.block_pattern)
     merged.warnings = [msg] if msg else []
     return merged

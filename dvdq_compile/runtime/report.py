@@ -1,7 +1,17 @@
-"""The compile report: what the backend did with every linear, and the weight memory before/after."""
+"""The compile report: what the backend did with every linear, and the weight memory before/after.
+
+Made from the layer plan (``from_plan``): every field is a plan's, nothing is decided here.
+"""
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..passes.plan import Plan
+from ..quant.qweight import quantized_bytes
 
 
 @dataclass
@@ -78,3 +88,28 @@ class CompileReport:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def from_plan(plan: Plan, example_inputs, cfg) -> CompileReport:
+    """The report of one compiled graph: a row per planned linear, its weight bytes before and after (the
+    quantized weight, plus the artifact tensors it reads: a 16-bit branch and tables are memory too)."""
+    spec = cfg.weight_spec()
+    variants = "/".join(map(str, plan.variants))
+    extras = plan.products.extras
+    rows = []
+    for p in plan.layers:
+        s = p.site
+        w = example_inputs[s.w_index] if s.w_index is not None else (
+            s.w.meta.get("example_value") if s.w is not None else None)
+        before = s.n * s.k * (w.element_size() if isinstance(w, torch.Tensor) else 2)
+        after = before
+        if p.quantized:
+            after = quantized_bytes(s.n, s.k, dataclasses.replace(spec, bits=p.weight_bits, group=p.weight_group))
+            if extras is not None and p.name in extras.sites:
+                after += sum(math.prod(e.shape) * e.dtype.itemsize for e in extras.inputs if e.site == p.name)
+        act = {"weight_only": "16", "skip": "-"}.get(p.decision, str(p.act_bits or variants))
+        rows.append(LayerReport(name=p.name, n=s.n, k=s.k, decision=p.decision, reason=p.reason,
+                                weight_bits=p.weight_bits, act_bits=act, kernel=p.kernel, bytes_before=before,
+                                bytes_after=after))
+    return CompileReport(layers=rows, kernels=plan.impl, kernels_reason=plan.impl_reason, variants=plan.variants,
+                         lowering=cfg.lowering, recipe=cfg.recipe)

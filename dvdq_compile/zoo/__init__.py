@@ -12,7 +12,15 @@ flow matching on moving shapes (``bench/zoo/train.py``), plus a low-noise expert
 See ``bench/zoo/README.md`` for the model card.
 """
 
-from .data import CLASSES, DEFAULT_DATA, DataConfig, class_names, num_classes, render_clip, sample_batch
+from .data import (
+    CLASSES,
+    DEFAULT_DATA,
+    DataConfig,
+    class_names,
+    num_classes,
+    render_clip,
+    sample_batch,
+)
 from .model import (
     T_TEXT,
     TEXT_DIM,
@@ -28,7 +36,15 @@ from .model import (
     null_class_id,
     save_checkpoint,
 )
-from .pipeline import SHIFT, ZooPipeline, load_pipeline, make_scheduler, make_wan_pipeline, sample, wan_pipeline_kwargs
+from .pipeline import (
+    SHIFT,
+    ZooPipeline,
+    load_pipeline,
+    make_scheduler,
+    make_wan_pipeline,
+    sample,
+    wan_pipeline_kwargs,
+)
 
 __all__ = [
     "CLASSES",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import DEFAULT_DATA, DataConfig, class_names, num_classes
-from .model import load_checkpoint, checkpoint_path, null_class_id
+from .model import checkpoint_path, load_checkpoint, null_class_id
 
 __all__ = ["SHIFT", "ZooPipeline", "load_pipeline", "make_scheduler", "sample", "make_wan_pipeline", "wan_pipeline_kwargs"]
 

@@ -1,16 +1,12 @@
-"""The per-layer SQNR path rebuilds exactly what the compiled graph computes."""
+"""The per-layer SQNR path runs exactly what the compiled graph computes (the layer's planned op sequence)."""
 import pytest
 import torch
 from torch import nn
 
 from dvdq_compile import calibrate
-from dvdq_compile.eval.layers import (
-    _graph_weights,
-    capture_inputs,
-    layer_sqnr,
-    quantized_output,
-)
-from dvdq_compile.eval.metrics import sqnr_db
+from dvdq_compile.eval.layers import capture_inputs, layer_output, layer_sqnr
+from dvdq_compile.metrics import sqnr_db
+from dvdq_compile.runtime.registry import graphs_of
 from tests.helpers import compiled
 
 
@@ -40,8 +36,9 @@ def test_quantized_output_is_the_graphs(opts):
         opts = dict(opts, artifact=calibrate(model, lambda m: m(x)))
     with torch.no_grad():
         y = compiled(model, **opts)(x)
-    g, w = _graph_weights(model)["blocks.0.lin"]
-    want = quantized_output(x, model.blocks[0].lin, g.cfg, w.spec, w.pre_scale, "quantize", g.cfg.act_variants[0])
+    ((g, params),) = graphs_of(model)
+    (p,) = g.plan.quantized()
+    want = layer_output(g, p, x, params, g.cfg.act_variants[0], model.blocks[0].lin.bias)
     assert torch.equal(y, want)
 
 

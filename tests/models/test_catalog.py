@@ -12,7 +12,7 @@ from tests.models.catalog.survey import survey
 
 # Bound on the compiled output vs the reference composition: both compute the same quantized layers; they differ by
 # the fp32 summation order of the Hadamard rotation (kernel vs torch.matmul), which flips an activation code at a
-# rounding tie now and then (tests/codegen/helpers.tie_rows); each flip moves one token's output by one A8 step.
+# rounding tie now and then (tests/kernels/helpers.tie_rows); each flip moves one token's output by one A8 step.
 REF_ERR = 2e-3
 
 

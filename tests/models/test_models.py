@@ -78,7 +78,12 @@ def _reference(model, act_bits=8):
 
 
 def _tiny_wan_pipeline():
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
 
     from tests.models.tiny import gaussian_init
 
@@ -169,7 +174,7 @@ def test_two_expert_wan_pipeline_with_delta_switching():
     pipe.transformer_2 = torch.compile(e2, backend="dvdquant", options=opts)
     _run_pipeline(pipe, steps=8)
     c1, c2 = dvdq_compile.controller(e1), dvdq_compile.controller(e2)
-    assert c1 is not c2  # separate controllers by default (see DESIGN §6 / README)
+    assert c1 is not c2  # separate controllers by default (README, docs/algorithms.md §3)
     t1, t2 = [r.timestep for r in c1.trace], [r.timestep for r in c2.trace]
     assert len(t1) + len(t2) == 8 and min(t1) >= 875 > max(t2)  # boundary_ratio 0.875 of 1000 train steps
     assert all(r.calls == 2 for r in c1.trace + c2.trace)  # CFG: cond + uncond per step, same bits

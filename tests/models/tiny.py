@@ -1,4 +1,4 @@
-"""Tiny random configs of the diffusers video DiTs (platform.md §5, widened so K is a multiple of 64/128)."""
+"""Tiny random configs of the diffusers video DiTs (widened so K is a multiple of 64/128)."""
 from __future__ import annotations
 
 import re

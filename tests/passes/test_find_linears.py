@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from dvdq_compile.config import QuantConfig
+from dvdq_compile.config import QuantConfig, recipe_for
 from dvdq_compile.passes.find_linears import find_linears
 from dvdq_compile.passes.layer_names import source_path
+from dvdq_compile.passes.plan import plan_layers
 from tests.helpers import TinyDiT
 
 
@@ -21,17 +22,24 @@ def test_source_path(raw, expected):
     assert source_path(raw) == expected
 
 
+def _plan(gm, example_inputs, options):
+    cfg = QuantConfig.from_options(options)
+    return plan_layers(find_linears(gm, example_inputs), cfg, recipe_for(cfg.recipe), [], example_inputs,
+                       "reference", "test")
+
+
 def _sites(model, inputs, **options):
+    """The layer plans of ``model``'s graph, by name."""
     got = {}
 
     def backend(gm, example_inputs):
-        got["sites"] = find_linears(gm, example_inputs, QuantConfig.from_options(options))
+        got["plan"] = _plan(gm, example_inputs, options)
         return gm.forward
 
     torch._dynamo.reset()
     with torch.no_grad():
         torch.compile(model, backend=backend, fullgraph=True)(*inputs)
-    return {s.name: s for s in got["sites"]}
+    return {p.name: p for p in got["plan"].layers}
 
 
 def _inputs():
@@ -49,7 +57,7 @@ def test_policy_decisions_and_reasons():
     for n in ("to_q", "to_k", "to_v", "to_out", "ff1", "ff2"):
         s = sites[f"blocks.0.{n}"]
         assert s.decision == "quantize", (n, s.reason)
-        assert s.m == 40 and s.dtype == torch.float32
+        assert s.site.m == 40 and s.site.dtype == torch.float32
     assert (sites["blocks.0.ff2"].n, sites["blocks.0.ff2"].k) == (128, 256)
 
 
@@ -58,7 +66,7 @@ def test_weights_are_matched_by_identity():
     got = {}
 
     def backend(gm, example_inputs):
-        got["sites"], got["ex"] = find_linears(gm, example_inputs, QuantConfig()), example_inputs
+        got["sites"], got["ex"] = find_linears(gm, example_inputs), example_inputs
         return gm.forward
 
     torch._dynamo.reset()

@@ -526,32 +526,22 @@ def test_cuda_bf16_at_most_one_sync_per_step():
 
 
 # --------------------------------------------------------------------------------------------- scheduler loop
-def _fake_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """A deterministic 'transformer': flow velocity toward a fixed target plus a smooth timestep-dependent
-    error, so the relative output change decays smoothly over the schedule (synthetic)."""
-    s = t.reshape(-1, 1).float() / 1000.0
-    g = torch.linspace(0, 6.283, x.shape[-1])
-    x0 = torch.sin(2 * g) + 0.5 * torch.cos(5 * g)
-    return 0.15 * x - x0 + 0.25 * torch.sin(3 * g + 5.0 * s * s) * (0.3 + s)
+def _delta_plot():
+    """bench/delta_plot.py (its synthetic CFG sampling loop and its plotting)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "delta_plot.py"
+    spec = importlib.util.spec_from_file_location("_delta_plot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def test_scheduler_loop(monkeypatch):
-    # the submodule directly: importing the diffusers package top level costs seconds
-    import diffusers.schedulers.scheduling_flow_match_euler_discrete as mod
-    sched = mod.FlowMatchEulerDiscreteScheduler()
-    sched.set_timesteps(20)
     c = DeltaController(delta=0.09)
     cnt = SyncCounter(monkeypatch, c)
-    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(0))
-    for t in sched.timesteps:
-        ts = t.expand(x.shape[0])
-        c.begin_call(ts)
-        cond = _fake_model(x, ts)
-        c.end_call((cond,))
-        c.begin_call(ts)
-        uncond = 0.8 * _fake_model(x, ts)
-        c.end_call((uncond,))
-        x = sched.step(uncond + 3.0 * (cond - uncond), t, x).prev_sample
+    _, sched = _delta_plot().run_fake(0.09, steps=20, ctrl=c)  # Euler flow matching, CFG 3 as two calls per step
     assert cnt.n <= 20  # at most one host read per step (the first step has nothing to read)
     tr = c.trace
     assert len(tr) == 20 and all(r.calls == 2 for r in tr) and {r.run for r in tr} == {0}
@@ -569,13 +559,7 @@ def test_scheduler_loop(monkeypatch):
 
 
 def test_plot_trace_smoke(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "delta_plot.py"
-    spec = importlib.util.spec_from_file_location("_delta_plot", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _delta_plot()
     c = DeltaController()
     fl = Flipper()
     drive(c, [0.05] * 4, flipper=fl)

@@ -159,7 +159,7 @@ EAGER_PATHS = textwrap.dedent("""
         torch.compile(model, backend="dvdquant", options=OPTS)(X, T)
         attempt("uncompiled", lambda: model(X, T))
 
-        # Past Dynamo's recompile limit the frame runs eagerly (platform.md section 3).
+        # Past Dynamo's recompile limit the frame runs eagerly (docs/architecture.md §8).
         torch._dynamo.reset()
         torch._dynamo.config.recompile_limit = 1
         model = TinyDiT()

@@ -4,6 +4,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 import dvdq_compile
+import dvdq_compile.runtime.delta
 from dvdq_compile.backend import dvdquant
 from dvdq_compile.runtime.registry import graphs_of
 from tests.helpers import TinyDiT, compiled
@@ -99,6 +100,15 @@ def test_experts_get_separate_controllers_unless_shared():
         cb(X, timestep=torch.tensor([200]))
     assert dvdq_compile.controller(ca) is shared is dvdq_compile.controller(cb)
     assert [r.timestep for r in shared.trace] == [300.0, 200.0]
+    assert shared.delta == 0.5  # the compile's delta, not the controller default (0.09)
+
+
+def test_a_shared_controller_must_fit_the_compiled_variants():
+    a = TinyDiT()
+    dvdq_compile.share_controller(a, controller=dvdq_compile.runtime.delta.DeltaController(low=3, high=8))
+    with pytest.raises(ValueError, match=r"chooses between A3 and A8, but a model using it was compiled with the "
+                                         r"variants A4 and A8"), torch.no_grad():
+        compiled(a, delta=0.5)(X, timestep=torch.tensor([900]))
 
 
 def test_positional_timestep_is_found_by_parameter_name():

@@ -79,7 +79,9 @@ def _animate_inputs(seed: int = 0, batch: int = 1) -> dict:
 def _animate2_inputs(seed: int = 0, batch: int = 1) -> dict:
     # The reference pass (kv_cache_mode="extract"): dense self-attention, fills a fresh KV cache. The generation pass
     # ("cached") needs a populated cache and a flex BlockMask, so it is not the catalog's forward.
-    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
+    from diffusers.models.transformers.transformer_wan_animate_2 import (
+        WanAnimate2KVCache,
+    )
 
     gen = torch.Generator().manual_seed(seed)
     frames, h, w = 2, 16, 16  # 2 x 8 x 8 = 128 tokens per sample
@@ -143,7 +145,9 @@ def _anyflow_far_inputs(seed: int = 0, batch: int = 1) -> dict:
     # embedding (16 tokens), the last three are full-resolution (3 x 64) -> 208 tokens, padded to 256 for flex.
     # The causal BlockMask is pre-built here (as diffusers' compile tester does): built inside forward it breaks the
     # graph (create_block_mask(_compile=False)).
-    from diffusers.models.transformers.transformer_anyflow_far import _build_anyflow_far_causal_block_mask
+    from diffusers.models.transformers.transformer_anyflow_far import (
+        _build_anyflow_far_causal_block_mask,
+    )
 
     gen = torch.Generator().manual_seed(seed)
     chunks = [1, 1, 1, 1]
