@@ -33,8 +33,12 @@ log = logging.getLogger("dvdq_compile")
 
 
 def _timestep_index(gm: fx.GraphModule) -> int | None:
-    """Placeholder index of the ``timestep`` input when the model is called with keywords (as pipelines do)."""
+    """Placeholder index of the ``timestep`` input when the model is called with keywords (as pipelines do). Under
+    dynamic shapes a size of the timestep is a placeholder too (source ``L['timestep'].size()[1]``): only a tensor
+    placeholder counts."""
     for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        if not isinstance(n.meta.get("example_value", torch.empty(())), torch.Tensor):
+            continue
         ga = n.meta.get("grapharg")
         name = getattr(getattr(ga, "source", None), "name", "")
         src = name() if callable(name) else str(name)  # a method before torch 2.12, a property after

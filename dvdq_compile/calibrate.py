@@ -53,11 +53,12 @@ def _timestep_of(model: torch.nn.Module):
     return get
 
 
-def _first_value(t) -> float:
+def _timestep_key(t) -> float:
+    """The value that decides a call's bin: the max over the timestep (as in the compiled graph and δ-GBS)."""
     if isinstance(t, torch.Tensor):
         if t.numel() == 0:
             raise ValueError("calibrate(timestep_bins=...): empty timestep tensor")
-        return float(t.reshape(-1)[0])
+        return float(t.detach().reshape(-1).max())
     return float(t)
 
 
@@ -76,7 +77,7 @@ def calibrate(model: torch.nn.Module, run_fn: Callable[[torch.nn.Module], object
         meta: extra JSON-able facts stored in the manifest (data, seeds, steps).
         timestep_bins: None (no per-bin statistics), an int n (n uniform bins over [0, 1000)), a sequence of bin
             edges or a :class:`TimestepBins`: also keep per-bin ``absmax``/token counts, the bin read from each
-            model call's ``timestep``. A batch's first timestep decides its bin (pipelines pass equal values).
+            model call's ``timestep``. The max over the timestep decides its bin (a per-token timestep is binned by its noise level).
         observers: optional ``fn(layer name, input, bin)`` called for every recorded layer input (bin 0 without
             bins): recipes accumulate their own running statistics with it.
         progress: a progress bar counting model calls.
@@ -120,7 +121,7 @@ def calibrate(model: torch.nn.Module, run_fn: Callable[[torch.nn.Module], object
     def enter(_mod, args, kwargs):
         state["live"].clear()
         if bins is not None:
-            state["bin"] = bins.index(_first_value(get_t(args, kwargs)))
+            state["bin"] = bins.index(_timestep_key(get_t(args, kwargs)))
 
     def leave(_mod, _args, _kwargs, _out):
         for _, names in state["live"].values():

@@ -124,11 +124,13 @@ def _placeholder(g: fx.Graph, last: fx.Node, name: str, ref: fx.Node, like: torc
 
 
 def _timestep_bin(b: GraphBuilder, t: fx.Node, edges: tuple) -> fx.Node:
-    """``bucketize(t.flatten()[:1], edges, right=True)`` (int64 [1]) in the graph: the timestep bin of this call,
-    read by every clip-ratio lookup with no host sync and no recompilation per step."""
+    """``bucketize(t.reshape(-1).amax(0, keepdim=True), edges, right=True)`` (int64 [1]) in the graph: the timestep
+    bin of this call, read by every clip-ratio lookup with no host sync and no recompilation per step. The key is
+    the **max** over the timestep tensor, as for δ-GBS (``runtime/delta.py``): a per-token timestep (Wan 2.2 TI2V,
+    first-frame tokens at 0) is binned by the step's noise level, not by its first token."""
     edges_n = b.constant(torch.tensor(edges, dtype=torch.float32), t)
-    first = b.item(b.method(t, "reshape", -1), slice(None, 1))
-    return b.call(torch.bucketize, b.method(first, "to", torch.float32), edges_n, right=True)
+    key = b.method(b.method(t, "reshape", -1), "amax", 0, True)
+    return b.call(torch.bucketize, b.method(key, "to", torch.float32), edges_n, right=True)
 
 
 def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: QuantConfig, variant: int,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dvdq_compile import Calibration, SVDQuantTSConfig, calibrate_svdquant_ts, report
+from dvdq_compile import Calibration, SVDQuantTSConfig, calibrate, calibrate_svdquant_ts, report
 from dvdq_compile.config import QuantConfig
 from dvdq_compile.quant import NO_SIGNS, qlinear_ref, quantize_act
 from tests.helpers import TinyDiT, compiled, rel_err
@@ -70,6 +70,33 @@ def test_numerics_and_bins_without_recompiles():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     row = next(r for r in report(model).layers if r.name == "blocks.0.lin")
     assert "low-rank r=8" in row.reason and "clip x2 bins" in row.reason
+
+
+class PerTokenT(One):
+    """Wan 2.2 TI2V style: a per-token timestep ``[B, tokens]`` whose first-frame tokens are at 0."""
+
+    def forward(self, x, timestep):
+        return self.blocks[0].lin(x) + 0 * timestep.amax()
+
+
+def test_per_token_timestep_is_binned_by_its_max():
+    model = PerTokenT()
+    xs = _xs(0)
+    per_token = [torch.tensor([[0.0] * 4 + [t] * 28]) for t in (900.0, 100.0, 800.0, 200.0)]
+
+    def run(m):
+        for x, t in zip(xs, per_token):
+            m(x, timestep=t)
+    st = calibrate(model, run, timestep_bins=2).stats["blocks.0.lin"]
+    assert st.tokens_bins == [64, 64]  # by the first token every call would fall in bin 0
+    cal = calibrate_svdquant_ts(model, run, FAST)
+    cal.recipe_tensors["blocks.0.lin::clip"] = torch.tensor([0.6, 1.0])
+    f = compiled(model, recipe="svdquant_gptq_ts", artifact=cal)
+    x = _xs(5, 1)[0]
+    for t in (900.0, 100.0):
+        y = f(x, torch.tensor([[0.0] * 4 + [t] * 28]))
+        assert torch.equal(y, _ref_one(model, cal, x, t)), t
+    assert not torch.equal(f(x, torch.tensor([[0.0, 900.0]])), f(x, torch.tensor([[0.0, 100.0]])))
 
 
 def test_per_expert_artifacts_share_one_graph(tmp_path):
