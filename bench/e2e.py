@@ -146,6 +146,7 @@ class Row:
     cuda_only: bool = False
 
 
+CACHE = {"cache": "delta", "cache_threshold": 0.1, "cache_steps": 20}  # step caching rows (runtime/step_cache.py)
 ROWS = [
     Row("eager bf16", "eager"),
     Row("inductor bf16", "inductor", profile=True),
@@ -157,6 +158,10 @@ ROWS = [
     Row("dvdquant W4A8 free_weights", "dvdquant", {"act_bits": 8, "free_weights": True}),
     Row("dvdquant W4A8 + CUDA graphs", "dvdquant", {"act_bits": 8}, mode="reduce-overhead", cuda_only=True),
     Row("dvdquant delta (A4/A8)", "dvdquant", {"act_bits": "auto"}, loop=20),
+    Row("dvdquant W4A8 loop", "dvdquant", {"act_bits": 8}, loop=20),
+    Row("dvdquant W4A8 + cache delta", "dvdquant", {"act_bits": 8, **CACHE}, loop=20),
+    Row("dvdquant W4A8 + cache delta + CUDA graphs", "dvdquant", {"act_bits": 8, **CACHE}, mode="reduce-overhead",
+        loop=20, cuda_only=True),
 ]
 BASELINE = "inductor bf16"
 
@@ -189,7 +194,8 @@ def prepare(row: Row, model: torch.nn.Module, smoke: bool = False):
     if smoke:  # CI: the PyTorch reference path, no Inductor build (the Triton interpreter is minutes per step)
         opts.update(kernels="reference", lowering="eager")
         opts.pop("mode", None)
-    return torch.compile(model, backend="dvdquant", options=opts)
+    # step caching skips whole model calls: it needs the model as one graph
+    return torch.compile(model, backend="dvdquant", options=opts, fullgraph="cache" in opts)
 
 
 def sync(device):
@@ -309,8 +315,12 @@ def delta_loop(fn_model, model, cfg, steps, device, seed) -> dict:
         sync(device)
         times.append(time.perf_counter() - t0)
     ctrl = dvdq_compile.controller(fn_model)
-    return {"step_ms": 1000 * statistics.median(times), "step_ms_all": [1000 * t for t in times],
-            "avg_act_bits": ctrl.average_bits() if ctrl else None, "steps": steps}
+    out = {"step_ms": 1000 * statistics.median(times), "step_ms_all": [1000 * t for t in times],
+           "loop_ms": 1000 * sum(times), "avg_act_bits": ctrl.average_bits() if ctrl else None, "steps": steps}
+    if ctrl is not None and ctrl.cache.on:  # reused steps take ~0 ms: the loop total is the comparable number
+        run = ctrl.trace[-1].run  # the loop's own run (the first call at t=500 was a run of its own)
+        out.update(reuse_rate=ctrl.reuse_rate(run), computed_calls=ctrl.computed_calls(run))
+    return out
 
 
 def block_linears(model) -> list[tuple[str, torch.Tensor]]:
@@ -432,7 +442,9 @@ def write(res: dict, out: Path, stem: str) -> None:
     for r in res["rows"]:
         note = r.get("skipped") or (r.get("error", "")[:80] and "error: " + r["error"][:80])
         if r.get("avg_act_bits") is not None:
-            note = f"{r['steps']}-step loop, avg {r['avg_act_bits']:.2f} act bits"
+            note = f"{r['steps']}-step loop ({r['loop_ms']:.0f} ms), avg {r['avg_act_bits']:.2f} act bits"
+            if r.get("reuse_rate") is not None:
+                note += f", {r['reuse_rate']:.0%} of steps reused"
         if r.get("freed_gib"):
             note = (note or "") + f" released {r['freed_gib']:.2f} GiB"
         sp = base / r["step_ms"] if base and r.get("step_ms") else None

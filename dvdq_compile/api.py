@@ -34,10 +34,12 @@ def report(model) -> CompileReport:
 
 
 def controller(model):
-    """The δ-GBS controller that drives ``model``'s A4/A8 choice (None with fixed activation bits)."""
+    """The δ controller that drives ``model``'s per-step choice: A4/A8 (δ-GBS) and, with ``cache=...``, compute or
+    reuse (None with fixed activation bits and no step caching)."""
     for g, params in graphs_of(_module(model)):
-        if len(g.variants) > 1:
-            return g.controller_for(params[g.weights[0].arg_index])
+        if len(g.variants) > 1 or g.cache.on:
+            key = params[g.weights[0].arg_index] if g.weights else params[min(params)]
+            return g.controller_for(key)
     return None
 
 

@@ -32,19 +32,34 @@ from .state import STATE
 log = logging.getLogger("dvdq_compile")
 
 
-def _timestep_index(gm: fx.GraphModule) -> int | None:
-    """Placeholder index of the ``timestep`` input when the model is called with keywords (as pipelines do). Under
-    dynamic shapes a size of the timestep is a placeholder too (source ``L['timestep'].size()[1]``): only a tensor
-    placeholder counts."""
+def _input_named(gm: fx.GraphModule, names: tuple[str, ...], exact: bool = True) -> int | None:
+    """Placeholder index of the tensor input passed as one of ``names`` (keyword or positional parameter name).
+    Under dynamic shapes a size of that input is a placeholder too (source ``L['timestep'].size()[1]``): only
+    tensor placeholders count."""
     for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
         if not isinstance(n.meta.get("example_value", torch.empty(())), torch.Tensor):
             continue
         ga = n.meta.get("grapharg")
         name = getattr(getattr(ga, "source", None), "name", "")
         src = name() if callable(name) else str(name)  # a method before torch 2.12, a property after
-        if "['timestep']" in src or n.name in ("l_kwargs_timestep_", "l_timestep_"):
-            return i
+        for want in names:
+            hit = src in (f"L['{want}']", f"L['kwargs']['{want}']") if exact else f"['{want}']" in src
+            if hit or n.name in (f"l_kwargs_{want}_", f"l_{want}_"):
+                return i
     return None
+
+
+def _timestep_index(gm: fx.GraphModule) -> int | None:
+    """Placeholder index of the ``timestep`` input (δ-GBS and step caching key their steps on it)."""
+    return _input_named(gm, ("timestep",), exact=False)
+
+
+LATENT_NAMES = ("hidden_states", "x", "sample", "latents")
+
+
+def _latent_index(gm: fx.GraphModule) -> int | None:
+    """Placeholder index of the latent input (step caching's input signal and residual reuse)."""
+    return _input_named(gm, LATENT_NAMES)
 
 
 def _device(sites: list[LinearSite], example_inputs) -> torch.device:
@@ -124,6 +139,12 @@ def _compile(gm: fx.GraphModule, example_inputs, cfg: QuantConfig):
     examples = list(example_inputs) + weight_examples(weights, fake_mode) + _extras_examples(extras, fake_mode,
                                                                                               device)
     t_index = _timestep_index(gm)
+    x_index = _latent_index(gm)
+    if cfg.cache_policy.needs_input and x_index is None and t_index is not None:
+        how = "residual" if cfg.cache_policy.residual else "output"
+        raise OptionError(f"dvdquant option cache={cfg.cache!r} (reuse={how}) reads the model's latent input, but "
+                          f"the compiled graph has no tensor input named one of {LATENT_NAMES}; use "
+                          "cache='delta' with cache_reuse='output'")
     params = [i for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)]
     if weights:
         graphs = {bits: rewrite(gm, plan, weights, cfg, bits, t_index) for bits in cfg.act_variants}
@@ -137,7 +158,7 @@ def _compile(gm: fx.GraphModule, example_inputs, cfg: QuantConfig):
     source = ExtrasSource(extras, weights) if extras is not None and extras.sites else None
     return CompiledGraph(variants, weights, cfg, report, t_index, params, checks=plan.products.checks,
                          extras=source, reads=reads, frame=frame, mismatches=mismatches,
-                         row_locals={p.name: p.site.local for p in plan.layers}, plan=plan)
+                         row_locals={p.name: p.site.local for p in plan.layers}, plan=plan, input_index=x_index)
 
 
 def _extras_examples(extras, fake_mode, device) -> list:

@@ -20,6 +20,8 @@ from .errors import OptionError
 from .quant.act import ACT_BITS
 from .quant.hadamard import NO_SIGNS
 from .quant.qweight import WEIGHT_BITS, WEIGHT_METHODS, WeightSpec
+from .runtime.step_cache import ALLOWED as CACHE_ALLOWED
+from .runtime.step_cache import CachePolicy
 
 GROUPS = (64, 128, 256)
 ACT_SCALES = ("group", "token", "channel")
@@ -69,6 +71,7 @@ ALLOWED: dict[str, str] = {
                 "per model sharing the compiled graph, matched by weight fingerprint); see the recipe",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
+    **CACHE_ALLOWED,
 }
 
 
@@ -106,6 +109,16 @@ class QuantConfig:
     progress: bool = True
     artifact: Any = None
     free_weights: bool = False
+    # step caching (runtime/step_cache.py): reuse the model's prediction on steps the rule says change little
+    cache: str = "off"
+    cache_threshold: float = 0.1
+    cache_max_skips: int = 2
+    cache_warmup: int = 2
+    cache_steps: int | None = None
+    cache_last: int = 1
+    cache_reuse: str = "auto"
+    cache_coefficients: tuple = (1.0, 0.0)
+    cache_schedule: str = ""
     # The options the recipe declares for itself, as sorted (name, value) pairs (read with ``option``).
     recipe_options: tuple = ()
     # Set by recipes, not by users: the modulation (adaLN) name pattern.
@@ -137,6 +150,8 @@ class QuantConfig:
             if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
                 _fail(k, v)
             base[k] = tuple(v)
+        if isinstance(base.get("cache_coefficients"), list):
+            base["cache_coefficients"] = tuple(base["cache_coefficients"])
         if isinstance(base.get("artifact"), list):
             base["artifact"] = tuple(base["artifact"])  # QuantConfig is hashed
         ropts = {k: o.default for k, o in own.items()}
@@ -222,6 +237,7 @@ class QuantConfig:
         if self.act_scale == "channel" and self.kernels == "triton":
             raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
                               "reference path only; it cannot be combined with kernels='triton'")
+        self.cache_policy  # validates the cache options
         recipe_for(self.recipe).validate(self)
 
     # Derived ------------------------------------------------------------------------------------------------
@@ -238,6 +254,13 @@ class QuantConfig:
         if self.artifact is None:
             return ()
         return self.artifact if isinstance(self.artifact, tuple) else (self.artifact,)
+
+    @property
+    def cache_policy(self) -> CachePolicy:
+        return CachePolicy(rule=self.cache, threshold=self.cache_threshold, max_skips=self.cache_max_skips,
+                           warmup=self.cache_warmup, steps=self.cache_steps, last=self.cache_last,
+                           reuse=self.cache_reuse, coefficients=self.cache_coefficients,
+                           schedule=self.cache_schedule)
 
     @property
     def switching(self) -> bool:

@@ -51,6 +51,14 @@ Memory
     One previous output per call index is kept: a detached clone (so in-place edits of the returned output or
     reused output buffers, e.g. CUDA graphs, cannot change it), in the output's own dtype and device.
 
+Step caching (``cache=...``, ``runtime/step_cache.py``)
+    With a cache policy on, a step can also be **reused**: no call runs, every call index gets the output of the
+    last computed step (plus the input's change with ``reuse='residual'``), and the trace records bits 0 ('R' in
+    the pattern). Reused steps leave the δ accumulator alone; the next computed step's L1 is measured against the
+    last computed output, so it spans the reused steps. The first calls of a step decide for all of them (both
+    CFG calls are reused or computed together). The cache signals are read with the timestep: still one host read
+    per step.
+
 Two models (the two experts of Wan 2.2)
     By default every compiled model gets its own controller. To make both experts share one, pass the same
     instance to both runtimes (``dvdq_compile.share_controller(pipe.transformer, pipe.transformer_2)``); a
@@ -68,6 +76,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
+
+from .step_cache import REUSE, CachePolicy
 
 __all__ = ["DeltaController", "StepRecord", "SUPPORTED_BITS", "DELTA_MODES", "bits_pattern"]
 
@@ -104,26 +114,30 @@ class StepRecord:
     timestep: float | None
     l1: float | None
     acc: float
-    bits: int
+    bits: int  # 0: reused (step caching)
     calls: int
+    est: float | None = None  # step caching: the rule's estimated change for this step (None: not estimated)
 
 
 class _Row:
-    __slots__ = ("run", "step", "timestep", "acc", "bits", "calls", "l1s", "pending")
+    __slots__ = ("run", "step", "timestep", "acc", "bits", "calls", "l1s", "pending", "est")
 
     def __init__(self, run: int, step: int, timestep: float | None, acc: float, bits: int):
         self.run, self.step, self.timestep, self.acc, self.bits = run, step, timestep, acc, bits
         self.calls = 0
-        self.l1s: dict[int, float] = {}  # call index -> host L1
+        self.est: float | None = None
+        # call index -> host L1; call index -1: the latent input's change since the last computed step
+        self.l1s: dict[int, float] = {}
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (call index, num, den) on device
 
     def l1(self) -> float | None:
-        if not self.l1s:
+        vals = [v for j, v in self.l1s.items() if j >= 0]
+        if not vals:
             return None
-        return sum(self.l1s.values()) / len(self.l1s)
+        return sum(vals) / len(vals)
 
     def record(self) -> StepRecord:
-        return StepRecord(self.run, self.step, self.timestep, self.l1(), self.acc, self.bits, self.calls)
+        return StepRecord(self.run, self.step, self.timestep, self.l1(), self.acc, self.bits, self.calls, self.est)
 
 
 class DeltaController:
@@ -134,21 +148,24 @@ class DeltaController:
     """
 
     def __init__(self, delta: float = 0.09, low: int = 4, high: int = 8, min_high_steps: int = 1,
-                 mode: str = "switch", adopt: bool = False):
+                 mode: str = "switch", adopt: bool = False, cache: CachePolicy | None = None):
         if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta) \
                 or delta <= 0:
             _fail("delta", delta, "a finite number > 0 (threshold on the accumulated relative L1 change)")
+        fixed = mode in ("low", "high") and low == high  # one compiled variant (e.g. W4A8 or weight-only + cache)
         for name, v in (("low", low), ("high", high)):
-            if not _is_int(v) or v not in SUPPORTED_BITS:
+            if not _is_int(v) or (v not in SUPPORTED_BITS and not (fixed and v == 16)):
                 _fail(name, v, f"an activation bit width in {SUPPORTED_BITS}")
-        if low >= high:
+        if low > high or (low == high and not fixed):
             raise ValueError(f"DeltaController options low={low!r}, high={high!r} are not allowed; expected "
-                             f"low < high, both in {SUPPORTED_BITS}")
+                             f"low < high, both in {SUPPORTED_BITS} (equal only with mode 'low' or 'high')")
         if not _is_int(min_high_steps) or min_high_steps < 1:
             _fail("min_high_steps", min_high_steps, "an int >= 1 (steps that always run high bits at the start "
                                                     "of a sampling run)")
         if not isinstance(mode, str) or mode not in DELTA_MODES:
             _fail("mode", mode, f"one of {DELTA_MODES}")
+        if cache is not None and not isinstance(cache, CachePolicy):
+            _fail("cache", cache, "None or a dvdq_compile.runtime.step_cache.CachePolicy")
         self.delta = float(delta)
         self.low = int(low)
         self.high = int(high)
@@ -169,26 +186,50 @@ class DeltaController:
         self._ts_tensor: torch.Tensor | None = None  # the timestep tensor read last (kept alive on purpose)
         self._ts_sig: tuple | None = None
         self._ts_key: float | None = None
+        # step caching
+        self.cache = cache if cache is not None else CachePolicy()
+        self.cache_blocked: str | None = None  # why reuse is impossible for this model (set by the wrapper)
+        self._kept: dict[int, tuple] = {}  # call index -> (model key, output clone, input clone or None)
+        self._prev_x: torch.Tensor | None = None  # latent input of the previous step's first call
+        self._x_c: torch.Tensor | None = None  # latent input of the last computed step's first call
+        self._skips = 0  # consecutive reused steps
+        self._cacc = 0.0  # accumulated estimated change since the last computed step
+        self._last_computed: int | None = None  # step index of the last computed step of this run
+        self._out_rate: float | None = None  # relative output change per step between the last computed steps
+        self._k: float | None = None  # EasyCache transformation rate (output change / input change)
+        self._inp_terms: tuple | None = None  # (num, den) of this call's input change, before the decision
+        self._inp: float | None = None
 
     # ---------------------------------------------------------------------------------------------------- API
-    def fit(self, delta: float, low: int, high: int, min_high_steps: int, mode: str) -> None:
+    def fit(self, delta: float, low: int, high: int, min_high_steps: int, mode: str,
+            cache: CachePolicy | None = None) -> None:
         """Called by a compiled graph that uses this controller with its own options: an ``adopt`` controller
         takes them (once); any controller must choose between the two variants the graph compiled."""
         if self.adopt:
             self.delta, self.low, self.high, self.min_high_steps, self.mode = float(delta), low, high, \
                 min_high_steps, mode
+            if cache is not None:
+                self.cache = cache
             self.adopt = False
         elif (self.low, self.high) != (low, high):
             raise ValueError(f"dvdquant: a shared δ controller chooses between A{self.low} and A{self.high}, but a "
                              f"model using it was compiled with the variants A{low} and A{high}; compile the "
                              "models that share a controller with the same act_bits_low / act_bits_high")
 
-    def begin_call(self, timestep: Any = None) -> int:
-        """Start one model call; returns the activation bits it must run with.
+    def begin_call(self, timestep: Any = None, x: torch.Tensor | None = None, model: Any = None,
+                   can_reuse: Any = None) -> int:
+        """Start one model call; returns the activation bits it must run with, or 0 (``REUSE``): do not run the
+        model, take :meth:`reuse_call`'s output.
 
         On a new step (the timestep key changed, or :meth:`step` was called) this finalizes the previous step
-        (its L1 and the accumulator) and decides the new step's bits; otherwise it returns the current bits.
+        (its L1 and the accumulators) and decides the new step; otherwise it returns the current decision.
+        ``x``: the latent input (step caching's input signal and residual reuse); ``model``: an object that
+        identifies the model making the call (reuse never hands one model another's output); ``can_reuse``: a
+        callable returning False when this model cannot skip a call (it runs as several compiled graphs).
         """
+        caching = self.cache.on
+        self._inp = None
+        self._inp_terms = self._input_terms(x) if caching and self.cache.input_signal else None
         key = self._timestep_key(timestep)
         row = self._row
         if key is None and self._boundary:
@@ -198,6 +239,10 @@ class DeltaController:
             # a call with a None timestep joins the step, and so does an equal key
             self._call = row.calls
             row.calls += 1
+            if row.bits == REUSE and not self._reusable(self._call, x, model):
+                raise RuntimeError(f"DeltaController: step {row.step} is reused but call {self._call} of it has no "
+                                   "cached output of the same model and shape (the calls of a step changed between "
+                                   "steps); call reset() when the call structure of a run changes")
             return row.bits
         self._boundary, self._boundary_ts = False, None
         if row is not None and not self._new_run:
@@ -210,26 +255,53 @@ class DeltaController:
             step = 0
         else:
             step = row.step + 1
-        if self.mode == "low":
+        if caching and self._inp_terms is not None and self._inp is None:
+            self._inp = self._read_terms(*self._inp_terms)  # a number timestep: its own (single) read
+        reuse, est = self._cache_decision(step, x, model, can_reuse) if caching else (False, None)
+        if caching and self.cache.input_signal and x is not None:
+            self._prev_x = x.detach().clone()
+        self._inp = None
+        if reuse:
+            bits = REUSE
+        elif self.mode == "low":
             bits = self.low
         elif self.mode == "high" or step < self.min_high_steps:
             bits = self.high
         else:
             bits = self.low if self._acc < self.delta else self.high
         row = _Row(self._run, step, key, self._acc, bits)
+        row.est = est
         self._rows.append(row)
         self._row = row
         self._call = 0
         row.calls = 1
         return bits
 
-    def end_call(self, output: Any) -> None:
+    def reuse_call(self, x: torch.Tensor | None = None) -> Any:
+        """The output of the call opened by the last :meth:`begin_call` that returned ``REUSE``: the cached
+        output of the same call index (a fresh copy), plus ``x − x_c`` on tensors shaped like ``x`` with
+        ``reuse='residual'``."""
+        if self._call is None or self._row is None or self._row.bits != REUSE:
+            raise RuntimeError("DeltaController.reuse_call() without a begin_call() that returned REUSE")
+        j = self._call
+        self._call = None
+        _, outs, x_c = self._kept[j]
+        with torch.no_grad():
+            if self.cache.residual and x is not None and x_c is not None:
+                d = x.detach() - x_c
+                return _map_tensors(outs, lambda t: t + d.to(t.dtype) if t.shape == d.shape else t.clone())
+            return _map_tensors(outs, lambda t: t.clone())
+
+    def end_call(self, output: Any, x: torch.Tensor | None = None, model: Any = None) -> None:
         """Record the output of the call opened by the last :meth:`begin_call` (a tuple/list, a dict-like
-        diffusers output or an object with ``.sample``: its first tensor)."""
+        diffusers output or an object with ``.sample``: its first tensor). With step caching on, ``x`` and
+        ``model`` are the same as given to ``begin_call``."""
         if self._call is None or self._row is None:
             raise RuntimeError("DeltaController.end_call() without a matching begin_call()")
         j, row = self._call, self._row
         self._call = None
+        if row.bits == REUSE:
+            raise RuntimeError("DeltaController.end_call() on a reused step: take reuse_call()'s output instead")
         f = _first_tensor(output).detach()
         with torch.no_grad():
             f32 = f.float()  # L1 in fp32 whatever the output dtype (no copy for fp32 outputs)
@@ -238,8 +310,21 @@ class DeltaController:
             if prev is not None and prev[0].shape == f.shape and prev[0].device == f.device:
                 num = (f32 - prev[0].float()).abs().sum()
                 row.pending.append((j, num, prev[1]))
-            # one previous output per call index: the old one is dropped here
-            self._prev[j] = (f.clone(), den)
+            if self.cache.on:
+                # the whole output is kept for reuse; the δ signal reads its first tensor (no second copy)
+                outs = _map_tensors(output, lambda t: t.detach().clone())
+                first = _first_tensor(outs)
+                xc = x.detach().clone() if x is not None and self.cache.residual else None
+                if j == 0 and x is not None and self._x_c is not None and self._x_c.shape == x.shape:
+                    xf, pf = x.detach().float(), self._x_c.float()
+                    row.pending.append((-1, (xf - pf).abs().sum(), pf.abs().sum()))
+                if j == 0 and x is not None:
+                    self._x_c = x.detach().clone() if xc is None else xc
+                self._kept[j] = (model, outs, xc)
+                self._prev[j] = (first, den)
+            else:
+                # one previous output per call index: the old one is dropped here
+                self._prev[j] = (f.clone(), den)
 
     def step(self, timestep: float | None = None) -> None:
         """Mark a step boundary: the next :meth:`begin_call` starts a new step (use with ``begin_call(None)``).
@@ -262,9 +347,18 @@ class DeltaController:
         return [r.record() for r in self._rows]
 
     def average_bits(self, run: int | None = None) -> float:
-        """Mean activation bits over the traced steps (of one ``run``, or all); NaN when there are none."""
-        bits = [r.bits for r in self._rows if run is None or r.run == run]
+        """Mean activation bits over the computed steps (of one ``run``, or all); NaN when there are none."""
+        bits = [r.bits for r in self._rows if (run is None or r.run == run) and r.bits != REUSE]
         return sum(bits) / len(bits) if bits else math.nan
+
+    def reuse_rate(self, run: int | None = None) -> float:
+        """Share of the traced steps (of one ``run``, or all) that were reused; NaN when there are none."""
+        rows = [r for r in self._rows if run is None or r.run == run]
+        return sum(r.bits == REUSE for r in rows) / len(rows) if rows else math.nan
+
+    def computed_calls(self, run: int | None = None) -> int:
+        """Model calls that ran (reused steps' calls do not count)."""
+        return sum(r.calls for r in self._rows if (run is None or r.run == run) and r.bits != REUSE)
 
     @property
     def bits(self) -> int | None:
@@ -273,15 +367,25 @@ class DeltaController:
 
     def summary(self) -> str:
         rows = self.trace
-        head = (f"δ-GBS delta={self.delta:g} A{self.low}/A{self.high} mode={self.mode} "
-                f"min_high_steps={self.min_high_steps}")
+        if self.low == self.high:
+            head = f"A{self.high} fixed"
+        else:
+            head = (f"δ-GBS delta={self.delta:g} A{self.low}/A{self.high} mode={self.mode} "
+                    f"min_high_steps={self.min_high_steps}")
+        if self.cache.on:
+            head += f"; {self.cache.describe()}"
+            if self.cache_blocked:
+                head += f" (blocked: {self.cache_blocked})"
         if not rows:
             return head + ": no steps yet"
         runs = sorted({r.run for r in rows})
         n_low = sum(r.bits == self.low for r in rows)
         n_high = sum(r.bits == self.high for r in rows)
-        lines = [f"{head}: {len(runs)} run(s), {len(rows)} steps, average {self.average_bits():.2f} bits "
-                 f"(A{self.high} x{n_high}, A{self.low} x{n_low})"]
+        mix = f"A{self.high} x{n_high}" if self.low == self.high else f"A{self.high} x{n_high}, A{self.low} x{n_low}"
+        lines = [f"{head}: {len(runs)} run(s), {len(rows)} steps, average {self.average_bits():.2f} bits ({mix})"]
+        if self.cache.on:
+            lines[0] += (f"; {sum(r.bits == REUSE for r in rows)} reused ({self.reuse_rate():.0%}), "
+                         f"{self.computed_calls()} model calls computed of {sum(r.calls for r in rows)}")
         for run in runs:
             rr = [r for r in rows if r.run == run]
             pattern = bits_pattern(rr)
@@ -297,6 +401,9 @@ class DeltaController:
         return {
             "delta": self.delta, "low": self.low, "high": self.high, "min_high_steps": self.min_high_steps,
             "mode": self.mode, "average_bits": clean(self.average_bits()),
+            "cache": {"policy": {k: v for k, v in asdict(self.cache).items()}, "blocked": self.cache_blocked,
+                      "reuse_rate": clean(self.reuse_rate()), "computed_calls": self.computed_calls(),
+                      "calls": sum(r.calls for r in self._rows)},
             "trace": [{k: clean(v) for k, v in asdict(r).items()} for r in self.trace],
         }
 
@@ -314,17 +421,74 @@ class DeltaController:
         self._acc = INF
         self._new_run = True
         self._call = None
+        self._kept.clear()
+        self._prev_x = self._x_c = None
+        self._skips, self._cacc = 0, 0.0
+        self._last_computed = self._out_rate = self._k = None
 
     def _finish(self, row: _Row) -> None:
-        """Finalize a completed step: its L1 (host) and the accumulator update of the pseudocode."""
+        """Finalize a completed step: its L1 (host), the accumulator update of the pseudocode and, for step
+        caching, the output's rate of change and EasyCache's k. A reused step changes none of them."""
         self._resolve([row])
+        if row.bits == REUSE:
+            return
         l1 = row.l1()
+        if self.cache.on:
+            gap = row.step - self._last_computed if self._last_computed is not None else None
+            ok = l1 is not None and math.isfinite(l1) and gap
+            self._out_rate = l1 / gap if ok else None
+            dx = row.l1s.get(-1)
+            self._k = l1 / dx if ok and dx is not None and math.isfinite(dx) and dx > 0 else None
+            self._last_computed = row.step
         l1 = INF if l1 is None or math.isnan(l1) else l1  # undefined (or NaN) counts as +inf
         self._acc = l1 if row.bits == self.high else self._acc + l1
 
-    def _resolve(self, rows: Iterable[_Row], extra: torch.Tensor | None = None) -> float | None:
-        """Read all pending device terms of ``rows`` (plus the scalar ``extra``, returned) on the host:
-        one ``tolist()`` per device, ``extra``'s device first."""
+    def _input_terms(self, x: torch.Tensor | None) -> tuple | None:
+        """(‖x − x_prev‖₁, ‖x_prev‖₁) on x's device, or None (no previous input of the same shape)."""
+        prev = self._prev_x
+        if x is None or prev is None or prev.shape != x.shape or prev.device != x.device:
+            return None
+        with torch.no_grad():
+            xf, pf = x.detach().float(), prev.float()
+            return (xf - pf).abs().sum(), pf.abs().sum()
+
+    def _read_terms(self, num: torch.Tensor, den: torch.Tensor) -> float:
+        dt = torch.float32 if num.device.type == "mps" else torch.float64
+        n, d = _host_read(torch.stack([num.to(dt), den.to(dt)]))
+        return n / d if d > 0 else (0.0 if n == 0 else INF)
+
+    def _reusable(self, j: int, x: torch.Tensor | None, model: Any) -> bool:
+        kept = self._kept.get(j)
+        if kept is None or kept[0] is not model:
+            return False
+        if self.cache.residual:
+            return x is not None and kept[2] is not None and kept[2].shape == x.shape
+        return True
+
+    def _cache_decision(self, step: int, x, model, can_reuse) -> tuple[bool, float | None]:
+        """(reuse this step?, the rule's estimate). Updates the reuse accumulator and the skip count."""
+        pol = self.cache
+        forced = pol.forced(step, self._skips)
+        est = None
+        if forced is None:
+            est = pol.estimate(self._out_rate, self._inp, self._k)
+            reuse = est is not None and self._cacc + est < pol.threshold
+        else:
+            reuse = not forced
+        if reuse and not self._reusable(0, x, model):
+            reuse = False
+        if reuse and can_reuse is not None and not can_reuse():
+            reuse = False
+        if reuse:
+            self._skips += 1
+            self._cacc += est if est is not None else 0.0
+        else:
+            self._skips, self._cacc = 0, 0.0
+        return reuse, est
+
+    def _resolve(self, rows: Iterable[_Row], extra: torch.Tensor | None = None):
+        """Read all pending device terms of ``rows`` (plus ``extra``: a scalar, returned as a float, or a 1-D
+        tensor, returned as a list) on the host: one ``tolist()`` per device, ``extra``'s device first."""
         items = [(row, j, num, den) for row in rows for (j, num, den) in row.pending]
         if not items and extra is None:
             return None
@@ -336,12 +500,13 @@ class DeltaController:
         out = None
         for dev, its in by_dev.items():
             dt = torch.float32 if dev.type == "mps" else torch.float64
-            parts = [extra.reshape(1).to(dt)] if (extra is not None and dev == extra.device) else []
+            n_extra = extra.numel() if (extra is not None and dev == extra.device) else 0
+            parts = [extra.reshape(-1).to(dt)] if n_extra else []
             if its:
                 parts.append(torch.stack([torch.stack([n.to(dt), d.to(dt)]) for _, _, n, d in its]).reshape(-1))
             vals = _host_read(torch.cat(parts))
-            if parts and extra is not None and dev == extra.device:
-                out, vals = vals[0], vals[1:]
+            if n_extra:
+                out, vals = (vals[0] if extra.dim() == 0 else vals[:n_extra]), vals[n_extra:]
             for k, (row, j, _, _) in enumerate(its):
                 n, d = vals[2 * k], vals[2 * k + 1]
                 row.l1s[j] = n / d if d > 0 else (0.0 if n == 0 else (math.nan if math.isnan(n) else INF))
@@ -362,9 +527,17 @@ class DeltaController:
                 t = ts.detach().max() if ts.numel() > 1 else ts.detach().reshape(())
                 if not t.dtype.is_floating_point:
                     t = t.double() if t.device.type != "mps" else t.float()
-            # bundle the step's pending L1 terms with this read (one sync serves both)
+            # bundle the step's pending L1 terms (and step caching's input change) with this read: one sync
             rows = [self._row] if self._row is not None else []
-            key = float(self._resolve(rows, extra=t))
+            terms = self._inp_terms
+            if terms is not None and terms[0].device == t.device:
+                dt = torch.float32 if t.device.type == "mps" else torch.float64
+                vals = self._resolve(rows, extra=torch.stack([v.reshape(()).to(dt) for v in (t, *terms)]))
+                n, d = vals[1], vals[2]
+                self._inp = n / d if d > 0 else (0.0 if n == 0 else INF)
+                key = float(vals[0])
+            else:
+                key = float(self._resolve(rows, extra=t))
             self._ts_tensor, self._ts_sig, self._ts_key = ts, sig, key
             return key
         if isinstance(ts, numbers.Real) and not isinstance(ts, bool):
@@ -382,6 +555,17 @@ class DeltaController:
             return (ts.data_ptr(), ts.device, ts.dtype, tuple(ts.shape), ts.stride(), ts._version)
         except RuntimeError:
             return None
+
+
+def _map_tensors(output: Any, fn) -> Any:
+    """``output`` with ``fn`` applied to every tensor in it (tuples, lists and dicts keep their type)."""
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, (tuple, list)):
+        return type(output)(_map_tensors(o, fn) for o in output)
+    if isinstance(output, dict):
+        return type(output)((k, _map_tensors(v, fn)) for k, v in output.items())
+    return output
 
 
 def _first_tensor(output: Any) -> torch.Tensor:
@@ -402,5 +586,6 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 
 def bits_pattern(records: Sequence[StepRecord]) -> str:
-    """Compact string of the bits per step, e.g. ``'8848484…'`` (bits 3..8 are single digits)."""
-    return "".join(str(r.bits) for r in records)
+    """Compact string of the bits per step, e.g. ``'88484R4…'`` (bits 3..8 are single digits; R: reused,
+    W: weight-only 16-bit activations)."""
+    return "".join("R" if r.bits == REUSE else "W" if r.bits == 16 else str(r.bits) for r in records)

@@ -20,7 +20,9 @@ from ..state import STATE
 from . import coverage, free
 from .cache import CACHE
 from .delta import DeltaController
+from .registry import graphs_of
 from .report import CompileReport
+from .step_cache import REUSE
 
 log = logging.getLogger("dvdq_compile")
 
@@ -29,13 +31,16 @@ class CompiledGraph:
     def __init__(self, variants: dict[int, Callable], weights, cfg: QuantConfig, report: CompileReport,
                  timestep_index: int | None, param_indices: list[int], checks=(), extras=None,
                  reads: frozenset = frozenset(), frame=None, mismatches: dict | None = None,
-                 row_locals: dict | None = None, plan=None):
+                 row_locals: dict | None = None, plan=None, input_index: int | None = None):
         self.variants = variants
         self.plan = plan  # passes.plan.Plan: the layer plans the variants were rewritten from
         self.weights = weights
         self.cfg = cfg
         self.report = report
         self.timestep_index = timestep_index
+        self.input_index = input_index  # the latent input (hidden_states): step caching's signal and residual
+        self.cache = cfg.cache_policy
+        self._whole = IdentityMap()  # first parameter of a model -> whether the model runs as this one graph
         self._specs = [w.spec for w in weights]
         self._names = [", ".join(w.layers) for w in weights]
         self._pre_scales = [w.pre_scale for w in weights] if any(w.pre_scale is not None for w in weights) else None
@@ -54,6 +59,8 @@ class CompiledGraph:
         self.controllers = IdentityMap()  # first weight parameter of a model -> its controller
         self._warned_grad = False
         self.calls = {b: 0 for b in variants}
+        if self.cache.on:
+            self.calls[REUSE] = 0
         # layer names (passes/layer_names.py): per frame local, the prefix of the instance the graph was traced for
         # and an anchor parameter that gives any other bound instance's prefix; each report row's local
         self.prefixes = dict(frame.prefix) if frame is not None else {}
@@ -73,8 +80,13 @@ class CompiledGraph:
     # -- δ controller per model (two experts sharing this graph get one each unless shared) ------------------
     def controller_for(self, key_param: torch.Tensor):
         c = self.cfg
-        settings = dict(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high, min_high_steps=c.min_high_steps,
-                        mode=c.delta_mode)
+        if len(self.variants) > 1:
+            settings = dict(delta=c.delta, low=c.act_bits_low, high=c.act_bits_high,
+                            min_high_steps=c.min_high_steps, mode=c.delta_mode, cache=self.cache)
+        else:  # one variant (fixed bits) with step caching: the controller only decides compute / reuse
+            (bits,) = self.variants
+            settings = dict(delta=c.delta, low=bits, high=bits, min_high_steps=c.min_high_steps, mode="high",
+                            cache=self.cache)
         shared = STATE.shared_controllers.get(key_param)
         if shared is not None:
             shared.fit(**settings)
@@ -150,22 +162,49 @@ class CompiledGraph:
             self._warned_grad = True
             log.warning("dvdquant is inference-only: the compiled model runs under no_grad and its outputs carry "
                         "no autograd history (call it under torch.no_grad() to silence this)")
-        ctrl = None
-        if len(self.variants) > 1:
-            ctrl = self.controller_for(args[self.weights[0].arg_index])
+        ctrl = x = model = None
+        if len(self.variants) > 1 or self.cache.on:
+            model = args[self.weights[0].arg_index] if self.weights else key
+        if (len(self.variants) > 1 or self.cache.on) and model is not None:
+            ctrl = self.controller_for(model)
             t = args[self.timestep_index] if self.timestep_index is not None else None
-            bits = ctrl.begin_call(t)
+            x = args[self.input_index] if self.input_index is not None else None
+            bits = ctrl.begin_call(t, x=x, model=model, can_reuse=lambda: self._whole_model(key, ctrl))
         else:
             (bits,) = self.variants
         self.calls[bits] += 1
-        with torch.no_grad():
-            out = self.variants[bits](*args, *extra)  # unboxed, as Dynamo calls it
-        if ctrl is not None:
-            ctrl.end_call(out)
+        if bits == REUSE:
+            out = ctrl.reuse_call(x)
+        else:
+            with torch.no_grad():
+                out = self.variants[bits](*args, *extra)  # unboxed, as Dynamo calls it
+            if ctrl is not None:
+                ctrl.end_call(out, x=x, model=model)
         if key is not None:
             ref = self.owners.get(key)
             coverage.after_call(self, key, ref() if ref is not None else None)
         return out
+
+    def _whole_model(self, key, ctrl) -> bool:
+        """Whether the model is this one graph (so skipping this call skips the whole transformer call). A model
+        that runs as several compiled graphs (graph breaks, blocks compiled as frames) cannot skip a step from
+        one of them: it computes every step, and the controller's summary says why (warned once)."""
+        if key is None:
+            return True
+        got = self._whole.get(key)
+        if got is None:
+            ref = self.owners.get(key)
+            owner = ref() if ref is not None else None
+            n = len(graphs_of(owner)) if owner is not None else 1
+            got = n <= 1
+            if not got:
+                ctrl.cache_blocked = f"the model runs as {n} compiled graphs"
+                log.warning("dvdquant cache=%r: %s runs as %d compiled graphs (graph breaks or blocks compiled as "
+                            "their own frames), so no step can be skipped from one of them: every step is "
+                            "computed. Compile with fullgraph=True (or remove the breaks) to use step caching.",
+                            self.cache.rule, type(owner).__name__, n)
+            self._whole[key] = got
+        return got
 
     def _owner_of(self, key: torch.Tensor):
         """A weakref to the model ``key`` belongs to (the compile's owner, else found on the call stack)."""

@@ -20,7 +20,7 @@ def _load():
 
 
 ROWS = ["eager bf16", "inductor bf16 + CUDA graphs", "dvdquant W4A8", "dvdquant W4A8 free_weights",
-        "dvdquant delta (A4/A8)"]  # in the script's row order
+        "dvdquant delta (A4/A8)", "dvdquant W4A8 + cache delta"]  # in the script's row order
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,9 @@ def test_smoke_rows(result):
     assert f["resident_weight_gib"] < rows["eager bf16"]["resident_weight_gib"] < q["resident_weight_gib"]
     d = rows["dvdquant delta (A4/A8)"]
     assert d["steps"] == 4 and len(d["step_ms_all"]) == 4 and 4 <= d["avg_act_bits"] <= 8
+    c = rows["dvdquant W4A8 + cache delta"]  # warmup: the first 2 of 4 steps are computed
+    assert c["steps"] == 4 and 0 <= c["reuse_rate"] <= 0.5 and c["computed_calls"] == round(4 * (1 - c["reuse_rate"]))
+    assert c["loop_ms"] == pytest.approx(sum(c["step_ms_all"]))
     md = (out / "smoke.md").read_text()
     assert "| dvdquant W4A8 free_weights |" in md and "released" in md and "Not measured here" in md
 

@@ -411,7 +411,8 @@ def test_trace_rows_average_summary_json():
     d = json.loads(c.to_json())
     assert d["delta"] == 0.09 and d["low"] == 4 and d["high"] == 8 and d["mode"] == "switch"
     assert d["trace"][0] == {"run": 0, "step": 0, "timestep": 900.0, "l1": None, "acc": None, "bits": 8,
-                             "calls": 1}
+                             "calls": 1, "est": None}
+    assert d["cache"]["policy"]["rule"] == "off" and d["cache"]["computed_calls"] == 4
     assert d["trace"][3]["l1"] == pytest.approx(0.05)
     assert d["average_bits"] == 7.0
 
