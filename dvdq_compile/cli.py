@@ -196,6 +196,33 @@ def eval_cmd(args) -> int:
     return 0
 
 
+def stats_cmd(args) -> int:
+    """The statistics card of each zoo expert: weights, and activations over a sampling run."""
+    import platform
+
+    from . import stats
+    from .zoo import load_pipeline, sample
+
+    pipe = load_pipeline(two_experts=not args.one_expert)
+    env = {"device": f"CPU ({torch.get_num_threads()} threads)", "torch": torch.__version__, "steps": args.steps,
+           "classes": args.classes, "python": platform.python_version()}
+    experts = [("high", pipe.model)] + ([("low", pipe.model_low)] if pipe.model_low is not None else [])
+    for tag, m in experts:
+        def run(model, m=m):
+            # the expert runs every step here (no boundary): its statistics over the whole schedule
+            sample(model, args.classes, steps=args.steps, guidance=3.0, seed=args.seed, progress=False,
+                   table=pipe.table, data=pipe.data)
+        c = stats.card(m, run)
+        stem = f"{args.stem}_{tag}"
+        stats.write_card(c, Path(args.out), stem, f"{args.name} ({tag}-noise expert)", env)
+        print(f"{stem}:")
+        for k, s in c["summary"].items():
+            v = s["value"]
+            print(f"  {k:36s} {'-' if v is None else f'{v:.4g}':>10s}  target {s['target']:8s}  met {s['met']}")
+    print(f"wrote {args.out}/{args.stem}_*.md/.json/.png")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="dvdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -240,6 +267,17 @@ def main(argv=None) -> int:
     e.add_argument("--qvdit-dir", default="bench/results/qvdit",
                    help="where the Q-VDiT rows find their artifacts (python -m dvdq_compile.qvdit.train --out DIR)")
     e.add_argument("--no-progress", action="store_true")
+    s = sub.add_parser("stats", help="statistics card of the zoo experts (weights and activations)",
+                       description="Per block linear: weight kurtosis, max|w|/std, share beyond 3 sigma, W4 error "
+                                   "with and without rotation; activation top/median channel, per-step range. "
+                                   "Writes <out>/<stem>_<expert>.md, .json and .png.")
+    s.add_argument("--steps", type=int, default=10, help="denoising steps of the sampling run (default 10)")
+    s.add_argument("--classes", type=int, nargs="+", default=[0, 5, 10])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--one-expert", action="store_true")
+    s.add_argument("--out", default="bench/results")
+    s.add_argument("--stem", default="stats_zoo_v1")
+    s.add_argument("--name", default="wan_zoo v1")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
@@ -250,6 +288,8 @@ def main(argv=None) -> int:
         if args.calib_steps < 1:
             p.error("--calib-steps must be >= 1")
         return eval_cmd(args)
+    if args.cmd == "stats":
+        return stats_cmd(args)
     return 1
 
 
