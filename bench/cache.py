@@ -108,7 +108,6 @@ def fit_teacache(pipe, args, steps) -> tuple:
     """Polynomial (degree 2) from the latent input's relative change to the output's, on an uncached run with
     another seed and other classes than the scored one."""
     import numpy as np
-    import torch
 
     from dvdq_compile.zoo import sample
 
@@ -135,7 +134,6 @@ def fit_teacache(pipe, args, steps) -> tuple:
     inp = [rel(firsts[i][0], firsts[i - 1][0]) for i in range(1, len(firsts))]
     out = [rel(firsts[i][1], firsts[i - 1][1]) for i in range(1, len(firsts))]
     coef = np.polyfit(np.array(inp), np.array(out), 2)
-    del torch
     return tuple(float(c) for c in coef)
 
 

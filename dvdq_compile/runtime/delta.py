@@ -229,7 +229,9 @@ class DeltaController:
         """
         caching = self.cache.on
         self._inp = None
-        self._inp_terms = self._input_terms(x) if caching and self.cache.input_signal else None
+        # the input's change only matters on a step's first call: not computed when the timestep says same step
+        wanted = caching and self.cache.input_signal and self._maybe_new_step(timestep)
+        self._inp_terms = self._input_terms(x) if wanted else None
         key = self._timestep_key(timestep)
         row = self._row
         if key is None and self._boundary:
@@ -315,10 +317,10 @@ class DeltaController:
                 outs = _map_tensors(output, lambda t: t.detach().clone())
                 first = _first_tensor(outs)
                 xc = x.detach().clone() if x is not None and self.cache.residual else None
-                if j == 0 and x is not None and self._x_c is not None and self._x_c.shape == x.shape:
-                    xf, pf = x.detach().float(), self._x_c.float()
-                    row.pending.append((-1, (xf - pf).abs().sum(), pf.abs().sum()))
-                if j == 0 and x is not None:
+                if j == 0 and x is not None and self.cache.rule == "easycache":  # its k: input change, computed steps
+                    if self._x_c is not None and self._x_c.shape == x.shape:
+                        xf, pf = x.detach().float(), self._x_c.float()
+                        row.pending.append((-1, (xf - pf).abs().sum(), pf.abs().sum()))
                     self._x_c = x.detach().clone() if xc is None else xc
                 self._kept[j] = (model, outs, xc)
                 self._prev[j] = (first, den)
@@ -442,6 +444,17 @@ class DeltaController:
             self._last_computed = row.step
         l1 = INF if l1 is None or math.isnan(l1) else l1  # undefined (or NaN) counts as +inf
         self._acc = l1 if row.bits == self.high else self._acc + l1
+
+    def _maybe_new_step(self, ts: Any) -> bool:
+        """False only when the timestep shows, without a host read, that this call joins the current step."""
+        if self._row is None or self._new_run or self._boundary:
+            return True
+        if isinstance(ts, torch.Tensor):
+            sig = self._ts_signature(ts)
+            return sig is None or sig != self._ts_sig
+        if isinstance(ts, numbers.Real) and not isinstance(ts, bool):
+            return float(ts) != self._row.timestep
+        return ts is not None
 
     def _input_terms(self, x: torch.Tensor | None) -> tuple | None:
         """(‖x − x_prev‖₁, ‖x_prev‖₁) on x's device, or None (no previous input of the same shape)."""

@@ -222,3 +222,26 @@ def test_controller_by_hand_with_a_plain_model():
     assert torch.equal(outs[2], outs[1])
     with pytest.raises(RuntimeError, match="reuse_call"):
         ctrl.reuse_call()
+
+
+def test_misuse_of_a_reused_step_is_a_clear_error():
+    model = TinyDiT()
+    ctrl = DeltaController(low=8, high=8, mode="high", cache=CachePolicy(rule="schedule", schedule="CCR"))
+    xs = inputs()
+    with torch.no_grad():
+        for s in range(2):  # computed steps keep call 0 only
+            assert ctrl.begin_call(TS[s], x=xs[s], model=model) == 8
+            ctrl.end_call(model(xs[s], TS[s]), x=xs[s], model=model)
+        assert ctrl.begin_call(TS[2], x=xs[2], model=model) == REUSE
+        with pytest.raises(RuntimeError, match="end_call\\(\\) on a reused step"):
+            ctrl.end_call(model(xs[2], TS[2]))
+        with pytest.raises(RuntimeError, match="call 1 of it has no cached output"):
+            ctrl.begin_call(TS[2], x=xs[2], model=model)  # a second call in a step whose structure changed
+
+
+def test_the_input_change_is_computed_once_per_step(monkeypatch):
+    calls = []
+    real = DeltaController._input_terms
+    monkeypatch.setattr(DeltaController, "_input_terms", lambda self, x: calls.append(1) or real(self, x))
+    drive(compiled(TinyDiT(), act_bits=8, cache="easycache", cache_threshold=1.0), inputs())  # CFG: 2 calls a step
+    assert len(calls) == STEPS
