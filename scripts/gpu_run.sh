@@ -2,7 +2,7 @@
 # A GPU run in stages that each fit one device command (<= 10 min). Standing order: whenever a GPU is lent, run
 # what the lease allows and commit what it writes. On the device machine (its torch is kept; nothing is fetched):
 #   PYTHONUNBUFFERED=1 bash scripts/gpu_run.sh STAGE "$OUT"
-#   STAGE: priority | tests | kernels-quick | kernels | sweep | e2e-base | e2e-dvdq | e2e-14b | e2e-hunyuan
+#   STAGE: first-window | priority | tests | kernels-quick | kernels | sweep | e2e-base | e2e-dvdq | e2e-14b | e2e-hunyuan
 # A lease is 15 minutes of device time, machine start included: run `priority` first (GPU tests, the quick kernel
 # benchmark, the core Wan 1.3B end-to-end rows, each with its own time limit so a slow part cannot eat the rest).
 # The device image has no diffusers (the tests and e2e.py import it): fetch the wheels here with
@@ -10,7 +10,7 @@
 # Results and logs go under $2 (default bench/results/gpu); copy them into bench/results/ and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?usage: gpu_run.sh priority|tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan [OUT]}
+STAGE=${1:?usage: gpu_run.sh first-window|priority|tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan [OUT]}
 OUT=${2:-bench/results/gpu}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -22,6 +22,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, triton; print('device', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| triton', triton.__version__)" | tee "$OUT/env.txt"
 python3 -c "import diffusers; print('diffusers', diffusers.__version__)" 2>&1 | tail -1 | tee -a "$OUT/env.txt"
 case "$STAGE" in
+  first-window)   # <= 8 min: GEMM kernels on the Wan shapes, ncu, GEMM GPU tests, then e2e rows (bench/first_window.py)
+    timeout 500 python3 bench/first_window.py --out "$OUT" 2>&1 | tee "$OUT/first_window.log" ;;
   priority)       # ~9 min: what a 15-minute lease can hold, most valuable first
     TRITON_INTERPRET=0 timeout 220 python3 -m pytest -v -m gpu -p no:cacheprovider tests 2>&1 | tee "$OUT/gpu_tests.log"
     timeout 110 python3 bench/kernels.py --quick --out "$OUT" 2>&1 | tee "$OUT/kernels_quick.log"

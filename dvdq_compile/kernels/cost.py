@@ -81,3 +81,16 @@ def roofline_seconds(cost: dict, peak_ops: float, bandwidth: float, **values) ->
     ops = evaluate(cost.get("int_ops", cost["flops"]), **values)
     by = evaluate(cost["bytes"], **values)
     return max(ops / peak_ops, by / bandwidth)
+
+
+def gemm_cycles(m=M, n=N, k=K, *, cycles_per_iter: float, block_m: int, block_n: int, k_iter: int,
+                ctas_per_sm: int = 1, sms: int = 132, outside: float = 0.0) -> sympy.Expr:
+    """SM cycles of a tiled GEMM from its hot loop: ``waves · ctas · (K / k_iter · cycles_per_iter + outside)``.
+
+    ``cycles_per_iter`` is the SM throughput per CTA loop iteration from the static instrument
+    (``kernels/sass_model.tile_cycles``: the max of the MMA, shared-memory, issue-slot and serialization bounds),
+    ``outside`` the per-tile cycles outside the loop; waves are ``⌈tiles / (sms · ctas)⌉``. Divide by the clock for
+    seconds. Symbolic in M, N, K like the byte and FLOP counts above."""
+    tiles = sympy.ceiling(sympy.sympify(m) / block_m) * sympy.ceiling(sympy.sympify(n) / block_n)
+    waves = sympy.ceiling(tiles / (sms * max(ctas_per_sm, 1)))
+    return waves * max(ctas_per_sm, 1) * (sympy.sympify(k) / k_iter * cycles_per_iter + outside)

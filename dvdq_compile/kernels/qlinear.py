@@ -35,7 +35,9 @@ import triton.language as tl
 
 from . import capability
 from .capability import pack_factor
+from .expand import expand_weight
 from .tl_common import (
+    INTERPRET,
     RS_COLS,
     as_rows,
     check_weight_rows,
@@ -71,27 +73,39 @@ _CONFIGS = configs(_gpu_configs(), triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, 
 
 @triton.jit
 def _k_block(a_ptrs, w_ptrs, mask_m, mask_n, z8, acc_i, rs, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-             PACK: tl.constexpr):
-    """One K block: load the int8 codes, :func:`int_dot` with the weight tile; returns ``(acc_i, rs, a_ptrs,
-    w_ptrs)`` with both pointers moved to the next block."""
+             PACK: tl.constexpr, EXPANDED: tl.constexpr):
+    """One K block: load the int8 codes, dot with the weight tile; returns ``(acc_i, rs, a_ptrs, w_ptrs)`` with both
+    pointers moved to the next block. EXPANDED: the weight tile is already int8 ``q − z`` (a pure int8 dot, the
+    operands straight from the pipelined shared-memory copies); else :func:`int_dot` unpacks it."""
     a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
-    acc_i, rs = int_dot(a, w_ptrs, mask_n, z8, acc_i, rs, BLOCK_N, BLOCK_K, PACK)
-    return acc_i, rs, a_ptrs + BLOCK_K, w_ptrs + BLOCK_K // PACK
+    if EXPANDED:
+        b = tl.load(w_ptrs, mask=mask_n[:, None], other=0)
+        acc_i = tl.dot(a, tl.trans(b), acc_i, out_dtype=tl.int32)
+        w_next = w_ptrs + BLOCK_K
+    else:
+        acc_i, rs = int_dot(a, w_ptrs, mask_n, z8, acc_i, rs, BLOCK_N, BLOCK_K, PACK)
+        w_next = w_ptrs + BLOCK_K // PACK
+    return acc_i, rs, a_ptrs + BLOCK_K, w_next
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "PER_TOKEN", "PACK"])
+@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "PER_TOKEN", "PACK", "EXPANDED"])
 @triton.jit
 def _qlinear_kernel(
     a_ptr, s_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, c_ptr,
     M, N, K, M_BUCKET,
     stride_am, stride_sm, stride_wn, stride_cm,
     GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, PER_TOKEN: tl.constexpr, PACK: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PARTIALS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PARTIALS: tl.constexpr, EXPANDED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
-    w_ptrs, z8, zc = weight_prologue(w_ptr, wz_ptr, offs_n, mask_n, stride_wn, BLOCK_K, PACK)
+    if EXPANDED:  # int8 q − z, one byte per code: no zero-point work at all
+        w_ptrs = w_ptr + offs_n[:, None] * stride_wn + tl.arange(0, BLOCK_K)[None, :]
+        z8 = None
+        zc = None
+    else:
+        w_ptrs, z8, zc = weight_prologue(w_ptr, wz_ptr, offs_n, mask_n, stride_wn, BLOCK_K, PACK)
     s_rows = s_ptr + offs_m * stride_sm
 
     if PER_TOKEN:
@@ -99,8 +113,9 @@ def _qlinear_kernel(
         rs = tl.zeros((BLOCK_M, RS_COLS), tl.int32)
         for _k in range(0, K // BLOCK_K):
             acc_i, rs, a_ptrs, w_ptrs = _k_block(a_ptrs, w_ptrs, mask_m, mask_n, z8, acc_i, rs, BLOCK_N, BLOCK_K,
-                                                 PACK)
-        acc_i = zero_correct(acc_i, rs, zc, PACK)
+                                                 PACK, EXPANDED)
+        if not EXPANDED:
+            acc_i = zero_correct(acc_i, rs, zc, PACK)
         if PARTIALS:
             p_ptrs = c_ptr + offs_m[:, None] * N + offs_n[None, :]
             tl.store(p_ptrs, acc_i, mask=mask_m[:, None] & mask_n[None, :])
@@ -114,11 +129,13 @@ def _qlinear_kernel(
         for g in range(0, n_groups):
             # the first K-block of a group starts its int32 accumulator (no zero tile to add)
             acc_i, rs, a_ptrs, w_ptrs = _k_block(a_ptrs, w_ptrs, mask_m, mask_n, z8, None,
-                                                 tl.zeros((BLOCK_M, RS_COLS), tl.int32), BLOCK_N, BLOCK_K, PACK)
+                                                 tl.zeros((BLOCK_M, RS_COLS), tl.int32), BLOCK_N, BLOCK_K, PACK,
+                                                 EXPANDED)
             for _kk in tl.static_range(GROUP_K // BLOCK_K - 1):
                 acc_i, rs, a_ptrs, w_ptrs = _k_block(a_ptrs, w_ptrs, mask_m, mask_n, z8, acc_i, rs, BLOCK_N,
-                                                     BLOCK_K, PACK)
-            acc_i = zero_correct(acc_i, rs, zc, PACK)
+                                                     BLOCK_K, PACK, EXPANDED)
+            if not EXPANDED:
+                acc_i = zero_correct(acc_i, rs, zc, PACK)
             if PARTIALS:
                 p_ptrs = c_ptr + (offs_m[:, None] * N + offs_n[None, :]) * n_groups + g
                 tl.store(p_ptrs, acc_i, mask=mask_m[:, None] & mask_n[None, :])
@@ -150,7 +167,25 @@ def _check(codes, scales, packed, wscale, wzero, wbits):
     check_weight_rows(packed, wscale, wzero)
 
 
-def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool):
+# At and above this many rows a call expands the 3/4-bit codes to int8 q − z once and runs the pure int8 loop
+# (kernels/expand.py: 1.5·N·K bytes, ~443/M of the GEMM's time at int8 peak on H100; bench/results/sass.md has
+# the loop it replaces). Below it the packed loop reads half the weight bytes, which matters when M is small.
+EXPAND_MIN_M = 4096
+
+
+def use_expanded(m: int, wbits: int, expand: bool | None = None) -> bool:
+    """Whether a call with ``m`` rows runs on int8-expanded weights: ``expand`` if given (3/4-bit only), else
+    ``m >= EXPAND_MIN_M`` on a GPU (the interpreter gains nothing from it)."""
+    if wbits not in (3, 4):
+        if expand:
+            raise ValueError(f"expand=True needs 3/4-bit weights (8-bit q − z does not fit int8), got {wbits} bits")
+        return False
+    if expand is not None:
+        return bool(expand)
+    return m >= EXPAND_MIN_M and not INTERPRET
+
+
+def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool, expand: bool | None):
     """Run the kernel into ``out``: the [M, N] output, or the [M, N, groups] int32 partials."""
     k = codes.shape[-1]
     a = as_rows(codes)
@@ -163,30 +198,35 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
         s = s.contiguous()
     s = s.to(torch.float32)
     w, ws, wz, b = weight_args(packed, wscale, wzero, bias)
+    expanded = use_expanded(m, wbits, expand)
+    if expanded:
+        w = expand_weight(w, wz, wbits)
     _qlinear_kernel[gemm_grid(m, n)](
         a, s, w, ws, wz, b, out, m, n, k, m_bucket(m),
         a.stride(0), s.stride(0), w.stride(0), out.stride(0) if out.dim() == 2 else n,
-        GROUP_K=ga, BLOCK_K=bk, PER_TOKEN=per_token, PACK=pack_factor(wbits),
-        HAS_BIAS=bias is not None, PARTIALS=partials,
+        GROUP_K=ga, BLOCK_K=bk, PER_TOKEN=per_token, PACK=1 if expanded else pack_factor(wbits),
+        HAS_BIAS=bias is not None, PARTIALS=partials, EXPANDED=expanded,
     )
 
 
 def qlinear(codes: torch.Tensor, scales: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor,
             wzero: torch.Tensor, bias: torch.Tensor | None, wbits: int, out_dtype: torch.dtype,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-    """Triton twin of :func:`quant.qlinear_ref`; returns ``y`` [..., N] in ``out_dtype`` (into ``out`` if given)."""
+            out: torch.Tensor | None = None, expand: bool | None = None) -> torch.Tensor:
+    """Triton twin of :func:`quant.qlinear_ref`; returns ``y`` [..., N] in ``out_dtype`` (into ``out`` if given).
+
+    ``expand``: run on int8-expanded weights (:func:`use_expanded`; None decides by M). Same numbers either way."""
     _check(codes, scales, packed, wscale, wzero, wbits)
     n = packed.shape[0]
     buf, res = output_buffer(codes.shape[:-1], n, out_dtype, codes.device, out)
     if buf.numel():
-        _launch(codes, scales, packed, wscale, wzero, bias, wbits, buf, partials=False)
+        _launch(codes, scales, packed, wscale, wzero, bias, wbits, buf, partials=False, expand=expand)
         if buf.data_ptr() != res.data_ptr():
             res.view(buf.shape).copy_(buf)
     return res
 
 
 def qlinear_int_partials(codes: torch.Tensor, scales: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor,
-                         wzero: torch.Tensor, wbits: int) -> torch.Tensor:
+                         wzero: torch.Tensor, wbits: int, expand: bool | None = None) -> torch.Tensor:
     """Debug path: the kernel's int32 partial sums ``P[m, n, g]`` [M, N, K/ga] (one block when per-token).
 
     Same tiles, unpack and dots as :func:`qlinear`; compare with ``quant.int_partials(codes, packed, wzero, wbits,
@@ -200,5 +240,5 @@ def qlinear_int_partials(codes: torch.Tensor, scales: torch.Tensor, packed: torc
     nb = 1 if capability.plan("qlinear", ga, k).per_token else k // ga
     out = torch.full((m, n, nb), -2**31, dtype=torch.int32, device=codes.device)  # poison: unwritten shows
     if m and n:
-        _launch(codes, scales, packed, wscale, wzero, None, wbits, out, partials=True)
+        _launch(codes, scales, packed, wscale, wzero, None, wbits, out, partials=True, expand=expand)
     return out

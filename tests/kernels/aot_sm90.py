@@ -16,55 +16,33 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
 from dvdq_compile.kernels import act_quant as A  # noqa: E402
-from dvdq_compile.kernels import bgr as B
-from dvdq_compile.kernels import fused as F
-from dvdq_compile.kernels import qlinear as Q
-from dvdq_compile.kernels import tl_common as T
+from dvdq_compile.kernels import aot  # noqa: E402
+from dvdq_compile.kernels import bgr as B  # noqa: E402
+from dvdq_compile.kernels import expand as E  # noqa: E402
+from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import qlinear as Q  # noqa: E402
+from dvdq_compile.kernels import tl_common as T  # noqa: E402
 
-TARGET = GPUTarget("cuda", 90, 32)
-CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
 def compile_one(name, autotuned, sig, const, num_warps, num_stages):
-    fn = autotuned.fn
-    full = {a: ("constexpr" if a in const else sig[a]) for a in fn.arg_names}
-    # what the launcher specializes at run time for 16-divisible pointers/strides/K
-    div = [a for a in fn.arg_names if a not in const and (full[a].startswith("*") or a.startswith("stride")
-                                                           or a == "K")]
-    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
     rec = {"name": name, "warps": num_warps, "stages": num_stages, **{k: v for k, v in const.items()
                                                                        if k.startswith("BLOCK")}}
     try:
-        k = triton.compile(ASTSource(fn, full, constexprs=const, attrs=attrs), target=TARGET,
-                           options={"num_warps": num_warps, "num_stages": num_stages})
+        k = aot.compile_sm90(autotuned, sig, const, num_warps, num_stages)
     except Exception as e:  # report, do not stop
         rec.update(ok=False, error=f"{type(e).__name__}: {str(e)[:400]}")
         return rec
-    rec.update(ok=True, shared=k.metadata.shared, wgmma=k.asm["ptx"].count("wgmma.mma_async"))
-    if CUOBJDUMP.exists():
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-            f.write(k.asm["cubin"])
-        try:
-            out = subprocess.run([str(CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True).stdout
-        finally:
-            os.unlink(f.name)
-        m = re.search(r"REG:(\d+) STACK:(\d+)", out)
-        if m:
-            rec.update(regs=int(m.group(1)), stack=int(m.group(2)))
+    rec.update(ok=True, wgmma=k.asm["ptx"].count("wgmma.mma_async"))
+    if aot.CUOBJDUMP.exists():
+        rec.update(aot.resources(k))
     return rec
 
 
@@ -94,10 +72,13 @@ def qlinear_specs(all_configs):
         for c in cfgs:
             s = dict(sig, c_ptr="*i32" if part else "*bf16")
             const = dict(GROUP_K=gk, BLOCK_K=bk, PER_TOKEN=pt, PACK=pack, HAS_BIAS=not part, PARTIALS=part,
-                         **c.kwargs)
+                         EXPANDED=False, **c.kwargs)
             w = "" if pack == 2 else " w8"
             yield f"qlinear g{gk} bk{bk} pt={pt} partials={part}{w}", Q._qlinear_kernel, s, const, c.num_warps, \
                 c.num_stages
+            if pack == 2:  # the int8-native loop on expanded weights (kernels/expand.py)
+                yield (f"qlinear g{gk} bk{bk} pt={pt} partials={part} expanded", Q._qlinear_kernel,
+                       dict(s, w_ptr="*i8"), dict(const, PACK=1, EXPANDED=True), c.num_warps, c.num_stages)
 
 
 def fused_specs(all_configs):
@@ -122,12 +103,13 @@ def bgr_specs():
            "N_STEPS": "i32", "MAX_ITER": "i32", "rel_eps": "fp32"}
     for qmax, block, warps in ((15, 2048, 2), (15, 16384, 16), (255, 8192, 8), (7, 128, 1)):
         const = dict(QMAX=qmax, TINY=1e-12, BLOCK=block, USE_RINT=True)
-        yield f"bgr qmax{qmax} L<={block}", _Plain(B._bgr_kernel), sig, const, warps, 1
+        yield f"bgr qmax{qmax} L<={block}", B._bgr_kernel, sig, const, warps, 1
 
 
-class _Plain:  # compile_one reads .fn (autotuned kernels); the BGR kernel is a plain JITFunction
-    def __init__(self, fn):
-        self.fn = fn
+def expand_specs():
+    sig = {"p_ptr": "*u8", "z_ptr": "*i32", "out_ptr": "*i8", "N": "i32", "KH": "i32", "stride_pn": "i32",
+           "stride_on": "i32"}
+    yield "expand w4", E._expand_kernel, sig, dict(BLOCK_N=32, BLOCK_KH=64), 4, 1
 
 
 def main(argv=None) -> int:
@@ -135,7 +117,8 @@ def main(argv=None) -> int:
     all_configs = "--all" in argv
     assert not T.INTERPRET and T.USE_RINT, "run without TRITON_INTERPRET"
     ok = True
-    for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs), *bgr_specs()):
+    for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs), *bgr_specs(),
+                 *expand_specs()):
         rec = compile_one(*spec)
         ok &= rec["ok"]
         print(json.dumps(rec), flush=True)

@@ -25,5 +25,7 @@ def test_kernels_compile_for_hopper():
     rotations = [r for r in recs if r["name"].startswith(("act_quant bf16", "act_quant fp16"))
                  and " r0 " not in r["name"]]
     assert rotations and all(r["wgmma"] > 0 for r in rotations), "16-bit Hadamard dots should use tensor cores"
-    main = [r for r in recs if r["name"] == "qlinear g128 bk128 pt=False partials=False"]
-    assert main and all(r.get("stack", 0) == 0 for r in main), main
+    main = [r for r in recs if r["name"] in ("qlinear g128 bk128 pt=False partials=False",
+                                             "qlinear g128 bk128 pt=False partials=False expanded",
+                                             "qlinear g3072 bk128 pt=True partials=False expanded")]
+    assert len(main) == 3 and all(r.get("stack", 0) == 0 for r in main), main

@@ -65,6 +65,17 @@ def test_int_partials_exact(group, wbits):
     assert torch.equal(p, quant.int_partials(c, packed, wz, wbits, group))
 
 
+@pytest.mark.parametrize("expand", [False, True])
+@pytest.mark.parametrize("wbits,group", [(4, 128), (3, 128), (4, 1024)])
+def test_expanded_and_packed_loops_exact(wbits, group, expand):
+    """Both inner loops (packed nibbles, int8-expanded q − z) give the reference's partials; ragged M and N."""
+    x = make_x(4133, 1024, gen=_gen(7)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(777, 1024, wbits, gen=_gen(8)))
+    c, s = quant.quantize_act(x, 8, group)
+    p = kernels.qlinear_int_partials(c, s, packed, ws, wz, wbits, expand=expand)
+    assert torch.equal(p, quant.int_partials(c, packed, wz, wbits, group))
+
+
 @pytest.mark.parametrize("abits,group,wbits", [(8, 128, 4), (4, 128, 4), (8, 3072, 4), (4, 64, 4), (8, 128, 8),
                                                (8, 3072, 8)])
 def test_large_bf16_vs_reference(abits, group, wbits):

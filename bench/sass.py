@@ -1,0 +1,328 @@
+"""Static performance instrument: compile every kernel variant for sm_90 on the CPU machine and read its SASS.
+
+No GPU needed (Triton's bundled ptxas / cuobjdump, ``dvdq_compile.kernels.aot``). For each kernel variant and
+tile config it reports, per iteration of the hot loop (the GEMM's K loop; the whole kernel for act_quant):
+instruction counts by class (MMA, unpack, convert, float, address, memory, sync), the wgmma wait depth, registers,
+spills, shared memory, occupancy, and the MMA / shared-memory / issue / serialization bounds of
+``dvdq_compile.kernels.sass_model`` with the estimated fraction of int8 peak. Then, per Wan linear shape at
+M = 32760 tokens (Wan 2.1 480p, 81 frames), the estimated time of each GEMM variant (tile waves on 132 SMs) against
+its HBM bytes floor and an ideal int8 GEMM, and what a separate activation-quantization pass adds.
+
+It is a model, not a measurement (``sass_model``'s docstring says what it leaves out); the GPU numbers come from
+``bench/kernels.py``. Results: ``bench/results/sass.{json,md}``; ``tests/bench/test_sass.py`` fails when a
+variant's estimate falls below the committed one.
+
+    env -u TRITON_INTERPRET python bench/sass.py [--out bench/results] [--only qlinear] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)   # real JITFunctions (before triton is imported)
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import triton  # noqa: E402
+
+from dvdq_compile.kernels import act_quant as A  # noqa: E402
+from dvdq_compile.kernels import aot  # noqa: E402
+from dvdq_compile.kernels import cost  # noqa: E402
+from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import qlinear as Q  # noqa: E402
+from dvdq_compile.kernels import sass_model as SM  # noqa: E402
+from dvdq_compile.kernels import tl_common as T  # noqa: E402
+
+M_TOKENS = 32760
+WAN_SHAPES = ((1536, 1536), (8960, 1536), (1536, 8960), (5120, 5120), (13824, 5120), (5120, 13824))
+CLASS_ORDER = ("mma", "unpack", "convert", "float", "address", "memory", "sync", "uniform", "control")
+
+QLINEAR_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*u8", "ws_ptr": "*fp32", "wz_ptr": "*i32",
+               "bias_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
+               "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
+FUSED_SIG = {"x_ptr": "*bf16", "h_ptr": "*bf16", "w_ptr": "*u8", "ws_ptr": "*fp32", "wz_ptr": "*i32",
+             "bias_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
+             "stride_xm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
+ACT_SIG = {"x_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "s_ptr": "*fp32", "clip_ptr": "*fp32", "M": "i32",
+           "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_cm": "i32", "stride_sm": "i32"}
+
+
+@dataclass
+class Spec:
+    """One compiled variant. ``k_iter``: K consumed per hot-loop iteration (GEMMs); ``elems``: elements per CTA
+    (act_quant); ``wbytes``: stored bytes per weight the variant reads; ``per_k``: a per-token variant's K (its
+    GROUP_K constexpr), None for grouped ones."""
+    kernel: str
+    variant: str
+    fn: object
+    sig: dict
+    const: dict
+    warps: int
+    stages: int
+    k_iter: int = 0
+    elems: int = 0
+    wbytes: float = 0.5
+    group: int = 128
+
+    @property
+    def tile(self) -> str:
+        c = self.const
+        if "BLOCK_N" in c:
+            return f"{c['BLOCK_M']}x{c['BLOCK_N']}/{self.warps}w/{self.stages}s"
+        return f"{c['BLOCK_M']}x{c.get('T', '')}/{self.warps}w"
+
+
+def _cfg(c):
+    return c.kwargs, c.num_warps, c.num_stages
+
+
+def gemm_specs(quick: bool) -> list[Spec]:
+    out = []
+    cfgs = Q._gpu_configs()[:1] if quick else Q._gpu_configs()
+    for c in cfgs:
+        kw, w, st = _cfg(c)
+        base = dict(BLOCK_K=128, HAS_BIAS=True, PARTIALS=False, EXPANDED=False, **kw)
+        i8 = dict(base, PACK=1, EXPANDED=True)
+        sig8 = dict(QLINEAR_SIG, w_ptr="*i8")
+        out.append(Spec("qlinear", "W4 g128", Q._qlinear_kernel, QLINEAR_SIG,
+                        dict(base, GROUP_K=128, PER_TOKEN=False, PACK=2), w, st, k_iter=128))
+        out.append(Spec("qlinear", "W4 per-token", Q._qlinear_kernel, QLINEAR_SIG,
+                        dict(base, GROUP_K=1536, PER_TOKEN=True, PACK=2), w, st, k_iter=128, group=0))
+        out.append(Spec("qlinear", "W4→int8 g128", Q._qlinear_kernel, sig8,
+                        dict(i8, GROUP_K=128, PER_TOKEN=False), w, st, k_iter=128, wbytes=1.0))
+        out.append(Spec("qlinear", "W4→int8 per-token", Q._qlinear_kernel, sig8,
+                        dict(i8, GROUP_K=1536, PER_TOKEN=True), w, st, k_iter=128, wbytes=1.0, group=0))
+        if not quick:
+            out.append(Spec("qlinear", "W8 g128", Q._qlinear_kernel, QLINEAR_SIG,
+                            dict(base, GROUP_K=128, PER_TOKEN=False, PACK=1), w, st, k_iter=128, wbytes=1.0))
+    fcfgs = F._gpu_configs()[:1] if quick else F._gpu_configs()
+    for c in fcfgs:
+        kw, w, st = _cfg(c)
+        const = dict(QMAX=127, GROUP_K=128, PER_TOKEN=False, PACK=2, ROT=128, ROT_MODE=T.ROT_PM1,
+                     ROT_SCALE=128 ** -0.5, USE_RINT=True, HAS_BIAS=True, **kw)
+        out.append(Spec("fused", "W4A8 g128 r128", F._fused_qlinear_kernel, FUSED_SIG, const, w, st, k_iter=128))
+    return out
+
+
+def act_specs() -> list[Spec]:
+    out = []
+    for bm, w in ((64, 4), (128, 8)):
+        const = dict(QMAX=127, GROUP=128, T=256, ROT=128, ROT_MODE=T.ROT_PM1, ROT_SCALE=128 ** -0.5,
+                     PER_TOKEN=False, USE_RINT=True, HAS_CLIP=False, BLOCK_M=bm)
+        out.append(Spec("act_quant", "A8 g128 r128 bf16", A._act_quant_kernel, ACT_SIG, const, w, 2,
+                        elems=bm * 256))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def analyse(spec: Spec) -> dict:
+    t0 = time.perf_counter()
+    rec = {"kernel": spec.kernel, "variant": spec.variant, "tile": spec.tile, "warps": spec.warps,
+           "stages": spec.stages}
+    try:
+        k = aot.compile_sm90(spec.fn, spec.sig, spec.const, spec.warps, spec.stages)
+    except Exception as e:  # a variant that does not compile is a row, not a crash
+        rec.update(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
+        return rec
+    res = aot.resources(k)
+    instrs = SM.parse(aot.sass(k))
+    st = SM.loop_stats(instrs)
+    ctas = SM.occupancy(res.get("regs", 255), res["shared"], spec.warps)
+    rec.update(ok=True, compile_s=round(time.perf_counter() - t0, 2), **res, ctas_per_sm=ctas,
+               loop=st.loop, loop_instructions=st.instructions, total_instructions=len(instrs),
+               by_class={c: st.by_class.get(c, 0) for c in CLASS_ORDER if st.by_class.get(c, 0)},
+               pipe_cycles=st.pipe_cycles, wait_depth=st.wait_depth, gmma=sorted(set(map(tuple, st.gmma))),
+               macs=st.macs, smem_bytes=st.smem_bytes, local_mem=st.local_mem)
+    if spec.k_iter:
+        c = spec.const
+        useful = c["BLOCK_M"] * c["BLOCK_N"] * spec.k_iter
+        rec.update(k_iter=spec.k_iter, **SM.tile_cycles(st, spec.warps, ctas, useful))
+    else:
+        rec.update(elems=spec.elems, **SM.tile_cycles(st, spec.warps, ctas))
+        rec["instructions_per_element"] = round(st.instructions * 32 * spec.warps / spec.elems, 2)
+    return rec
+
+
+def gemm_bytes(m, n, k, group, wbytes):
+    """HBM bytes of one W4A8 GEMM: int8 codes, fp32 scales, stored weights, bf16 output (cost.qlinear_cost)."""
+    g = k if not group else group
+    return m * k + 4 * m * k / g + n * k * wbytes + 8 * n + 2 * n + 2 * m * n
+
+
+def act_bytes(m, k, group=128):
+    """HBM bytes of a separate rotate+quantize pass: bf16 in, int8 codes and fp32 scales out."""
+    return 2 * m * k + m * k + 4 * m * k / group
+
+
+def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
+    """Per Wan shape: each GEMM variant's estimated time and fraction of int8 peak; the act_quant pass."""
+    by_name = {(s.kernel, s.variant, s.tile): s for s in specs}
+    act = [r for r in recs if r.get("ok") and r["kernel"] == "act_quant"]
+    rows = []
+    m = M_TOKENS
+    for n, k in WAN_SHAPES:
+        ideal = m * n * k / (SM.SMS * SM.MAC_PER_CLK["int8"] * SM.CLOCK_HZ)
+        best_act = None
+        for r in act:
+            s = by_name[(r["kernel"], r["variant"], r["tile"])]
+            bm, t = s.const["BLOCK_M"], s.const["T"]
+            comp = SM.tiles_time(m, k, bm, t, r["ctas_per_sm"], r["cycles"])
+            mem = act_bytes(m, k) / hbm
+            est = max(comp, mem)
+            if best_act is None or est < best_act[0]:
+                best_act = (est, comp, mem, r["tile"])
+        for r in recs:
+            if not r.get("ok") or "k_iter" not in r:
+                continue
+            s = by_name[(r["kernel"], r["variant"], r["tile"])]
+            if s.const.get("PER_TOKEN") and s.const["GROUP_K"] != k:
+                pass  # the per-token loop's code does not depend on K beyond the trip count
+            bm, bn = s.const["BLOCK_M"], s.const["BLOCK_N"]
+            outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
+            comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,
+                                                  k_iter=r["k_iter"], ctas_per_sm=r["ctas_per_sm"], sms=SM.SMS,
+                                                  outside=outside)) / SM.CLOCK_HZ
+            xbytes = act_bytes(m, k) if r["kernel"] == "fused" else 0  # fused reads bf16 x instead of codes
+            by = gemm_bytes(m, n, k, s.group, s.wbytes) + (xbytes - m * k - 4 * m * k / 128 if xbytes else 0)
+            mem = by / hbm
+            est = max(comp, mem)
+            if "int8" in r["variant"]:   # the per-call expansion (kernels/expand.py), a separate memory-bound pass
+                expand = (0.5 + 1.0) * n * k / hbm
+                est += expand
+            row = {"N": n, "K": k, "M": m, "kernel": r["kernel"], "variant": r["variant"], "tile": r["tile"],
+                   "est_us": round(est * 1e6, 1), "compute_us": round(comp * 1e6, 1), "hbm_us": round(mem * 1e6, 1),
+                   "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3)}
+            if "int8" in r["variant"]:
+                row["expand_us"] = round(expand * 1e6, 1)
+            if r["kernel"] != "fused" and best_act:
+                row["act_quant_us"] = round(best_act[0] * 1e6, 1)
+                row["act_share"] = round(best_act[0] / est, 3)
+                row["act_bytes_share"] = round(act_bytes(m, k) / by, 3)
+            rows.append(row)
+    return rows
+
+
+def best_per_variant(rows: list[dict]) -> list[dict]:
+    """Per (shape, kernel, variant): the tile config with the lowest estimated time (what autotune would pick)."""
+    best = {}
+    for r in rows:
+        key = (r["N"], r["K"], r["kernel"], r["variant"])
+        if key not in best or r["est_us"] < best[key]["est_us"]:
+            best[key] = r
+    return list(best.values())
+
+
+def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sass.json").write_text(json.dumps({"meta": meta, "kernels": recs, "shapes": rows}, indent=1) + "\n")
+    lines = [f"# Static instrument: sm_90 SASS of the dvdq kernels ({meta['date']})", "",
+             f"Compiled offline for {meta['target']} with triton {meta['triton']} (torch {meta['torch']}) on "
+             f"{meta['host']}. **Nothing here was timed**: the numbers are the model of "
+             "`dvdq_compile/kernels/sass_model.py` (H100 SXM5 constants) applied to the compiled code.", "",
+             "## Per kernel variant: one hot-loop iteration", "",
+             "| kernel | variant | tile | regs | spill B | smem KiB | CTAs/SM | loop instr | "
+             + " | ".join(CLASS_ORDER) + " | wgmma wait | mma | smem | issue | serial | bound | est. % int8 peak |",
+             "|" + "---|" * (10 + len(CLASS_ORDER) + 6)]
+    for r in recs:
+        if not r.get("ok"):
+            lines.append(f"| {r['kernel']} | {r['variant']} | {r['tile']} | compile failed: {r['error'][:80]} |")
+            continue
+        cls = " | ".join(str(r["by_class"].get(c, 0)) for c in CLASS_ORDER)
+        ser = f"{r['serial_cycles']:.0f}" if "serial_cycles" in r else "-"
+        frac = f"{100 * r['fraction']:.0f}" if r.get("k_iter") else f"({r['instructions_per_element']} instr/elem)"
+        lines.append(f"| {r['kernel']} | {r['variant']} | {r['tile']} | {r.get('regs', '?')} | {r.get('stack', '?')}"
+                     f" | {r['shared'] / 1024:.0f} | {r['ctas_per_sm']} | {r['loop_instructions']} | {cls} | "
+                     f"{r['wait_depth'] if r['wait_depth'] is not None else '-'} | {r['mma_cycles']:.0f} | "
+                     f"{r['smem_cycles']:.0f} | {r['issue_cycles']:.0f} | {ser} | {r['bound']} | {frac} |")
+    lines += ["", f"## Per Wan shape at M = {M_TOKENS}: best tile per variant (H100 SXM HBM {meta['hbm'] / 1e12} TB/s)",
+              "", "est = max(compute from tile waves, HBM bytes floor); ideal = int8 peak MMA time; act_quant = the "
+              "separate rotate+quantize pass (best tile), share of the GEMM's estimated time and bytes.", "",
+              "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
+              "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes |", "|" + "---|" * 14]
+    for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
+        lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
+                     f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
+                     f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | {r.get('act_bytes_share', '-')} |")
+    lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
+              "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
+              "(MMA + issue) / CTAs-per-SM when every wgmma is waited to depth 0); latency, bank conflicts, L2 and "
+              "TMA are not modelled. GEMM time per shape: `cost.gemm_cycles` (tile waves on 132 SMs at 1830 MHz). "
+              "Variants: `W4` = packed nibbles unpacked in the K loop (before); `W4→int8` = weights expanded once "
+              "per call to int8 q − z (`kernels/expand.py`, its time added) and a pure int8 loop (after); `g128` = "
+              "per-(token, 128) activation scales with the fp32 rescale per group; `per-token` = one scale per "
+              "token (no rescale in the loop).", ""]
+    (out / "sass.md").write_text("\n".join(lines))
+
+
+# what tests/bench/test_sass.py recompiles and holds to the committed estimates: the loop before (packed), the
+# two int8-native loops after, at the tiles the instrument ranks best
+CHECK = (("qlinear", "W4 g128", "128x128/8w/3s"), ("qlinear", "W4→int8 g128", "128x64/4w/4s"),
+         ("qlinear", "W4→int8 per-token", "64x128/4w/4s"), ("qlinear", "W4→int8 g128", "128x128/8w/3s"))
+
+
+def check(committed: Path) -> int:
+    """Recompile :data:`CHECK` and compare with the committed results: exit 1 if an estimate fell by more than one
+    point, a kernel spills more, or a variant no longer compiles."""
+    old = {(r["kernel"], r["variant"], r["tile"]): r for r in json.loads(committed.read_text())["kernels"]}
+    bad = []
+    for s in gemm_specs(False):
+        key = (s.kernel, s.variant, s.tile)
+        if key not in CHECK:
+            continue
+        r, o = analyse(s), old.get(key)
+        line = {"variant": s.variant, "tile": s.tile, "fraction": r.get("fraction"),
+                "committed": o and o.get("fraction"), "stack": r.get("stack"), "committed_stack": o and o.get("stack")}
+        print(json.dumps(line), flush=True)
+        if not r.get("ok") or o is None:
+            bad.append(f"{key}: {'not in the committed results' if o is None else r.get('error')}")
+        elif r["fraction"] < o["fraction"] - 0.01 or r.get("stack", 0) > o.get("stack", 0):
+            bad.append(f"{key}: estimate {r['fraction']:.3f} (committed {o['fraction']:.3f}), spill "
+                       f"{r.get('stack')} B (committed {o.get('stack')} B)")
+    for b in bad:
+        print("REGRESSION", b)
+    return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--only", default=None, help="kernel name filter (qlinear, fused, act_quant)")
+    p.add_argument("--quick", action="store_true", help="first tile config only")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--check", default=None, help="committed sass.json: recompile the CHECK variants, fail on a "
+                                                 "regression")
+    a = p.parse_args(argv)
+    if not aot.available():
+        print("triton wheel without ptxas/cuobjdump: nothing compiled")
+        return 0
+    if a.check:
+        return check(Path(a.check))
+    specs = gemm_specs(a.quick) + act_specs()
+    if a.only:
+        specs = [s for s in specs if s.kernel == a.only]
+    recs = []
+    for s in specs:
+        r = analyse(s)
+        recs.append(r)
+        print(json.dumps({k: r.get(k) for k in ("kernel", "variant", "tile", "regs", "stack", "loop_instructions",
+                                                 "wait_depth", "bound", "fraction", "error") if k in r}), flush=True)
+    import torch
+    meta = {"date": datetime.date.today().isoformat(), "target": "sm_90 (cuda 90)", "triton": triton.__version__,
+            "torch": torch.__version__, "host": "CPU machine (no GPU; offline compile)",
+            "hbm": SM.HBM["H100 SXM"], "m_tokens": M_TOKENS}
+    rows = shape_rows(recs, specs, SM.HBM["H100 SXM"])
+    if not a.no_write:
+        write(Path(a.out), recs, rows, meta)
+    return 0 if all(r.get("ok") for r in recs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

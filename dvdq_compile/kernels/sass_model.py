@@ -1,0 +1,216 @@
+"""Static performance model of a Hopper kernel from its SASS: what the instruction stream of the hot loop allows.
+
+Input: the ``cuobjdump -sass`` listing of a kernel compiled for sm_90 (:mod:`.aot`) and its resources. Output, for
+the innermost loop that holds the tensor-core instructions (the GEMM's K loop) or, without one, for the whole
+kernel: instruction counts by class, the ``wgmma`` wait depth, and cycles per loop iteration from four bounds:
+
+- **MMA**: MACs of the ``GMMA`` instructions / the SM's tensor rate (int8 4096, 16-bit 2048 MAC/clk/SM dense);
+- **shared memory**: bytes the ``GMMA``\\ s read from shared memory (A when it is a descriptor, B always) / 128 B/clk;
+- **issue**: per SM sub-partition (4 per SM, one warp instruction dispatched per clock), the larger of the dispatch
+  count and the busiest pipe (:data:`PIPE_CYCLES`: the 16-lane INT and FMA-heavy pipes take 2 clocks per warp
+  instruction, the XU conversions / MUFU 8);
+- **serialization**: when every ``wgmma`` is waited to depth 0 before the loop's other work, MMA and issue add up
+  within a CTA; other CTAs on the SM (occupancy from registers, shared memory, warps) hide that by ``1/ctas``.
+
+``cycles = max(mma, smem, issue, (mma + issue) / ctas if serialized)``; ``fraction of peak = mma_useful / cycles``.
+It is a model: latency, bank conflicts, L2 and TMA behaviour are not in it; what it is good for is comparing the
+code of two kernel versions on the same terms, without a GPU. The constants are H100 SXM5's (NVIDIA's published
+peak: 1979 dense int8 TOPS at 132 SMs and 1830 MHz; CUDA programming guide, arithmetic throughput of cc 9.0).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+# ---- H100 SXM5 (the H200 differs only in HBM: 4.8 TB/s)
+SMS = 132
+CLOCK_HZ = 1.83e9
+MAC_PER_CLK = {"int8": 4096, "fp16": 2048}
+SMEM_BYTES_PER_CLK = 128
+SMSP = 4
+REGS_PER_SM = 65536
+SMEM_PER_SM = 233472       # 228 KiB, of which 1 KiB per CTA is reserved
+WARPS_PER_SM = 64
+CTAS_PER_SM = 32
+HBM = {"H100 SXM": 3.35e12, "H200": 4.8e12}
+
+# instruction classes (by SASS opcode, before the first '.')
+CLASSES = {
+    "mma": ("IGMMA", "HGMMA", "QGMMA", "IMMA", "HMMA"),
+    "sync": ("BAR", "MEMBAR", "FENCE", "WARPGROUP", "DEPBAR", "LDGDEPBAR", "SYNCS", "ARRIVES", "WARPSYNC",
+             "ERRBAR", "CCTL"),
+    "memory": ("LDG", "STG", "LDS", "STS", "LDSM", "STSM", "LDGSTS", "UTMALDG", "UTMASTG", "UTMAPF", "UBLKCP",
+               "LDL", "STL", "ATOM", "ATOMS", "RED", "LD", "ST"),
+    "convert": ("I2F", "F2I", "I2FP", "F2FP", "F2F", "I2I", "FRND", "I2IP"),
+    "float": ("FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "FSETP", "HFMA2", "HMUL2", "HADD2", "MUFU", "FCHK", "FSWZADD",
+              "DADD", "DFMA", "DMUL"),
+    "unpack": ("LOP3", "SHF", "PRMT", "BFE", "BFI", "BMSK", "SGXT", "POPC", "FLO", "BREV"),
+    "control": ("BRA", "EXIT", "NOP", "BSSY", "BSYNC", "CALL", "RET", "YIELD", "BPT", "WARPGROUP_ARRIVE"),
+}
+_CLASS_OF = {op: c for c, ops in CLASSES.items() for op in ops}
+
+# clocks one warp instruction occupies its pipe in an SM sub-partition (sm_90: 32 FP32 lanes, 16 INT32 lanes,
+# 16 FMA-heavy lanes for IMAD, 4 XU lanes for conversions and MUFU). Opcodes not listed: 1.
+PIPE_CYCLES = {
+    "alu": (2, ("LOP3", "SHF", "PRMT", "IADD3", "ISETP", "SEL", "LEA", "IMNMX", "VIMNMX", "IABS", "BMSK", "SGXT",
+                "PLOP3", "P2R", "R2P", "FSEL", "FSETP", "FMNMX", "I2FP", "LEA.HI", "VIADD", "FLO", "POPC")),
+    "fma_heavy": (2, ("IMAD", "IMAD.WIDE", "IMUL")),
+    "xu": (8, ("MUFU", "I2F", "F2I", "F2F", "FRND", "I2I", "F2FP")),
+    "lsu": (1, ("LDG", "STG", "LDS", "STS", "LDSM", "STSM", "LDGSTS", "LDL", "STL", "ATOM", "RED")),
+}
+_PIPE_OF = {op: (p, c) for p, (c, ops) in PIPE_CYCLES.items() for op in ops}
+
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)\s*([^;]*);")
+_GMMA = re.compile(r"([IHQ])GMMA\.(\d+)x(\d+)x(\d+)\.(\w+)")
+
+
+@dataclass
+class Instr:
+    addr: int
+    pred: str
+    op: str        # full opcode with modifiers, e.g. IGMMA.64x128x32.S8.S8
+    args: str
+
+    @property
+    def base(self) -> str:
+        return self.op.split(".")[0]
+
+    @property
+    def uniform(self) -> bool:  # uniform datapath (U*): its own issue port, not the vector pipes
+        return self.base.startswith("U") and self.base not in ("UTMALDG", "UTMASTG", "UTMAPF", "UBLKCP")
+
+
+def parse(sass: str) -> list[Instr]:
+    """The instructions of the (first) function in a ``cuobjdump -sass`` listing, in address order."""
+    out = []
+    for m in _LINE.finditer(sass):
+        out.append(Instr(int(m.group(1), 16), (m.group(2) or "").strip(), m.group(3), m.group(4).strip()))
+    return out
+
+
+def loops(instrs: list[Instr]) -> list[tuple[int, int]]:
+    """``(first, last)`` index ranges of the loops: a branch back to an earlier address closes one."""
+    index = {ins.addr: i for i, ins in enumerate(instrs)}
+    out = []
+    for i, ins in enumerate(instrs):
+        if ins.base == "BRA":
+            m = re.match(r"(?:`\()?\.?L?_?x?_?(0x[0-9a-f]+)", ins.args) or re.search(r"(0x[0-9a-f]+)", ins.args)
+            if m:
+                target = int(m.group(1), 16)
+                if target < ins.addr and target in index:
+                    out.append((index[target], i))
+    return out
+
+
+def hot_loop(instrs: list[Instr]) -> tuple[int, int] | None:
+    """The innermost loop holding tensor-core instructions, else the largest loop, else None (straight-line)."""
+    ls = loops(instrs)
+    if not ls:
+        return None
+    with_mma = [(a, b) for a, b in ls if any(_class(instrs[j]) == "mma" for j in range(a, b + 1))]
+    if with_mma:
+        return min(with_mma, key=lambda r: r[1] - r[0])
+    return max(ls, key=lambda r: r[1] - r[0])
+
+
+def _class(ins: Instr) -> str:
+    if ins.uniform:
+        return "uniform"
+    c = _CLASS_OF.get(ins.base)
+    if c:
+        return c
+    return "address"   # IMAD, IADD3, LEA, ISETP, SEL, MOV, ...: integer work that is not bit unpacking
+
+
+def _pipe(ins: Instr):
+    if ins.uniform:
+        return None, 0
+    for key in (ins.op.split(".")[0] + "." + ins.op.split(".")[1] if "." in ins.op else None, ins.base):
+        if key and key in _PIPE_OF:
+            return _PIPE_OF[key]
+    if ins.base in ("FFMA", "FMUL", "FADD", "HFMA2", "HMUL2", "HADD2", "MOV", "IMAD.MOV"):
+        return "fma", 1
+    return None, 1
+
+
+@dataclass
+class LoopStats:
+    """Counts per thread for one iteration of the hot loop (or the whole kernel when ``loop`` is False)."""
+    loop: bool
+    instructions: int
+    by_class: dict = field(default_factory=dict)
+    pipe_cycles: dict = field(default_factory=dict)     # per warp, clocks each pipe is busy
+    macs: dict = field(default_factory=dict)   # per warpgroup, by operand type ("int8", "fp16")
+    smem_bytes: int = 0
+    wait_depth: int | None = None    # min pending wgmma groups allowed at a wait in the loop; None: no wait
+    gmma: list = field(default_factory=list)
+    local_mem: int = 0           # LDL/STL in the loop (spills)
+
+
+def loop_stats(instrs: list[Instr]) -> LoopStats:
+    rng = hot_loop(instrs)
+    body = instrs[rng[0]:rng[1] + 1] if rng else instrs
+    st = LoopStats(loop=rng is not None, instructions=len(body))
+    waits = []
+    for ins in body:
+        c = _class(ins)
+        st.by_class[c] = st.by_class.get(c, 0) + 1
+        pipe, cyc = _pipe(ins)
+        if pipe:
+            st.pipe_cycles[pipe] = st.pipe_cycles.get(pipe, 0) + cyc
+        if ins.base in ("LDL", "STL"):
+            st.local_mem += 1
+        m = _GMMA.match(ins.op)
+        if m:
+            kind, mm, nn, kk, _ = m.groups()
+            mm, nn, kk = int(mm), int(nn), int(kk)
+            st.gmma.append((mm, nn, kk))
+            dt = "int8" if kind in "IQ" else "fp16"
+            esz = 1 if kind in "IQ" else 2
+            st.macs[dt] = st.macs.get(dt, 0) + mm * nn * kk
+            a_smem = "gdesc" in ins.args.split(",")[1] if ins.args.count(",") >= 1 else True
+            st.smem_bytes += (mm * kk * esz if a_smem else 0) + nn * kk * esz
+        if ins.op.startswith("WARPGROUP.DEPBAR"):
+            m2 = re.search(r"0x([0-9a-f]+)", ins.args)
+            waits.append(int(m2.group(1), 16) if m2 else 0)
+    st.wait_depth = min(waits) if waits else None
+    return st
+
+
+def occupancy(regs: int, shared: int, warps: int) -> int:
+    """CTAs per SM from registers (allocated per warp in units of 256), shared memory and warps."""
+    per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
+    by_regs = REGS_PER_SM // (per_warp * warps)
+    by_smem = SMEM_PER_SM // (shared + 1024) if shared else CTAS_PER_SM
+    by_warps = WARPS_PER_SM // warps
+    return max(0, min(by_regs, by_smem, by_warps, CTAS_PER_SM))
+
+
+def tile_cycles(st: LoopStats, warps: int, ctas: int, useful_macs: int = 0) -> dict:
+    """SM cycles per loop iteration of one CTA (the SM's throughput: other CTAs share it), from the four bounds of
+    the module docstring; ``fraction``: the int8 tensor time of ``useful_macs`` over those cycles."""
+    wgs = max(warps // 4, 1)          # the SASS of one thread shows its warpgroup's instructions
+    mma = sum(v * wgs / MAC_PER_CLK[dt] for dt, v in st.macs.items())
+    smem = st.smem_bytes * wgs / SMEM_BYTES_PER_CLK
+    warps_per_smsp = warps / SMSP
+    dispatch = (st.instructions - st.by_class.get("uniform", 0)) * warps_per_smsp
+    busiest = max(st.pipe_cycles.values(), default=0) * warps_per_smsp
+    issue = max(dispatch, busiest)
+    serialized = st.wait_depth == 0
+    bounds = {"mma": mma, "smem": smem, "issue": issue}
+    if serialized:
+        bounds["serial"] = (mma + issue) / max(ctas, 1)
+    cycles = max(bounds.values())
+    useful = useful_macs / MAC_PER_CLK["int8"]
+    return {"cycles": cycles, "bound": max(bounds, key=bounds.get), "fraction": useful / cycles if cycles else 0.0,
+            **{f"{k}_cycles": v for k, v in bounds.items()}}
+
+
+def tiles_time(m: int, n: int, block_m: int, block_n: int, ctas_per_sm: int, cycles_per_tile: float) -> float:
+    """Seconds for all output tiles in waves of ``SMS · ctas_per_sm`` concurrent CTAs (each CTA's rate is its
+    share of the SM: ``cycles_per_tile`` already accounts for ``ctas_per_sm`` CTAs sharing it)."""
+    tiles = math.ceil(m / block_m) * math.ceil(n / block_n)
+    slots = SMS * max(ctas_per_sm, 1)
+    waves = math.ceil(tiles / slots)
+    return waves * cycles_per_tile * max(ctas_per_sm, 1) / CLOCK_HZ

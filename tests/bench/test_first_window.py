@@ -1,0 +1,25 @@
+"""bench/first_window.py --dry-run: the first GPU window's plan fits its budget and every step runs (interpreter)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dry_run(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "first_window.py"), "--dry-run", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    d = json.loads((tmp_path / "first_window_dry.json").read_text())
+    plan = d["plan"]
+    assert plan["n_compiles"] <= 12 and plan["estimated_s_before_e2e"] <= plan["budget_s"] == 480
+    gemms = [v for k, v in d["steps"].items() if k.startswith("gemm ")]
+    assert len(gemms) == 2
+    for g in gemms:
+        # a forced config and the packed loop compute the same numbers as the autotuned expanded call
+        assert g["forced_vs_auto_max_abs"] == 0.0 and g["packed_vs_expanded_max_abs"] == 0.0
+        assert set(g["times"]) >= {"bf16", "w4a8_auto", "w4a8_per_token", "w4a8_packed", "expand", "act_quant"}
+        assert "BLOCK_M" in g["w4a8_auto_config"]
+    assert d["steps"]["interpreter_tests"]["rc"] == 0
+    assert "done" in d["steps"]
