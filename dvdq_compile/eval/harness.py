@@ -42,7 +42,7 @@ ALPHAS = (0.25, 0.5, 0.75)
 class Row:
     label: str
     options: dict
-    group: str = ""  # "baseline" | "ablation" | "ours" | "control" | "peer"
+    group: str = ""  # "baseline" | "ablation" | "ours" | "control" | "peer" | "kernel" (speed-option ablation)
     calib: tuple = ()  # svdquant_gptq_ts: (field, value) overrides of SVDQuantTSConfig
     qvdit: str = ""  # qvdit: the training setting whose artifacts the row loads (qvdit.train.SETTINGS)
 
@@ -86,6 +86,11 @@ ROWS = (
     Row("MinMax W4A6", {"recipe": "minmax", "weight_bits": 4, "act_bits": 6}, "baseline"),
     Row("BGR+ARQ W4A6", {"recipe": "dvdquant", "weight_bits": 4, "act_bits": 6}, "ours"),
     Row("Q-VDiT W4A6", {"recipe": "qvdit", "weight_bits": 4, "act_bits": 6}, "peer", qvdit="w4a6"),
+    # what the GEMM kernel's speed options cost in quality: a per-token A8 scale takes the fp32 rescale out of the
+    # K loop (bench/results/sass.md), group 256 halves it (MinMax is per-token by default: its row is the reverse)
+    Row("MinMax W4A8 (group-128 scale)", {"recipe": "minmax", "act_bits": 8, "act_scale": "group"}, "kernel"),
+    Row("BGR+ARQ W4A8 (per-token scale)", {"recipe": "dvdquant", "act_bits": 8, "act_scale": "token"}, "kernel"),
+    Row("BGR+ARQ W4A8 (group 256)", {"recipe": "dvdquant", "act_bits": 8, "group": 256}, "kernel"),
 )
 
 
@@ -427,7 +432,7 @@ def plot(doc: dict, path: Path) -> None:
 
     rows = doc["rows"]
     colours = {"control": "grey", "baseline": "tab:blue", "ablation": "tab:orange", "ours": "tab:green",
-               "peer": "tab:purple"}
+               "peer": "tab:purple", "kernel": "tab:red"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(rows) + 1.5), sharey=True)
     labels = [r["label"] for r in rows]
     for ax, key, title in zip(axes, ("psnr", "ssim", "sqnr_mean"),
