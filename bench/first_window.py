@@ -7,7 +7,7 @@ One script, a fixed plan, a JSON written after every step (a cut-off run keeps w
    (N, K) — bf16 ``F.linear`` (cuBLAS), ``torch._int_mm``, and ours: W4A8 with group-128 scales on int8-expanded
    weights, autotuned over a small config set (the winner recorded) and in two forced configs; the per-token-scale
    variant (the pure int8 loop); the packed-nibble loop it replaces; the expansion alone; ``act_quant`` alone as a
-   share of the GEMM. Each with TOPS and GB/s from the cost model, and when the device is an H200, the H100 time
+   share of the GEMM, and where K is the model dim the norm-fused quantization (``kernels/norm_quant.py``). Each with TOPS and GB/s from the cost model, and when the device is an H200, the H100 time
    projected from bytes (``t + bytes·(1/3.35 − 1/4.8 TB/s)``, an upper bound for memory-bound parts);
 3. ``ncu`` speed-of-light of the W4A8 GEMM on one shape, when ``ncu`` is installed;
 4. the GPU correctness tests of the GEMM kernels (``-m gpu -k "qlinear or partials or expanded"``);
@@ -53,13 +53,14 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "w4a8_packed", "expand", "act_quant"]
+                 "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)"]
     compiles = {
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
         "expand": 1,
         "act_quant (one config)": 1,
+        "norm_quant (autotune set of 3)": 3,
     }
     n_meas = len(per_shape) * len(SHAPES)
     est = FIXED_S + COMPILE_S * sum(compiles.values()) + MEASURE_S * n_meas + NCU_S + TESTS_S
@@ -153,6 +154,7 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
     from dvdq_compile.kernels import cost
     from dvdq_compile.kernels import qlinear as ql
     from dvdq_compile.kernels.expand import expand_weight
+    from dvdq_compile.kernels.norm_quant import norm_act_quant
 
     t = timer(dev, rep_ms)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -200,6 +202,11 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                      FORCED[0], False, False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
         r["times"]["act_quant"] = t(lambda: aq.act_quant(x, 8, 128, 128, 0))
+        if k == shapes[0][1] or k == 5120:   # K = model dim: the input can come from a norm (q/k/v, FFN-up)
+            mult = torch.ones(1, 1, k, device=dev) + 0.1
+            shift = torch.zeros(1, 1, k, device=dev)
+            x3 = x.view(1, m, k)
+            r["times"]["norm_quant"] = t(lambda: norm_act_quant(x3, mult, shift, 1e-6, xdt, 8, 128, 128, 0))
         gemm = cost.qlinear_cost(m, n, k, 128, 4)
         by = cost.evaluate(gemm["bytes"])
         by_exp = by + 0.5 * n * k       # the GEMM reads int8 weights: N·K instead of N·K/2
@@ -207,6 +214,9 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             sec = v["ms"] * 1e-3
             if name in ("expand",):
                 v["GB/s"] = round(1.5 * n * k / sec / 1e9, 1)
+            elif name == "norm_quant":   # reads x, writes codes + scales (what act_quant writes)
+                v["GB/s"] = round(cost.evaluate(cost.act_quant_cost(m, k, 128, 128)["bytes"]) / sec / 1e9, 1)
+                v["share_of_w4a8_auto"] = round(v["ms"] / r["times"]["w4a8_auto"]["ms"], 3)
             elif name == "act_quant":
                 v["GB/s"] = round(cost.evaluate(cost.act_quant_cost(m, k, 128, 128)["bytes"]) / sec / 1e9, 1)
                 v["share_of_w4a8_auto"] = round(v["ms"] / r["times"]["w4a8_auto"]["ms"], 3)
@@ -220,9 +230,6 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                                    + r["times"]["act_quant"]["ms"]), 3)
         rows.append(r)
         run.step(f"gemm {n}x{k}", r)
-        del x, w16, a8, b8, w8, out
-        if dev == "cuda":
-            torch.cuda.empty_cache()
 
 
 def ncu_step(run: Run, out: Path) -> None:

@@ -36,6 +36,7 @@ from dvdq_compile.kernels import act_quant as A  # noqa: E402
 from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import cost  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
 from dvdq_compile.kernels import sass_model as SM  # noqa: E402
 from dvdq_compile.kernels import tl_common as T  # noqa: E402
@@ -50,6 +51,10 @@ QLINEAR_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*u8", "ws_ptr": "*fp3
 FUSED_SIG = {"x_ptr": "*bf16", "h_ptr": "*bf16", "w_ptr": "*u8", "ws_ptr": "*fp32", "wz_ptr": "*i32",
              "bias_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32", "M_BUCKET": "i32",
              "stride_xm": "i32", "stride_wn": "i32", "stride_cm": "i32"}
+NORM_SIG = {"x_ptr": "*bf16", "mult_ptr": "*fp32", "shift_ptr": "*fp32", "h_ptr": "*bf16", "c_ptr": "*i8",
+            "s_ptr": "*fp32", "M": "i32", "K": "i32", "S": "i32", "eps": "fp32", "stride_xm": "i32",
+            "stride_mb": "i32", "stride_ms": "i32", "stride_sb": "i32", "stride_ss": "i32", "stride_cm": "i32",
+            "stride_sm": "i32"}
 ACT_SIG = {"x_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "s_ptr": "*fp32", "clip_ptr": "*fp32", "M": "i32",
            "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_cm": "i32", "stride_sm": "i32"}
 
@@ -118,6 +123,13 @@ def act_specs() -> list[Spec]:
                      PER_TOKEN=False, USE_RINT=True, HAS_CLIP=False, BLOCK_M=bm)
         out.append(Spec("act_quant", "A8 g128 r128 bf16", A._act_quant_kernel, ACT_SIG, const, w, 2,
                         elems=bm * 256))
+    for c in NQ._CONFIGS:
+        bm, w = c.kwargs["BLOCK_M"], c.num_warps
+        const = {"QMAX": 127, "GROUP": 128, "T": 256, "ROT": 128, "ROT_MODE": T.ROT_PM1, "ROT_SCALE": 128 ** -0.5,
+                 "OUT": 2, "USE_RINT": True, "BLOCK_M": bm}
+        # elems: one chunk of the normalize-quantize loop (the hot loop); the statistics loop is added per shape
+        out.append(Spec("norm_quant", "LN+mod+A8 g128 r128 bf16", NQ._norm_quant_kernel, NORM_SIG, const, w,
+                        c.num_stages, elems=bm * 256))
     return out
 
 
@@ -148,6 +160,11 @@ def analyse(spec: Spec) -> dict:
     else:
         rec.update(elems=spec.elems, **SM.tile_cycles(st, spec.warps, ctas))
         rec["instructions_per_element"] = round(st.instructions * 32 * spec.warps / spec.elems, 2)
+        hot = SM.hot_loop(instrs)
+        others = [b - a + 1 for a, b in SM.loops(instrs) if (a, b) != hot and not (hot[0] <= a and b <= hot[1])] \
+            if hot else []
+        # a row kernel with a statistics pass (norm_quant): that loop's instructions per chunk, issued as often
+        rec["other_loop_instructions"] = sum(others)
     return rec
 
 
@@ -166,6 +183,7 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
     """Per Wan shape: each GEMM variant's estimated time and fraction of int8 peak; the act_quant pass."""
     by_name = {(s.kernel, s.variant, s.tile): s for s in specs}
     act = [r for r in recs if r.get("ok") and r["kernel"] == "act_quant"]
+    nq = [r for r in recs if r.get("ok") and r["kernel"] == "norm_quant"]
     rows = []
     m = M_TOKENS
     for n, k in WAN_SHAPES:
@@ -179,6 +197,16 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             est = max(comp, mem)
             if best_act is None or est < best_act[0]:
                 best_act = (est, comp, mem, r["tile"])
+        best_nq = None
+        for r in nq:   # norm → modulate → quantize in one kernel: both passes issue-costed, HBM floor e·MK + codes
+            s = by_name[(r["kernel"], r["variant"], r["tile"])]
+            bm, t = s.const["BLOCK_M"], s.const["T"]
+            scale = (r["loop_instructions"] + r["other_loop_instructions"]) / r["loop_instructions"]
+            comp = SM.tiles_time(m, k, bm, t, r["ctas_per_sm"], r["cycles"] * scale)
+            est = max(comp, act_bytes(m, k) / hbm)
+            if best_nq is None or est < best_nq:
+                best_nq = est
+        norm_floor = 4 * m * k / hbm     # the unfused norm: bf16 x in, bf16 y out
         for r in recs:
             if not r.get("ok") or "k_iter" not in r:
                 continue
@@ -206,6 +234,11 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                 row["act_quant_us"] = round(best_act[0] * 1e6, 1)
                 row["act_share"] = round(best_act[0] / est, 3)
                 row["act_bytes_share"] = round(act_bytes(m, k) / by, 3)
+            if r["kernel"] != "fused" and best_nq is not None and k in (1536, 5120):
+                # when the producer is a norm (q/k/v and FFN-up): the fused kernel replaces norm + act_quant; it
+                # adds (1 + 4/g − 2)·M·K < 0 bytes, and this much time beyond the norm's own HBM floor
+                row["norm_quant_us"] = round(best_nq * 1e6, 1)
+                row["norm_fused_added_share"] = round(max(0.0, best_nq - norm_floor) / est, 3)
             rows.append(row)
     return rows
 
@@ -244,13 +277,20 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
                      f"{r['smem_cycles']:.0f} | {r['issue_cycles']:.0f} | {ser} | {r['bound']} | {frac} |")
     lines += ["", f"## Per Wan shape at M = {M_TOKENS}: best tile per variant (H100 SXM HBM {meta['hbm'] / 1e12} TB/s)",
               "", "est = max(compute from tile waves, HBM bytes floor); ideal = int8 peak MMA time; act_quant = the "
-              "separate rotate+quantize pass (best tile), share of the GEMM's estimated time and bytes.", "",
+              "separate rotate+quantize pass (best tile), share of the GEMM's estimated time and bytes. norm_quant = "
+              "layer norm → modulate → rotate → quantize in one kernel (`kernels/norm_quant.py`), where the "
+              "linear's input comes from a norm (K = model dim: q/k/v, cross-attention q, FFN-up; not to_out, "
+              "whose input is the attention output): it adds no bytes (codes replace the norm's 16-bit output) and "
+              "the added time is its estimate beyond the unfused norm's HBM floor, as a share of the GEMM.", "",
               "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
-              "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes |", "|" + "---|" * 14]
+              "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time |",
+              "|" + "---|" * 16]
     for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
         lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
                      f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
-                     f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | {r.get('act_bytes_share', '-')} |")
+                     f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | "
+                     f"{r.get('act_bytes_share', '-')} | {r.get('norm_quant_us', '-')} | "
+                     f"{r.get('norm_fused_added_share', '-')} |")
     lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
               "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
               "(MMA + issue) / CTAs-per-SM when every wgmma is waited to depth 0); latency, bank conflicts, L2 and "

@@ -69,6 +69,8 @@ ALLOWED: dict[str, str] = {
     "progress": "bool: progress bar while weights are quantized",
     "artifact": "None, or what the recipe reads (a calibration, an artifact, a path to one, or a list of them: one "
                 "per model sharing the compiled graph, matched by weight fingerprint); see the recipe",
+    "fuse_norm": "'auto' (on with Triton kernels on CUDA), 'on' or 'off': quantize an activation made by layer norm "
+                 "-> modulation -> cast inside that norm's kernel when only quantized linears read it",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
     **CACHE_ALLOWED,
@@ -109,6 +111,7 @@ class QuantConfig:
     progress: bool = True
     artifact: Any = None
     free_weights: bool = False
+    fuse_norm: str = "auto"
     # step caching (runtime/step_cache.py): reuse the model's prediction on steps the rule says change little
     cache: str = "off"
     cache_threshold: float = 0.1
@@ -234,6 +237,8 @@ class QuantConfig:
             _fail("progress", self.progress)
         if not isinstance(self.free_weights, bool):
             _fail("free_weights", self.free_weights)
+        if self.fuse_norm not in ("auto", "on", "off"):
+            _fail("fuse_norm", self.fuse_norm)
         if self.act_scale == "channel" and self.kernels == "triton":
             raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
                               "reference path only; it cannot be combined with kernels='triton'")

@@ -7,6 +7,9 @@ Ops (shapes: ``x`` [..., K], weights [N, ·], M = prod(leading dims)):
 
 - ``dvdq::act_quant(x, bits, group, rotate, sign_seed, impl, clip=None) -> (codes int8 [..., K], scales fp32
   [..., K/group])``; ``clip`` an optional one-element fp32 tensor c: scale = (absmax·c)/qmax (clip-ratio recipes)
+- ``dvdq::norm_act_quant(x, mult, shift, eps, out_dtype, bits, group, rotate, sign_seed, impl) -> (codes,
+  scales)``: ``act_quant`` of ``(layer_norm(x.float(), eps)·mult + shift).to(out_dtype)`` (quantization at its
+  producer, inserted by ``passes/producer.py``)
 - ``dvdq::qlinear(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, impl) -> y [..., N] out_dtype``
 - ``dvdq::fused_qlinear(x, packed, wscale, wzero, bias?, wbits, abits, group, rotate, sign_seed, impl) -> y``
   (rotate + quantize + GEMM in one launch; same numbers as act_quant → qlinear)
@@ -55,6 +58,26 @@ def act_quant(x: Tensor, bits: int, group: int, rotate: int, sign_seed: int, imp
 
 @act_quant.register_fake
 def _(x, bits, group, rotate, sign_seed, impl, clip=None):
+    k = x.shape[-1]
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty((*x.shape[:-1], k // group), dtype=torch.float32))
+
+
+@torch.library.custom_op("dvdq::norm_act_quant", mutates_args=())
+def norm_act_quant(x: Tensor, mult: Tensor, shift: Tensor, eps: float, out_dtype: torch.dtype, bits: int, group: int,
+                   rotate: int, sign_seed: int, impl: str) -> tuple[Tensor, Tensor]:
+    """``act_quant(norm_modulate(x, mult, shift, eps, out_dtype), ...)`` in one op: quantization at its producer
+    (``quant/norm.py``, ``kernels/norm_quant.py``)."""
+    _check_x(x, "norm_act_quant")
+    _check_impl(impl)
+    if impl == "triton":
+        from .kernels.norm_quant import norm_act_quant as kernel
+        return kernel(x, mult, shift, eps, out_dtype, bits, group, rotate, sign_seed)
+    return quant.quantize_act(quant.norm_modulate(x, mult, shift, eps, out_dtype), bits, group, rotate, sign_seed)
+
+
+@norm_act_quant.register_fake
+def _(x, mult, shift, eps, out_dtype, bits, group, rotate, sign_seed, impl):
     k = x.shape[-1]
     return (x.new_empty(x.shape, dtype=torch.int8),
             x.new_empty((*x.shape[:-1], k // group), dtype=torch.float32))

@@ -25,6 +25,7 @@ import torch
 
 from ..config import QuantConfig
 from ..kernels.dispatch import act_impl, gemm_variant, linear_impl
+from . import producer
 from .find_linears import LinearSite
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -46,6 +47,7 @@ class LayerPlan:
     act_kernel: str  # what runs act_quant: triton | reference | -
     op: str  # qlinear | dq_linear (16-bit activations) | dq_channel (per-channel fake-quant) | fp
     fused: frozenset = frozenset()  # the activation variants (bits) that run fused_qlinear instead of the split pair
+    producer: object = None  # passes.producer.NormModulate: the activation is quantized in its norm's kernel
 
     @property
     def name(self) -> str:
@@ -204,4 +206,6 @@ def plan_layers(sites: list[LinearSite], cfg: QuantConfig, recipe, artifacts: li
         if d.decision == "quantize":
             consumers[d.site.x] = consumers.get(d.site.x, 0) + 1
     layers = [_freeze(d, cfg, impl, consumers, products) for d in drafts]
+    if products.smoothing is None and products.extras is None:   # their layers rescale x before quantizing
+        layers = producer.assign(layers, cfg, cfg.fuse_norm)
     return Plan(layers, products, impl, impl_reason, cfg.act_variants)

@@ -133,6 +133,35 @@ def _timestep_bin(b: GraphBuilder, t: fx.Node, edges: tuple) -> fx.Node:
     return b.call(torch.bucketize, b.method(key, "to", torch.float32), edges_n, right=True)
 
 
+def _norm_act_quant(b: GraphBuilder, p, val_map: dict, bits: int, seed: int):
+    """(codes, scales) of the layer's input straight from its norm's input (``passes/producer.py``): the codes the
+    layers reading that activation share."""
+    m = p.producer
+    x = val_map[m.x]
+    one = lambda v: b.constant(torch.full((m.k,), v, dtype=torch.float32), x)  # noqa: E731
+    mult = val_map[m.mult] if m.mult is not None else one(1.0)
+    shift = val_map[m.shift] if m.shift is not None else one(0.0)
+    aq = b.call(torch.ops.dvdq.norm_act_quant.default, x, mult, shift, m.eps, m.out_dtype, bits, p.act_group,
+                p.rotate, seed, p.act_kernel)
+    return b.item(aq, 0), b.item(aq, 1)
+
+
+def _erase_unused_chain(g: fx.Graph, node: fx.Node, stop: fx.Node) -> None:
+    """Erase the norm → modulate → cast nodes that ``norm_act_quant`` replaced, from the cast back toward the norm's
+    input ``stop``, as long as nothing else reads them (the eager lowering runs every node it is given)."""
+    from .producer import chain_op
+
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n is stop or getattr(n, "_erased", False) or n.op not in ("call_function", "call_method") or n.users \
+                or not chain_op(n):
+            continue
+        inputs = [a for a in n.all_input_nodes]
+        g.erase_node(n)
+        todo += inputs
+
+
 def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: QuantConfig, variant: int,
             timestep_index: int | None = None) -> fx.GraphModule:
     """A new GraphModule with ``plan``'s quantized layers at ``variant``-bit activations (where the plan does not
@@ -187,11 +216,16 @@ def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: Qua
             y = emit_extras(b, p, x, wnodes[s.w_index], bias, variant, cfg.seed, shared, ex, gid, inputs, clip)
         else:
             sm = smoothing.by_x.get(s.x) if smoothing is not None and p.decision == "quantize" else None
+            if p.producer is not None and x not in shared:
+                shared[x] = _norm_act_quant(b, p, val_map, variant, cfg.seed)
             y = emit(b, p, x, wnodes[s.w_index], bias, variant, cfg.seed, shared, sm)
         y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
         node.replace_all_uses_with(y)
         g.erase_node(node)
         replaced[node] = y
+    for p in plan.quantized():
+        if p.producer is not None:
+            _erase_unused_chain(g, val_map[p.site.x], stop=val_map[p.producer.x])
     g.lint()
     new.recompile()
     return new

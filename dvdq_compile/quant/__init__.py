@@ -4,6 +4,7 @@ from .bgr import bgr, bgr_rows
 from .hadamard import NO_SIGNS, hadamard_matrix, rotate
 from .linear import dequant_linear_ref, int_partials, qlinear_ref
 from .minmax import dequantize, minmax
+from .norm import norm_modulate
 from .offset import offset_qweight
 from .pack import pack, pack_int3, pack_int4, unpack, unpack_int3, unpack_int4
 from .qweight import QuantizedWeight, WeightSpec, quantize_weight, quantized_bytes
@@ -11,7 +12,7 @@ from .smooth import smooth_factors, weight_absmax
 
 __all__ = [
     "NO_SIGNS", "QuantizedWeight", "WeightSpec", "bgr", "bgr_rows", "dequant_linear_ref", "dequantize",
-    "dequantize_act", "fake_quant_per_channel", "hadamard_matrix", "int_partials", "minmax", "offset_qweight",
+    "dequantize_act", "fake_quant_per_channel", "hadamard_matrix", "int_partials", "minmax", "norm_modulate", "offset_qweight",
     "pack", "pack_int3",
     "pack_int4", "qlinear_ref", "qmax_for", "quantize_act", "quantize_weight", "quantized_bytes", "rotate",
     "smooth_factors", "unpack", "unpack_int3", "unpack_int4", "weight_absmax",

@@ -29,6 +29,7 @@ class LayerReport:
     mse: float | None = None  # weight MSE of the chosen quantizer (rotated basis), after quantization
     mse_minmax: float | None = None  # MinMax weight MSE on the same rotated weight
     freed: bool = False  # free_weights released its 16-bit storage
+    act_producer: str = ""  # "norm_modulate": its activation is quantized in the norm's kernel (passes/producer.py)
 
 
 @dataclass
@@ -110,6 +111,6 @@ def from_plan(plan: Plan, example_inputs, cfg) -> CompileReport:
         act = {"weight_only": "16", "skip": "-"}.get(p.decision, str(p.act_bits or variants))
         rows.append(LayerReport(name=p.name, n=s.n, k=s.k, decision=p.decision, reason=p.reason,
                                 weight_bits=p.weight_bits, act_bits=act, kernel=p.kernel, bytes_before=before,
-                                bytes_after=after))
+                                bytes_after=after, act_producer="norm_modulate" if p.producer is not None else ""))
     return CompileReport(layers=rows, kernels=plan.impl, kernels_reason=plan.impl_reason, variants=plan.variants,
                          lowering=cfg.lowering, recipe=cfg.recipe)

@@ -27,6 +27,7 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import bgr as B  # noqa: E402
 from dvdq_compile.kernels import expand as E  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
 from dvdq_compile.kernels import tl_common as T  # noqa: E402
 
@@ -106,6 +107,17 @@ def bgr_specs():
         yield f"bgr qmax{qmax} L<={block}", B._bgr_kernel, sig, const, warps, 1
 
 
+def norm_specs():
+    sig = {"x_ptr": "*bf16", "mult_ptr": "*fp32", "shift_ptr": "*fp32", "h_ptr": "*bf16", "c_ptr": "*i8",
+           "s_ptr": "*fp32", "M": "i32", "K": "i32", "S": "i32", "eps": "fp32", "stride_xm": "i32",
+           "stride_mb": "i32", "stride_ms": "i32", "stride_sb": "i32", "stride_ss": "i32", "stride_cm": "i32",
+           "stride_sm": "i32"}
+    for c in NQ._CONFIGS:
+        const = {"QMAX": 127, "GROUP": 128, "T": 256, "ROT": 128, "ROT_MODE": T.ROT_PM1, "ROT_SCALE": 128 ** -0.5,
+                 "OUT": 2, "USE_RINT": True, **c.kwargs}
+        yield "norm_quant bf16 g128 r128", NQ._norm_quant_kernel, sig, const, c.num_warps, c.num_stages
+
+
 def expand_specs():
     sig = {"p_ptr": "*u8", "z_ptr": "*i32", "out_ptr": "*i8", "N": "i32", "KH": "i32", "stride_pn": "i32",
            "stride_on": "i32"}
@@ -118,7 +130,7 @@ def main(argv=None) -> int:
     assert not T.INTERPRET and T.USE_RINT, "run without TRITON_INTERPRET"
     ok = True
     for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs), *bgr_specs(),
-                 *expand_specs()):
+                 *expand_specs(), *norm_specs()):
         rec = compile_one(*spec)
         ok &= rec["ok"]
         print(json.dumps(rec), flush=True)

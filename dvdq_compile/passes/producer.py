@@ -1,0 +1,181 @@
+"""Quantize an activation in the kernel that produces it: layer norm → adaLN modulation → cast → quantized linears.
+
+Every video DiT in diffusers feeds q/k/v and the FFN from ``norm(x) * (1 + scale) + shift`` cast back to the
+model's dtype (Wan, HunyuanVideo, LTX, CogVideoX; cross-attention from an affine layer norm). Quantized as written,
+that is three passes over the activation: the norm writes 16-bit ``y``, ``act_quant`` reads it and writes codes, the
+GEMM reads the codes. When every reader of ``y`` is a quantized linear, the rewrite instead emits one
+``dvdq::norm_act_quant`` (``kernels/norm_quant.py``) that reads ``x`` and writes the codes (``quant/norm.py`` is its
+specification), and the norm's own nodes are left to dead-code elimination.
+
+:func:`match` recognises the pattern in a Dynamo graph (the spellings Dynamo records for these modules: method or
+function ``mul``/``add`` in either operand order, ``to``/``type_as``/``float`` casts, ``F.layer_norm`` with or
+without affine); :func:`assign` decides per layer and says why in the plan (the compile report shows it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+MODES = ("auto", "on", "off")
+_MUL = (operator.mul, torch.mul, torch.Tensor.mul)
+_ADD = (operator.add, torch.add, torch.Tensor.add)
+_CAST_METHODS = ("to", "type_as", "float", "half", "bfloat16")
+
+
+@dataclass(frozen=True)
+class NormModulate:
+    """``(layer_norm(x.float(), eps) · mult + shift).to(out_dtype)`` found in the graph (nodes of Dynamo's graph;
+    ``mult`` / ``shift`` may be None: a plain norm, or the norm's own affine weight and bias)."""
+    x: fx.Node
+    mult: fx.Node | None
+    shift: fx.Node | None
+    eps: float
+    out_dtype: torch.dtype
+    k: int
+
+
+def _val(n):
+    return n.meta.get("example_value", n.meta.get("val")) if isinstance(n, fx.Node) else None
+
+
+def _dtype(n) -> torch.dtype | None:
+    v = _val(n)
+    return v.dtype if isinstance(v, torch.Tensor) else None
+
+
+def _is_cast(n: fx.Node) -> bool:
+    if n.op == "call_method" and n.target in _CAST_METHODS:
+        if n.target == "to":   # only dtype conversions (a device move is not a cast we may drop)
+            return len(n.args) == 2 and isinstance(n.args[1], torch.dtype) and not n.kwargs
+        return len(n.args) == (2 if n.target == "type_as" else 1) and not n.kwargs
+    return False
+
+
+def _strip_casts(n):
+    while isinstance(n, fx.Node) and _is_cast(n):
+        n = n.args[0]
+    return n
+
+
+def _binary(n: fx.Node, ops) -> tuple | None:
+    if n.op == "call_function" and n.target in ops and len(n.args) == 2 and not n.kwargs:
+        return n.args
+    if n.op == "call_method" and n.target == ops[0].__name__ and len(n.args) == 2 and not n.kwargs:
+        return n.args
+    return None
+
+
+def _layer_norm(n) -> tuple | None:
+    """(input, weight, bias, eps) of ``F.layer_norm(input, (K,), w, b, eps)``, else None."""
+    if not isinstance(n, fx.Node) or n.op != "call_function" or n.target not in (F.layer_norm, torch.layer_norm):
+        return None
+    args = list(n.args) + [None] * (5 - len(n.args))
+    inp, shape, w, b, eps = args[:5]
+    w, b = n.kwargs.get("weight", w), n.kwargs.get("bias", b)
+    eps = n.kwargs.get("eps", 1e-5 if eps is None else eps)
+    if not isinstance(eps, (int, float)) or not isinstance(shape, (tuple, list)) or len(shape) != 1:
+        return None
+    return inp, w, b, float(eps)
+
+
+def chain_op(n: fx.Node) -> bool:
+    """A node that may appear in the matched chain (pure: safe to erase once nothing reads it)."""
+    return _is_cast(n) or _binary(n, _ADD) is not None or _binary(n, _MUL) is not None or _layer_norm(n) is not None
+
+
+def match(x: fx.Node, k: int) -> NormModulate | None:
+    """The norm → modulate → cast chain that produces ``x`` (the linears' input), or None."""
+    out_dtype = _dtype(x)
+    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    y = _strip_casts(x)
+    mult = shift = None
+    add = _binary(y, _ADD) if isinstance(y, fx.Node) else None
+    if add is not None:
+        add_node, mul_node = y, None
+        for m_node, s_node in ((add[0], add[1]), (add[1], add[0])):
+            mul_node = _strip_casts(m_node) if isinstance(m_node, fx.Node) else None
+            mul = _binary(mul_node, _MUL) if mul_node is not None else None
+            if mul is None or not isinstance(s_node, fx.Node):
+                continue
+            for n_node, f_node in ((mul[0], mul[1]), (mul[1], mul[0])):
+                if isinstance(f_node, fx.Node) and _layer_norm(_strip_casts(n_node)) is not None:
+                    y, mult, shift = _strip_casts(n_node), f_node, s_node
+                    break
+            if mult is not None:
+                break
+        if mult is None:
+            return None
+        # the graph's modulation runs in fp32 (the norm's output is fp32 and so are the products): the op's too
+        if _dtype(add_node) != torch.float32 or _dtype(mul_node) != torch.float32:
+            return None
+    ln = _layer_norm(y)
+    if ln is None:
+        return None
+    inp, w, b, eps = ln
+    if _dtype(y) != torch.float32 or (w is None) != (b is None) or (w is not None and mult is not None):
+        return None
+    if w is not None:   # an affine norm without modulation: its weight and bias are the modulation
+        mult, shift = w, b
+    src = inp
+    if isinstance(src, fx.Node) and _is_cast(src) and _dtype(src.args[0]) in (torch.float16, torch.bfloat16,
+                                                                               torch.float32):
+        src = src.args[0]      # x.float() of a 16-bit x: the kernel reads x and converts, exactly
+    if not isinstance(src, fx.Node) or _dtype(src) not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    xv = _val(src)
+    if xv is None or xv.dim() < 2 or xv.shape[-1] != k:
+        return None
+    for t in (mult, shift):
+        if t is not None:
+            tv = _val(t)
+            if not isinstance(tv, torch.Tensor) or tv.shape[-1] != k or tv.dim() > xv.dim():
+                return None
+    return NormModulate(src, mult, shift, eps, out_dtype, k)
+
+
+def assign(layers: list, cfg, mode: str = "auto") -> list:
+    """``layers`` (frozen ``LayerPlan``\\ s) with ``producer`` set on the layers whose activation is quantized in its
+    producer; the reasons say so, or why a layer that could have been was not."""
+    if mode not in MODES:
+        raise ValueError(f"fuse_norm must be one of {MODES}, got {mode!r}")
+    if mode == "off":
+        return layers
+    from ..kernels.norm_quant import unsupported_reason
+
+    readers: dict = {}
+    for p in layers:
+        if p.site.x is not None:
+            readers.setdefault(p.site.x, []).append(p)
+    out = {}
+    for x, group in readers.items():
+        if not all(p.decision == "quantize" and p.op == "qlinear" for p in group):
+            continue
+        if mode == "auto" and not all(p.act_kernel == "triton" and p.site.device is not None
+                                      and p.site.device.type == "cuda" for p in group):
+            continue   # auto: only where the kernel pays (Triton on CUDA); fuse_norm="on" forces it elsewhere
+        m = match(x, group[0].k)
+        if m is None:
+            continue
+        why = None
+        if {u for u in x.users} != {p.site.node for p in group}:
+            why = "its normalized activation has other readers"
+        elif any(p.fused or p.act_bits is not None or p.rotate != group[0].rotate or p.act_group != group[0].act_group
+                 for p in group):
+            why = "its readers quantize the activation differently (fused kernel, fixed bits, group or rotation)"
+        elif any(p.act_kernel == "triton" for p in group) and \
+                (r := unsupported_reason(m.k, group[0].act_group, group[0].rotate, m.out_dtype)):
+            why = r
+        for p in group:
+            if why:
+                out[p.name] = dataclasses.replace(p, reason=f"{p.reason}; norm→modulate producer not fused: {why}")
+            else:
+                out[p.name] = dataclasses.replace(
+                    p, producer=m, reason=f"{p.reason}; activation quantized in its producer (layer norm → "
+                                          "modulate → cast, dvdq::norm_act_quant)")
+    return [out.get(p.name, p) for p in layers]
