@@ -126,24 +126,15 @@ def timer(dev: str, rep_ms: int):
     return t
 
 
+def tile(bm: int, bn: int, warps: int, stages: int):
+    import triton
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=warps, num_stages=stages)
+
+
 def set_configs(autotuner, configs) -> None:
     """Restrict an ``@triton.autotune`` kernel to ``configs`` for this run (and forget earlier choices)."""
-    import triton
-    autotuner.configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
-                         for bm, bn, w, s in configs]
+    autotuner.configs = list(configs)
     autotuner.cache.clear()
-
-
-def forced(ql, a, s, w, ws, wz, b, out, m, n, k, cfg, per_token, expanded):
-    """One launch of the qlinear JITFunction with an explicit config (no autotune)."""
-    import triton
-    bm, bn, warps, stages = cfg
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    ql._qlinear_kernel.fn[grid](
-        a, s, w, ws, wz, b, out, m, n, k, ql.m_bucket(m), a.stride(0), s.stride(0), w.stride(0), out.stride(0),
-        GROUP_K=k if per_token else 128, BLOCK_K=128, PER_TOKEN=per_token, PACK=1 if expanded else 2,
-        HAS_BIAS=True, PARTIALS=False, EXPANDED=expanded, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, num_warps=warps,
-        num_stages=stages)
 
 
 def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
@@ -158,11 +149,10 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
 
     t = timer(dev, rep_ms)
     gen = torch.Generator(device=dev).manual_seed(0)
-    set_configs(ql._qlinear_kernel, CONFIGS if dev == "cuda" else CONFIGS[:1])
+    set_configs(ql._qlinear_kernel, [tile(*c) for c in (CONFIGS if dev == "cuda" else CONFIGS[:1])])
     if dev == "cuda":
-        set_configs(aq._act_quant_kernel, ())
         import triton
-        aq._act_quant_kernel.configs = [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2)]
+        set_configs(aq._act_quant_kernel, [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2)])
     xdt = torch.bfloat16 if dev == "cuda" else torch.float32
     h200 = "H200" in run.data["steps"].get("environment", {}).get("device", "")
     rows = []
@@ -179,7 +169,7 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
         a8 = torch.randint(-127, 128, (m, k), device=dev, dtype=torch.int8, generator=gen)
         b8 = torch.randint(-127, 128, (k, n), device=dev, dtype=torch.int8, generator=gen).t().contiguous().t()
         w8 = expand_weight(packed, wz, 4)
-        out = torch.empty(m, n, device=dev, dtype=xdt if dev == "cuda" else torch.float32)
+        out = torch.empty(m, n, device=dev, dtype=xdt)
         r = {"M": m, "N": n, "K": k, "times": {}}
         r["times"]["bf16"] = t(lambda: F.linear(x, w16, bias))
         if dev == "cuda":
@@ -187,19 +177,17 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
         r["times"]["w4a8_auto"] = t(lambda: ql.qlinear(codes, scales, packed, ws, wz, bias, 4, xdt, expand=True))
         best = ql._qlinear_kernel.best_config
         r["w4a8_auto_config"] = str(best) if best is not None else None
-        ws32, wz32 = ws.reshape(-1).contiguous(), wz.reshape(-1).contiguous()
+        # single configs through the same launcher (expansion included, like the autotuned call)
+        q = lambda cfg, expand=True: ql.qlinear(codes, scales, packed, ws, wz, bias, 4, xdt,  # noqa: E731
+                                                 expand=expand, config=tile(*cfg), out=out)
         for cfg in FORCED if dev == "cuda" else FORCED[:1]:
-            r["times"][f"w4a8_forced_{cfg[0]}x{cfg[1]}"] = t(lambda cfg=cfg: forced(
-                ql, codes, scales, w8, ws32, wz32, bias, out, m, n, k, cfg, False, True))
+            r["times"][f"w4a8_forced_{cfg[0]}x{cfg[1]}"] = t(lambda cfg=cfg: q(cfg))
         y_auto = ql.qlinear(codes, scales, packed, ws, wz, bias, 4, xdt, expand=True).float()
-        forced(ql, codes, scales, w8, ws32, wz32, bias, out, m, n, k, FORCED[0], False, True)
-        r["forced_vs_auto_max_abs"] = float((out.float() - y_auto).abs().max())   # same loop order: expect 0
-        forced(ql, codes, scales, packed, ws32, wz32, bias, out, m, n, k, FORCED[0], False, False)
-        r["packed_vs_expanded_max_abs"] = float((out.float() - y_auto).abs().max())
+        r["forced_vs_auto_max_abs"] = float((q(FORCED[0]).float() - y_auto).abs().max())   # same loop order: 0
+        r["packed_vs_expanded_max_abs"] = float((q(FORCED[0], False).float() - y_auto).abs().max())
         r["times"]["w4a8_per_token"] = t(lambda: ql.qlinear(codes, s_tok, packed, ws, wz, bias, 4, xdt,
                                                             expand=True))
-        r["times"]["w4a8_packed"] = t(lambda: forced(ql, codes, scales, packed, ws32, wz32, bias, out, m, n, k,
-                                                     FORCED[0], False, False))
+        r["times"]["w4a8_packed"] = t(lambda: q(FORCED[0], False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
         r["times"]["act_quant"] = t(lambda: aq.act_quant(x, 8, 128, 128, 0))
         if k == shapes[0][1] or k == 5120:   # K = model dim: the input can come from a norm (q/k/v, FFN-up)

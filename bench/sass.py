@@ -179,6 +179,12 @@ def act_bytes(m, k, group=128):
     return 2 * m * k + m * k + 4 * m * k / group
 
 
+def _row_tiles_seconds(m, k, block_m, t, ctas, cycles_per_tile) -> float:
+    """An activation kernel over [M, K] in [block_m, t] tiles: the GEMM wave model with one iteration per tile."""
+    return cost.evaluate(cost.gemm_cycles(m, k, 1, cycles_per_iter=cycles_per_tile, block_m=block_m, block_n=t,
+                                          k_iter=1, ctas_per_sm=ctas, sms=SM.SMS)) / SM.CLOCK_HZ
+
+
 def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
     """Per Wan shape: each GEMM variant's estimated time and fraction of int8 peak; the act_quant pass."""
     by_name = {(s.kernel, s.variant, s.tile): s for s in specs}
@@ -192,7 +198,7 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
         for r in act:
             s = by_name[(r["kernel"], r["variant"], r["tile"])]
             bm, t = s.const["BLOCK_M"], s.const["T"]
-            comp = SM.tiles_time(m, k, bm, t, r["ctas_per_sm"], r["cycles"])
+            comp = _row_tiles_seconds(m, k, bm, t, r["ctas_per_sm"], r["cycles"])
             mem = act_bytes(m, k) / hbm
             est = max(comp, mem)
             if best_act is None or est < best_act[0]:
@@ -202,7 +208,7 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             s = by_name[(r["kernel"], r["variant"], r["tile"])]
             bm, t = s.const["BLOCK_M"], s.const["T"]
             scale = (r["loop_instructions"] + r["other_loop_instructions"]) / r["loop_instructions"]
-            comp = SM.tiles_time(m, k, bm, t, r["ctas_per_sm"], r["cycles"] * scale)
+            comp = _row_tiles_seconds(m, k, bm, t, r["ctas_per_sm"], r["cycles"] * scale)
             est = max(comp, act_bytes(m, k) / hbm)
             if best_nq is None or est < best_nq:
                 best_nq = est
@@ -211,8 +217,6 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             if not r.get("ok") or "k_iter" not in r:
                 continue
             s = by_name[(r["kernel"], r["variant"], r["tile"])]
-            if s.const.get("PER_TOKEN") and s.const["GROUP_K"] != k:
-                pass  # the per-token loop's code does not depend on K beyond the trip count
             bm, bn = s.const["BLOCK_M"], s.const["BLOCK_N"]
             outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
             comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,

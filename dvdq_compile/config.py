@@ -25,6 +25,7 @@ from .runtime.step_cache import CachePolicy
 
 GROUPS = (64, 128, 256)
 ACT_SCALES = ("group", "token", "channel")
+FUSE_NORM = ("auto", "on", "off")
 KERNELS = ("auto", "triton", "reference")
 LOWERINGS = ("inductor", "eager")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
@@ -69,7 +70,7 @@ ALLOWED: dict[str, str] = {
     "progress": "bool: progress bar while weights are quantized",
     "artifact": "None, or what the recipe reads (a calibration, an artifact, a path to one, or a list of them: one "
                 "per model sharing the compiled graph, matched by weight fingerprint); see the recipe",
-    "fuse_norm": "'auto' (on with Triton kernels on CUDA), 'on' or 'off': quantize an activation made by layer norm "
+    "fuse_norm": f"one of {FUSE_NORM}; 'auto' = on with Triton kernels on CUDA: quantize an activation made by layer norm "
                  "-> modulation -> cast inside that norm's kernel when only quantized linears read it",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
@@ -237,7 +238,7 @@ class QuantConfig:
             _fail("progress", self.progress)
         if not isinstance(self.free_weights, bool):
             _fail("free_weights", self.free_weights)
-        if self.fuse_norm not in ("auto", "on", "off"):
+        if self.fuse_norm not in FUSE_NORM:
             _fail("fuse_norm", self.fuse_norm)
         if self.act_scale == "channel" and self.kernels == "triton":
             raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "

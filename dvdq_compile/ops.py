@@ -56,11 +56,15 @@ def act_quant(x: Tensor, bits: int, group: int, rotate: int, sign_seed: int, imp
     return quant.quantize_act(x, bits, group, rotate, sign_seed, clip=clip)
 
 
+def _codes_like(x: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """Fake (codes int8 [..., K], scales fp32 [..., K/group]) of an activation ``x``."""
+    return (x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty((*x.shape[:-1], x.shape[-1] // group), dtype=torch.float32))
+
+
 @act_quant.register_fake
 def _(x, bits, group, rotate, sign_seed, impl, clip=None):
-    k = x.shape[-1]
-    return (x.new_empty(x.shape, dtype=torch.int8),
-            x.new_empty((*x.shape[:-1], k // group), dtype=torch.float32))
+    return _codes_like(x, group)
 
 
 @torch.library.custom_op("dvdq::norm_act_quant", mutates_args=())
@@ -78,9 +82,7 @@ def norm_act_quant(x: Tensor, mult: Tensor, shift: Tensor, eps: float, out_dtype
 
 @norm_act_quant.register_fake
 def _(x, mult, shift, eps, out_dtype, bits, group, rotate, sign_seed, impl):
-    k = x.shape[-1]
-    return (x.new_empty(x.shape, dtype=torch.int8),
-            x.new_empty((*x.shape[:-1], k // group), dtype=torch.float32))
+    return _codes_like(x, group)
 
 
 @torch.library.custom_op("dvdq::qlinear", mutates_args=())

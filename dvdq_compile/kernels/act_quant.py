@@ -36,8 +36,8 @@ from .tl_common import (
     load_hadamard,
     load_rotated,
     m_bucket,
+    quantize_groups,
     quantize_rows,
-    row_absmax,
     running_absmax,
 )
 
@@ -70,15 +70,11 @@ def _act_quant_kernel(
         # ---- tile mode: T columns = T // GROUP whole groups
         offs_k = tl.program_id(1) * T + tl.arange(0, T)
         xr = load_rotated(x_rows + offs_k[None, :], mask_m[:, None], h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-        x3 = tl.reshape(xr, (BLOCK_M, T // GROUP, GROUP))
-        amax = row_absmax(x3, 2)
-        if HAS_CLIP:
-            amax = amax * tl.load(clip_ptr)
-        c, s = quantize_rows(x3, amax[:, :, None], QMAX, USE_RINT)
-        tl.store(c_rows + offs_k[None, :], tl.reshape(c, (BLOCK_M, T)).to(tl.int8), mask=mask_m[:, None])
+        clip = tl.load(clip_ptr) if HAS_CLIP else None
+        c, s = quantize_groups(xr, clip, BLOCK_M, T, GROUP, QMAX, USE_RINT, HAS_CLIP)
+        tl.store(c_rows + offs_k[None, :], c, mask=mask_m[:, None])
         offs_g = tl.program_id(1) * (T // GROUP) + tl.arange(0, T // GROUP)
-        tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :], tl.reshape(s, (BLOCK_M, T // GROUP)),
-                 mask=mask_m[:, None])
+        tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :], s, mask=mask_m[:, None])
     else:
         # ---- per-token mode: pass 1 absmax over K, pass 2 quantize (rotation recomputed)
         amax = running_absmax(x_rows, mask_m, h, K, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE, False)

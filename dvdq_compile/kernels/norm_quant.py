@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from .tl_common import USE_RINT, configs, hadamard_for, load_hadamard, quantize_rows, rotate_tile, row_absmax
+from .tl_common import USE_RINT, configs, hadamard_for, load_hadamard, quantize_groups, rotated
 
 OUT_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 TILE_MAX = 256
@@ -99,21 +99,11 @@ def _norm_quant_kernel(
             y16 = y.to(tl.bfloat16)
         else:
             y16 = y
-        if ROT > 0:
-            if ROT_MODE == 0:
-                yr = rotate_tile(y16.to(tl.float32), h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-            else:
-                yr = rotate_tile(y16, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-        else:
-            yr = y16.to(tl.float32)
-        y3 = tl.reshape(yr, (BLOCK_M, T // GROUP, GROUP))
-        amax = row_absmax(y3, 2)
-        c, s = quantize_rows(y3, amax[:, :, None], QMAX, USE_RINT)
-        tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_k[None, :], tl.reshape(c, (BLOCK_M, T)).to(tl.int8),
-                 mask=mask_m[:, None])
+        yr = rotated(y16, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
+        c, s = quantize_groups(yr, None, BLOCK_M, T, GROUP, QMAX, USE_RINT, False)
+        tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_k[None, :], c, mask=mask_m[:, None])
         offs_g = k0 // GROUP + tl.arange(0, T // GROUP)
-        tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :], tl.reshape(s, (BLOCK_M, T // GROUP)),
-                 mask=mask_m[:, None])
+        tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :], s, mask=mask_m[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------------

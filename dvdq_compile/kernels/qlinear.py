@@ -185,8 +185,10 @@ def use_expanded(m: int, wbits: int, expand: bool | None = None) -> bool:
     return m >= EXPAND_MIN_M and not INTERPRET
 
 
-def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool, expand: bool | None):
-    """Run the kernel into ``out``: the [M, N] output, or the [M, N, groups] int32 partials."""
+def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool, expand: bool | None,
+            config: triton.Config | None = None):
+    """Run the kernel into ``out``: the [M, N] output, or the [M, N, groups] int32 partials; ``config``: this tile
+    config instead of autotuning (benchmarks of single configs)."""
     k = codes.shape[-1]
     a = as_rows(codes)
     m = a.shape[0]
@@ -201,25 +203,31 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
     expanded = use_expanded(m, wbits, expand)
     if expanded:
         w = expand_weight(w, wz, wbits)
-    _qlinear_kernel[gemm_grid(m, n)](
+    kernel, forced = _qlinear_kernel, {}
+    if config is not None:
+        kernel = _qlinear_kernel.fn
+        forced = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    kernel[gemm_grid(m, n)](
         a, s, w, ws, wz, b, out, m, n, k, m_bucket(m),
         a.stride(0), s.stride(0), w.stride(0), out.stride(0) if out.dim() == 2 else n,
         GROUP_K=ga, BLOCK_K=bk, PER_TOKEN=per_token, PACK=1 if expanded else pack_factor(wbits),
-        HAS_BIAS=bias is not None, PARTIALS=partials, EXPANDED=expanded,
+        HAS_BIAS=bias is not None, PARTIALS=partials, EXPANDED=expanded, **forced,
     )
 
 
 def qlinear(codes: torch.Tensor, scales: torch.Tensor, packed: torch.Tensor, wscale: torch.Tensor,
             wzero: torch.Tensor, bias: torch.Tensor | None, wbits: int, out_dtype: torch.dtype,
-            out: torch.Tensor | None = None, expand: bool | None = None) -> torch.Tensor:
+            out: torch.Tensor | None = None, expand: bool | None = None,
+            config: triton.Config | None = None) -> torch.Tensor:
     """Triton twin of :func:`quant.qlinear_ref`; returns ``y`` [..., N] in ``out_dtype`` (into ``out`` if given).
 
-    ``expand``: run on int8-expanded weights (:func:`use_expanded`; None decides by M). Same numbers either way."""
+    ``expand``: run on int8-expanded weights (:func:`use_expanded`; None decides by M). Same numbers either way.
+    ``config``: a ``triton.Config`` with BLOCK_M / BLOCK_N / GROUP_M to run instead of autotuning."""
     _check(codes, scales, packed, wscale, wzero, wbits)
     n = packed.shape[0]
     buf, res = output_buffer(codes.shape[:-1], n, out_dtype, codes.device, out)
     if buf.numel():
-        _launch(codes, scales, packed, wscale, wzero, bias, wbits, buf, partials=False, expand=expand)
+        _launch(codes, scales, packed, wscale, wzero, bias, wbits, buf, partials=False, expand=expand, config=config)
         if buf.data_ptr() != res.data_ptr():
             res.view(buf.shape).copy_(buf)
     return res

@@ -46,7 +46,7 @@ CLASSES = {
     "float": ("FFMA", "FMUL", "FADD", "FMNMX", "FSEL", "FSETP", "HFMA2", "HMUL2", "HADD2", "MUFU", "FCHK", "FSWZADD",
               "DADD", "DFMA", "DMUL"),
     "unpack": ("LOP3", "SHF", "PRMT", "BFE", "BFI", "BMSK", "SGXT", "POPC", "FLO", "BREV"),
-    "control": ("BRA", "EXIT", "NOP", "BSSY", "BSYNC", "CALL", "RET", "YIELD", "BPT", "WARPGROUP_ARRIVE"),
+    "control": ("BRA", "EXIT", "NOP", "BSSY", "BSYNC", "CALL", "RET", "YIELD", "BPT"),
 }
 _CLASS_OF = {op: c for c, ops in CLASSES.items() for op in ops}
 
@@ -126,10 +126,10 @@ def _class(ins: Instr) -> str:
 def _pipe(ins: Instr):
     if ins.uniform:
         return None, 0
-    for key in (ins.op.split(".")[0] + "." + ins.op.split(".")[1] if "." in ins.op else None, ins.base):
-        if key and key in _PIPE_OF:
+    for key in (".".join(ins.op.split(".")[:2]), ins.base):   # "IMAD.WIDE" before "IMAD"
+        if key in _PIPE_OF:
             return _PIPE_OF[key]
-    if ins.base in ("FFMA", "FMUL", "FADD", "HFMA2", "HMUL2", "HADD2", "MOV", "IMAD.MOV"):
+    if ins.base in ("FFMA", "FMUL", "FADD", "HFMA2", "HMUL2", "HADD2", "MOV"):
         return "fma", 1
     return None, 1
 
@@ -205,12 +205,3 @@ def tile_cycles(st: LoopStats, warps: int, ctas: int, useful_macs: int = 0) -> d
     useful = useful_macs / MAC_PER_CLK["int8"]
     return {"cycles": cycles, "bound": max(bounds, key=bounds.get), "fraction": useful / cycles if cycles else 0.0,
             **{f"{k}_cycles": v for k, v in bounds.items()}}
-
-
-def tiles_time(m: int, n: int, block_m: int, block_n: int, ctas_per_sm: int, cycles_per_tile: float) -> float:
-    """Seconds for all output tiles in waves of ``SMS · ctas_per_sm`` concurrent CTAs (each CTA's rate is its
-    share of the SM: ``cycles_per_tile`` already accounts for ``ctas_per_sm`` CTAs sharing it)."""
-    tiles = math.ceil(m / block_m) * math.ceil(n / block_n)
-    slots = SMS * max(ctas_per_sm, 1)
-    waves = math.ceil(tiles / slots)
-    return waves * cycles_per_tile * max(ctas_per_sm, 1) / CLOCK_HZ

@@ -17,7 +17,8 @@ Platform facts these encode (docs/architecture.md §8; rounding and division: do
 Helpers, by the kernels that use them:
 
 - activation side (``act_quant``, the ``fused_qlinear`` prologue): :func:`load_hadamard`, :func:`load_rotated`,
-  :func:`chunk_mask`, :func:`running_absmax`, :func:`row_absmax`, :func:`quantize_rows`, :func:`round_half_even`
+  :func:`rotated`, :func:`chunk_mask`, :func:`running_absmax`, :func:`row_absmax`, :func:`quantize_rows`,
+  :func:`quantize_groups`, :func:`round_half_even`
 - integer GEMM (``qlinear``, ``fused_qlinear``): :func:`output_tile` (:func:`swizzle`), :func:`weight_prologue`,
   :func:`int_dot` (:func:`load_weight_tile`, :func:`row_sum`), :func:`zero_correct`, :func:`epilogue`
 """
@@ -96,6 +97,13 @@ def load_rotated(x_ptrs, mask, h, BLOCK_M: tl.constexpr, T: tl.constexpr, ROT: t
     """The activation tile at ``x_ptrs`` [BLOCK_M, T] (0 where ``mask`` is off), rotated by ``I ⊗ H`` when
     ROT > 0, as fp32."""
     x = tl.load(x_ptrs, mask=mask, other=0.0)
+    return rotated(x, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
+
+
+@triton.jit
+def rotated(x, h, BLOCK_M: tl.constexpr, T: tl.constexpr, ROT: tl.constexpr, ROT_MODE: tl.constexpr,
+            ROT_SCALE: tl.constexpr):
+    """A tile in registers [BLOCK_M, T] (16-bit or fp32), rotated by ``I ⊗ H`` when ROT > 0, as fp32."""
     if ROT > 0:
         if ROT_MODE == 0:
             x = x.to(tl.float32)
@@ -103,6 +111,19 @@ def load_rotated(x_ptrs, mask, h, BLOCK_M: tl.constexpr, T: tl.constexpr, ROT: t
     else:
         xr = x.to(tl.float32)
     return xr
+
+
+@triton.jit
+def quantize_groups(xr, clip, BLOCK_M: tl.constexpr, T: tl.constexpr, GROUP: tl.constexpr, QMAX: tl.constexpr,
+                    USE_RINT: tl.constexpr, HAS_CLIP: tl.constexpr):
+    """Tile mode: the T // GROUP whole groups of each row of ``xr`` [BLOCK_M, T] -> (int8 codes [BLOCK_M, T], scales
+    [BLOCK_M, T // GROUP]); ``clip`` (a scalar, read when HAS_CLIP) multiplies each group's absmax."""
+    x3 = tl.reshape(xr, (BLOCK_M, T // GROUP, GROUP))
+    amax = row_absmax(x3, 2)
+    if HAS_CLIP:
+        amax = amax * clip
+    c, s = quantize_rows(x3, amax[:, :, None], QMAX, USE_RINT)
+    return tl.reshape(c, (BLOCK_M, T)).to(tl.int8), tl.reshape(s, (BLOCK_M, T // GROUP))
 
 
 @triton.jit

@@ -207,5 +207,5 @@ def plan_layers(sites: list[LinearSite], cfg: QuantConfig, recipe, artifacts: li
             consumers[d.site.x] = consumers.get(d.site.x, 0) + 1
     layers = [_freeze(d, cfg, impl, consumers, products) for d in drafts]
     if products.smoothing is None and products.extras is None:   # their layers rescale x before quantizing
-        layers = producer.assign(layers, cfg, cfg.fuse_norm)
+        layers = producer.assign(layers, cfg.fuse_norm)
     return Plan(layers, products, impl, impl_reason, cfg.act_variants)

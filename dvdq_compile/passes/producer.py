@@ -5,7 +5,7 @@ model's dtype (Wan, HunyuanVideo, LTX, CogVideoX; cross-attention from an affine
 that is three passes over the activation: the norm writes 16-bit ``y``, ``act_quant`` reads it and writes codes, the
 GEMM reads the codes. When every reader of ``y`` is a quantized linear, the rewrite instead emits one
 ``dvdq::norm_act_quant`` (``kernels/norm_quant.py``) that reads ``x`` and writes the codes (``quant/norm.py`` is its
-specification), and the norm's own nodes are left to dead-code elimination.
+specification), and erases the norm's nodes that nothing else reads.
 
 :func:`match` recognises the pattern in a Dynamo graph (the spellings Dynamo records for these modules: method or
 function ``mul``/``add`` in either operand order, ``to``/``type_as``/``float`` casts, ``F.layer_norm`` with or
@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-MODES = ("auto", "on", "off")
 _MUL = (operator.mul, torch.mul, torch.Tensor.mul)
 _ADD = (operator.add, torch.add, torch.Tensor.add)
 _CAST_METHODS = ("to", "type_as", "float", "half", "bfloat16")
@@ -139,11 +138,10 @@ def match(x: fx.Node, k: int) -> NormModulate | None:
     return NormModulate(src, mult, shift, eps, out_dtype, k)
 
 
-def assign(layers: list, cfg, mode: str = "auto") -> list:
+def assign(layers: list, mode: str) -> list:
     """``layers`` (frozen ``LayerPlan``\\ s) with ``producer`` set on the layers whose activation is quantized in its
-    producer; the reasons say so, or why a layer that could have been was not."""
-    if mode not in MODES:
-        raise ValueError(f"fuse_norm must be one of {MODES}, got {mode!r}")
+    producer; the reasons say so, or why a layer that could have been was not. ``mode``: the validated
+    ``fuse_norm`` option (``config.FUSE_NORM``)."""
     if mode == "off":
         return layers
     from ..kernels.norm_quant import unsupported_reason

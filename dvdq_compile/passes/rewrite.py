@@ -23,6 +23,7 @@ from ..quant.pack import packed_shape
 from ..quant.qweight import WeightSpec
 from .linear_ops import GraphBuilder, emit, emit_extras
 from .plan import Plan
+from .producer import chain_op
 from .smooth import scale_key
 
 
@@ -149,8 +150,6 @@ def _norm_act_quant(b: GraphBuilder, p, val_map: dict, bits: int, seed: int):
 def _erase_unused_chain(g: fx.Graph, node: fx.Node, stop: fx.Node) -> None:
     """Erase the norm → modulate → cast nodes that ``norm_act_quant`` replaced, from the cast back toward the norm's
     input ``stop``, as long as nothing else reads them (the eager lowering runs every node it is given)."""
-    from .producer import chain_op
-
     todo = [node]
     while todo:
         n = todo.pop()

@@ -54,3 +54,10 @@ def test_model_on_a_hand_written_loop():
     assert c["cycles"] == 712 and abs(c["fraction"] - 512 / 712) < 1e-12
     assert sass_model.tile_cycles(st, warps=8, ctas=2, useful_macs=128 * 128 * 128)["bound"] == "mma"
     assert sass_model.occupancy(regs=168, shared=98304, warps=4) == 2 and sass_model.occupancy(229, 81920, 8) == 1
+
+
+def test_offline_compile_refuses_the_interpreter():
+    """The test process runs with TRITON_INTERPRET=1: compile_sm90 must say why it cannot compile there."""
+    from dvdq_compile.kernels.expand import _expand_kernel
+    with pytest.raises(RuntimeError, match="without TRITON_INTERPRET"):
+        aot.compile_sm90(_expand_kernel, {}, {}, 4, 1)

@@ -26,35 +26,45 @@ def test_expand_equals_unpack_minus_zero(n, kh, bits, seed):
     assert w8.dtype == torch.int8 and torch.equal(w8.to(torch.int32), ref)
 
 
-@settings(max_examples=40, deadline=None)
-@given(case=linear_cases(), seed=st.integers(0, 2**16))
-def test_expanded_int_partials_bit_exact(case, seed):
-    """The int8-native loop's group partials equal quant.int_partials (independent of the kernel) exactly."""
-    m, n, k, group, rotate, abits, wbits, dtype, _ = case
-    if wbits == 8:
-        wbits = 4
-    g = torch.Generator().manual_seed(seed)
-    x = make_x(m, k, dtype, gen=g)
-    packed, ws, wz = make_weight(n, k, wbits, gen=g)
-    codes, scales = quant.quantize_act(x, abits, group, rotate, 11)
-    p = kernels.qlinear_int_partials(codes, scales, packed, ws, wz, wbits, expand=True)
-    assert torch.equal(p, quant.int_partials(codes, packed, wz, wbits, group))
-
-
-@settings(max_examples=40, deadline=None)
-@given(case=linear_cases(), seed=st.integers(0, 2**16))
-def test_expanded_qlinear_vs_reference(case, seed):
+def _case(case, seed, wbits_for_8: int):
+    """Activation codes and a nibble-packed weight for a linear case (8-bit cases take ``wbits_for_8``: expansion
+    is for 3/4-bit weights)."""
     m, n, k, group, rotate, abits, wbits, dtype, has_bias = case
-    if wbits == 8:
-        wbits = 3
+    wbits = wbits_for_8 if wbits == 8 else wbits
     g = torch.Generator().manual_seed(seed)
     x = make_x(m, k, dtype, gen=g)
     packed, ws, wz = make_weight(n, k, wbits, gen=g)
     bias = (torch.randn(n, generator=g) * 2).to(dtype) if has_bias else None
     codes, scales = quant.quantize_act(x, abits, group, rotate, 11)
+    return codes, scales, packed, ws, wz, bias, wbits, dtype
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=linear_cases(), seed=st.integers(0, 2**16))
+def test_expanded_int_partials_bit_exact(case, seed):
+    """The int8-native loop's group partials equal quant.int_partials (independent of the kernel) exactly."""
+    codes, scales, packed, ws, wz, _, wbits, _ = _case(case, seed, 4)
+    p = kernels.qlinear_int_partials(codes, scales, packed, ws, wz, wbits, expand=True)
+    assert torch.equal(p, quant.int_partials(codes, packed, wz, wbits, case[3]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=linear_cases(), seed=st.integers(0, 2**16))
+def test_expanded_qlinear_vs_reference(case, seed):
+    codes, scales, packed, ws, wz, bias, wbits, dtype = _case(case, seed, 3)
     y = kernels.qlinear(codes, scales, packed, ws, wz, bias, wbits, dtype, expand=True,
-                        out=torch.full((m, n), float("nan"), dtype=dtype))
+                        out=torch.full((case[0], case[1]), float("nan"), dtype=dtype))
     assert_out_close(y, quant.qlinear_ref(codes, scales, packed, ws, wz, bias, wbits, dtype), dtype)
+
+
+def test_forced_config_gives_the_autotuned_numbers():
+    """qlinear(config=...) runs one tile config instead of autotuning: same loop order, same output."""
+    import triton
+    codes, scales, packed, ws, wz, bias, wbits, dtype = _case((70, 96, 256, 128, 0, 8, 4, torch.float32, True), 5, 4)
+    cfg = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "GROUP_M": 2}, num_warps=4, num_stages=1)
+    for expand in (False, True):
+        y = kernels.qlinear(codes, scales, packed, ws, wz, bias, wbits, dtype, expand=expand, config=cfg)
+        assert torch.equal(y, kernels.qlinear(codes, scales, packed, ws, wz, bias, wbits, dtype, expand=expand))
 
 
 def test_expand_decision():
@@ -76,3 +86,5 @@ def test_expand_rejects_bad_input():
         expand_weight(packed, wz[:2], 4)
     with pytest.raises(TypeError, match="uint8"):
         expand_weight(packed.to(torch.int8), wz, 4)
+    with pytest.raises(ValueError, match=r"out must be int8 \[4, 8\]"):
+        expand_weight(packed, wz, 4, out=torch.empty(4, 8, dtype=torch.int16))

@@ -74,6 +74,10 @@ def test_unsupported_and_errors():
         norm_act_quant(x, torch.ones(3, 1, 64), torch.zeros(1, 1, 64), 1e-6, torch.float32, 8, 64)
     with pytest.raises(ValueError, match="power-of-two group"):
         norm_act_quant(x, torch.ones(1, 1, 64), torch.zeros(1, 1, 64), 1e-6, torch.float32, 8, 48)
+    with pytest.raises(TypeError, match="floating point, got torch.int32"):
+        norm_act_quant(x.int(), torch.ones(1, 1, 64), torch.zeros(1, 1, 64), 1e-6, torch.float32, 8, 64)
+    with pytest.raises(ValueError, match="output dtype torch.int8"):
+        norm_act_quant(x, torch.ones(1, 1, 64), torch.zeros(1, 1, 64), 1e-6, torch.int8, 8, 64)
 
 
 def test_op_reference_path_is_the_composition():

@@ -14,18 +14,20 @@ K = 128
 class Block(nn.Module):
     """Wan's shape of it: fp32 norm, (1 + scale) and shift from a per-batch table, cast back, three readers."""
 
-    def __init__(self, affine=False, swap=False, extra_reader=False):
+    def __init__(self, affine=False, swap=False, extra_reader=False, plain=False):
         super().__init__()
         self.norm_w = nn.Parameter(1 + 0.1 * torch.randn(K)) if affine else None
         self.norm_b = nn.Parameter(0.1 * torch.randn(K)) if affine else None
         self.to_q, self.to_k, self.to_v = (nn.Linear(K, K) for _ in range(3))
-        self.swap, self.extra_reader = swap, extra_reader
+        self.swap, self.extra_reader, self.plain = swap, extra_reader, plain
 
     def forward(self, x, scale, shift):
         w = self.norm_w.float() if self.norm_w is not None else None   # FP32LayerNorm's spelling
         b = self.norm_b.float() if self.norm_b is not None else None
         n = F.layer_norm(x.float(), (K,), w, b, 1e-6)
-        if self.norm_w is None:
+        if self.plain:   # no affine, no modulation: the op gets constant ones and zeros
+            y = n
+        elif self.norm_w is None:
             n = n.to(torch.float32)
             y = (shift + (1 + scale) * n) if self.swap else (n * (1 + scale) + shift)
         else:
@@ -61,10 +63,10 @@ def _producers(model):
     return {r.name: r for r in dvdq_compile.report(model).layers if r.decision == "quantize"}
 
 
-@pytest.mark.parametrize("swap", [False, True])
-def test_fused_equals_unfused_with_reference_kernels(swap):
+@pytest.mark.parametrize("kw", [{}, {"swap": True}, {"plain": True}])
+def test_fused_equals_unfused_with_reference_kernels(kw):
     """The reference op is the graph's own ops in their order: bit-identical outputs, and the report says so."""
-    m = Model(swap=swap).eval()
+    m = Model(**kw).eval()
     y0 = _run(m, "off")
     y1 = _run(m, "on")
     assert torch.equal(y0, y1)
