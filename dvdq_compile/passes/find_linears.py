@@ -103,7 +103,7 @@ def find_linears(gm: fx.GraphModule, example_inputs, frame: Frame | None = None)
         x_val = _example(x) if isinstance(x, fx.Node) else None
         w_val = w_ex if w_ex is not None else (_example(w) if isinstance(w, fx.Node) else None)
         n_, k_ = (int(w_val.shape[0]), int(w_val.shape[1])) if w_val is not None and w_val.dim() == 2 else (0, 0)
-        name, local = layer_name(node, frame, node.name)
+        name, local = layer_name(node, frame, node.name, w_ex)
         sites.append(LinearSite(
             node=node, name=name, x=x, w=w, b=b if isinstance(b, fx.Node) else None, w_index=w_index, n=n_, k=k_,
             m=_static_m(x_val), dtype=getattr(x_val, "dtype", None), device=getattr(w_ex, "device", None),

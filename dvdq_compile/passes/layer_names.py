@@ -6,6 +6,11 @@ prefix that the layer policy matches is gone. The parameters are the model's own
 recovered from them: look a weight up in the owner model (``passes/owner.py``) and compare its full name with its
 path in the frame (``blocks.3.attn.to_q.weight`` vs ``attn.to_q.weight``: prefix ``blocks.3.``).
 
+A frame path may also take detours the model's names do not have: a module whose ``forward`` was replaced by a
+diffusers hook (context parallelism) is reached as ``L['function_reference'].forward.__self__.blocks.0...``. So the
+prefix is what the full name has before the longest dotted suffix the two paths share, and a linear whose weight is
+a parameter of the model is named from that parameter itself (its module path), whatever route the frame took.
+
 A block frame compiled once runs every block: the prefix names the block the graph was traced for, and the report
 names each bound block's layers from its own parameters (``runtime/report.py``).
 """
@@ -46,6 +51,17 @@ class Frame:
     # local -> (input index, path under the local) of one of its parameters: for another instance bound to the same
     # graph, the local's prefix is that parameter's full name minus the path
     anchors: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # local -> the part of its frame paths before the shared suffix (``forward.__self__.`` through a hook)
+    hops: dict[str, str] = field(default_factory=dict)
+
+
+def shared_suffix(a: str, b: str) -> str:
+    """The longest dotted suffix of both ``a`` and ``b`` (``"attn.to_q.weight"``), ``""`` if none."""
+    pa, pb = a.split("."), b.split(".")
+    n = 0
+    while n < min(len(pa), len(pb)) and pa[-1 - n] == pb[-1 - n]:
+        n += 1
+    return ".".join(pa[len(pa) - n:]) if n else ""
 
 
 def _source_name(node: fx.Node) -> str | None:
@@ -72,12 +88,11 @@ def frame_of(gm: fx.GraphModule, example_inputs) -> Frame:
             if frame.owner is None:
                 return Frame()
         full = name_of(frame.owner, ex)
-        if full == rel:
-            frame.prefix[local] = ""
-        elif full is not None and full.endswith("." + rel):
-            frame.prefix[local] = full[: len(full) - len(rel)]
-        if local in frame.prefix:
-            frame.anchors[local] = (i, rel)
+        suffix = shared_suffix(full, rel) if full is not None else ""
+        if suffix:
+            frame.prefix[local] = full[: len(full) - len(suffix)]
+            frame.hops[local] = rel[: len(rel) - len(suffix)]
+            frame.anchors[local] = (i, suffix)
     return frame
 
 
@@ -89,14 +104,24 @@ def rename(name: str, old_prefix: str, new_prefix: str) -> str:
     return new_prefix + name[len(old_prefix):]
 
 
-def layer_name(node: fx.Node, frame: Frame, fallback: str) -> tuple[str, str]:
+def layer_name(node: fx.Node, frame: Frame, fallback: str, weight: torch.Tensor | None = None) -> tuple[str, str]:
     """(the path of the module that called this linear in the owner model's namespace, the frame local it hangs
-    off)."""
+    off). ``weight``: the linear's weight when it is a graph input; a parameter of the owner names the layer (the
+    module path of that parameter), so detours in the frame path do not matter."""
     stack = node.meta.get("nn_module_stack")
+    local, rel = "", ""
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        local, rel = source_path(str(path))
+        hop = frame.hops.get(local, "")
+        if hop and rel.startswith(hop):
+            rel = rel[len(hop):]
+    if isinstance(weight, torch.nn.Parameter) and frame.owner is not None:
+        full = name_of(frame.owner, weight)
+        if full is not None and "." in full:
+            return full.rsplit(".", 1)[0], local
     if not stack:
         return fallback, ""
-    path = list(stack.values())[-1]
-    path = path[0] if isinstance(path, tuple) else path
-    local, rel = source_path(str(path))
     name = (frame.prefix.get(local, "") + rel).strip(".")
     return (name, local) if name else (fallback, "")
