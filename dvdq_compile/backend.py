@@ -16,6 +16,7 @@ from torch import fx
 from torch._guards import detect_fake_mode
 
 from . import ops  # noqa: F401  (registers the dvdq ops)
+from . import parallel
 from .config import QuantConfig, recipe_for
 from .errors import OptionError
 from .kernels.dispatch import resolve
@@ -30,6 +31,10 @@ from .runtime.report import from_plan
 from .state import STATE
 
 log = logging.getLogger("dvdq_compile")
+
+# diffusers' context-parallel hooks must be traceable before Dynamo traces a parallel model; this module is imported
+# when torch.compile resolves backend="dvdquant", before any trace (parallel/compat.py)
+parallel.compat.install()
 
 
 def _input_named(gm: fx.GraphModule, names: tuple[str, ...], exact: bool = True) -> int | None:
@@ -126,6 +131,7 @@ def _compile(gm: fx.GraphModule, example_inputs, cfg: QuantConfig):
     recipe = recipe_for(cfg.recipe)
     artifacts = recipe.load_artifacts(cfg)
     frame = frame_of(gm, example_inputs)
+    parallel.register(frame.owner)
     sites = find_linears(gm, example_inputs, frame)
     device = _device(sites, example_inputs)
     impl, why = resolve(cfg.kernels, device)

@@ -23,6 +23,7 @@ class State:
         self.freed = IdentityMap()  # parameter -> runtime.free.Freed
         self.free_epoch = 0  # bumped on every free / restore: graphs skip their read check when unchanged
         self.shared_controllers = IdentityMap()  # parameter -> δ controller (dvdq_compile.share_controller)
+        self.parallel_groups = IdentityMap()  # parameter -> process group running its model (dvdq_compile.parallel)
         self.column_absmax = IdentityMap()  # parameter -> (_version, max |W[:, j]|): SmoothQuant after free
         self.param_names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {id(p): name}
         self.per_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: anything}

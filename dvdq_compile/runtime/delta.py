@@ -94,6 +94,9 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+GROUP_CALLS = 8  # call indices per step summed over a process group (CFG: 2 per expert)
+
+
 def _host_read(t: torch.Tensor) -> list[float]:
     """The controller's only device->host read (tests count calls to this)."""
     return t.tolist()
@@ -199,6 +202,10 @@ class DeltaController:
         self._k: float | None = None  # EasyCache transformation rate (output change / input change)
         self._inp_terms: tuple | None = None  # (num, den) of this call's input change, before the decision
         self._inp: float | None = None
+        # A torch.distributed process group whose ranks all run this model (context / CFG parallelism: set by the
+        # backend from dvdq_compile.parallel.group_of). The step's L1 terms are summed over it by one all-reduce
+        # per step, so every rank takes the same decision.
+        self.group = None
 
     # ---------------------------------------------------------------------------------------------------- API
     def fit(self, delta: float, low: int, high: int, min_high_steps: int, mode: str,
@@ -344,8 +351,9 @@ class DeltaController:
 
     @property
     def trace(self) -> list[StepRecord]:
-        """Every step so far, all runs (reading it resolves pending L1 values: one host read)."""
-        self._resolve(self._rows)
+        """Every step so far, all runs (reading it resolves pending L1 values: one host read). Under a process
+        group the step in progress shows no L1 yet: its terms are summed over the ranks when it ends."""
+        self._resolve([r for r in self._rows if self.group is None or r is not self._row])
         return [r.record() for r in self._rows]
 
     def average_bits(self, run: int | None = None) -> float:
@@ -502,9 +510,12 @@ class DeltaController:
     def _resolve(self, rows: Iterable[_Row], extra: torch.Tensor | None = None):
         """Read all pending device terms of ``rows`` (plus ``extra``: a scalar, returned as a float, or a 1-D
         tensor, returned as a list) on the host: one ``tolist()`` per device, ``extra``'s device first."""
+        rows = list(rows)
         items = [(row, j, num, den) for row in rows for (j, num, den) in row.pending]
         if not items and extra is None:
             return None
+        if self.group is not None and items:
+            return self._resolve_group(rows, items, extra)
         by_dev: dict[torch.device, list] = {}
         if extra is not None:
             by_dev[extra.device] = []
@@ -527,6 +538,39 @@ class DeltaController:
             row.pending.clear()
         return out
 
+    def _resolve_group(self, rows: list[_Row], items: list, extra: torch.Tensor | None):
+        """``_resolve`` for one row under a process group: the row's (num, den) per call index, summed over the
+        group by one all-reduce of a fixed-size vector (the ranks' call structures match, their values need not),
+        then one host read with ``extra``."""
+        if len(rows) != 1:
+            raise RuntimeError("DeltaController: under a process group, steps are resolved one at a time")
+        dev = items[0][2].device
+        if any(it[2].device != dev for it in items) or (extra is not None and extra.device != dev):
+            raise RuntimeError("DeltaController: under a process group, the outputs and the timestep of a step "
+                               "must be on one device")
+        slots = GROUP_CALLS + 1  # slot 0: the input change (call index -1); slot j + 1: call j
+        dt = torch.float32 if dev.type == "mps" else torch.float64
+        vec = torch.zeros(3 * slots, dtype=dt, device=dev)
+        for _, j, n, d in items:
+            if j + 1 >= slots:
+                raise RuntimeError(f"DeltaController: a step with more than {GROUP_CALLS} model calls under a "
+                                   "process group")
+            vec[3 * (j + 1)] = n.to(dt)
+            vec[3 * (j + 1) + 1] = d.to(dt)
+            vec[3 * (j + 1) + 2] = 1.0
+        import torch.distributed as dist
+        dist.all_reduce(vec, group=self.group)
+        n_extra = extra.numel() if extra is not None else 0
+        vals = _host_read(torch.cat([extra.reshape(-1).to(dt), vec]) if n_extra else vec)
+        out, vals = ((vals[0] if extra.dim() == 0 else vals[:n_extra]), vals[n_extra:]) if n_extra else (None, vals)
+        row = rows[0]
+        for k in range(slots):
+            n, d, count = vals[3 * k], vals[3 * k + 1], vals[3 * k + 2]
+            if count > 0:
+                row.l1s[k - 1] = n / d if d > 0 else (0.0 if n == 0 else (math.nan if math.isnan(n) else INF))
+        row.pending.clear()
+        return out
+
     def _timestep_key(self, ts: Any) -> float | None:
         if ts is None:
             return None
@@ -540,8 +584,10 @@ class DeltaController:
                 t = ts.detach().max() if ts.numel() > 1 else ts.detach().reshape(())
                 if not t.dtype.is_floating_point:
                     t = t.double() if t.device.type != "mps" else t.float()
-            # bundle the step's pending L1 terms (and step caching's input change) with this read: one sync
-            rows = [self._row] if self._row is not None else []
+            # bundle the step's pending L1 terms (and step caching's input change) with this read: one sync.
+            # Under a process group the terms wait for the step's end (_finish): summing them over the ranks here
+            # would cost a collective on every call that reads a new timestep tensor, not one per step.
+            rows = [self._row] if self._row is not None and self.group is None else []
             terms = self._inp_terms
             if terms is not None and terms[0].device == t.device:
                 dt = torch.float32 if t.device.type == "mps" else torch.float64

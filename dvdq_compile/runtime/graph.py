@@ -87,13 +87,16 @@ class CompiledGraph:
             (bits,) = self.variants
             settings = dict(delta=c.delta, low=bits, high=bits, min_high_steps=c.min_high_steps, mode="high",
                             cache=self.cache)
+        group = STATE.parallel_groups.get(key_param)
         shared = STATE.shared_controllers.get(key_param)
         if shared is not None:
             shared.fit(**settings)
+            shared.group = group if group is not None else shared.group
             return shared
         ctrl = self.controllers.get(key_param)
         if ctrl is None:
             ctrl = DeltaController(**settings)
+            ctrl.group = group
             self.controllers[key_param] = ctrl
         return ctrl
 

@@ -68,6 +68,7 @@ def sample(
     clip: bool = True,
     scheduler=None,
     callback=None,
+    cfg_batch: bool = False,
 ) -> torch.Tensor:
     """Generate videos ``[B, 3, F, H, W]`` (float32, in [-1, 1] if ``clip``) for ``class_ids [B]``.
 
@@ -82,6 +83,8 @@ def sample(
             checkpoint.
         noise: optional initial noise ``[B, 3, F, H, W]`` (overrides ``seed``).
         callback: optional ``callback(i, t, x)`` after each step.
+        cfg_batch: with guidance, one call per step on ``[cond; uncond]`` stacked on dim 0 (batch 2B) instead of two
+            calls: what CFG-parallel (``dvdq_compile.parallel.enable(model, cfg=2)``) splits across ranks.
     """
     ids = torch.as_tensor(class_ids, dtype=torch.long).reshape(-1)
     B = ids.numel()
@@ -115,8 +118,14 @@ def sample(
         m = model if (model_low is None or float(t) >= boundary_t) else model_low
         tt = t.expand(B).to(device=device, dtype=dtype)
         xin = x.to(dtype)
-        v = m(hidden_states=xin, timestep=tt, encoder_hidden_states=cond, return_dict=False)[0].float()
-        if guidance != 1.0:
+        if guidance != 1.0 and cfg_batch:
+            both = m(hidden_states=torch.cat([xin, xin]), timestep=torch.cat([tt, tt]),
+                     encoder_hidden_states=torch.cat([cond, uncond]), return_dict=False)[0].float()
+            v, vu = both[:B], both[B:]
+            v = vu + guidance * (v - vu)
+        else:
+            v = m(hidden_states=xin, timestep=tt, encoder_hidden_states=cond, return_dict=False)[0].float()
+        if guidance != 1.0 and not cfg_batch:
             vu = m(hidden_states=xin, timestep=tt, encoder_hidden_states=uncond, return_dict=False)[0].float()
             v = vu + guidance * (v - vu)
         x = x + (sigmas[i + 1] - sigmas[i]).to(device) * v
