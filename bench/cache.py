@@ -233,17 +233,22 @@ def main(argv=None) -> int:
               f"PSNR {r['psnr_db']} SSIM {r['ssim']} wall x{r['wall_ratio']}", flush=True)
 
     score("none", "fp", ref, t_ref, t_ref)
-    ours = [("delta", t) for t in ((0.05, 0.1, 0.2) if not args.quick else (0.1,))]
-    ours += [("easycache", t) for t in ((0.05, 0.1, 0.2) if not args.quick else (0.1,))]
-    ours += [("teacache", t) for t in ((0.1, 0.2) if not args.quick else (0.1,))]
-    for rule, thr in ours:
-        pol = CachePolicy(rule=rule, threshold=thr, max_skips=3, coefficients=coef if rule == "teacache" else
-                          (1.0, 0.0), steps=steps, last=1)
+    # (rule, threshold, max consecutive skips, reuse): the δ rule with its default reuse (extrapolate), then the
+    # ablations: plain output reuse, and the EasyCache / TeaCache rules with their own reuse
+    ours = [("delta", t, 2, "auto") for t in ((0.08, 0.15, 0.3) if not args.quick else (0.15,))]
+    if not args.quick:
+        ours += [("delta", t, 3, "output") for t in (0.05, 0.1, 0.2)]
+        ours += [("delta", t, 3, "auto") for t in (0.1, 0.3)]
+    ours += [("easycache", t, 3, "auto") for t in ((0.05, 0.1, 0.2) if not args.quick else (0.1,))]
+    ours += [("teacache", t, 3, "auto") for t in ((0.1, 0.2) if not args.quick else (0.1,))]
+    for rule, thr, skips, reuse in ours:
+        pol = CachePolicy(rule=rule, threshold=thr, max_skips=skips, coefficients=coef if rule == "teacache" else
+                          (1.0, 0.0), steps=steps, last=1, reuse=reuse)
         ctrls = [DeltaController(low=16, high=16, mode="high", cache=pol) for _ in experts]
         with torch.no_grad():
             v, secs = run([Controlled(m, c) for m, c in zip(experts, ctrls)])
-        score(f"ours {rule} t={thr:g}", "fp", v, secs, t_ref, sum(c.computed_calls() for c in ctrls),
-              {"policy": pol.describe()})
+        score(f"ours {rule} t={thr:g} skips={skips} {pol.reuse_mode}", "fp", v, secs, t_ref,
+              sum(c.computed_calls() for c in ctrls), {"policy": pol.describe()})
     diff = diffusers_configs()
     for name, make in (diff.items() if not args.quick else list(diff.items())[:1]):
         try:
@@ -282,13 +287,13 @@ def main(argv=None) -> int:
 
     # quantized: W4A8 and δ-switched, no cache vs ours, through the backend with fullgraph=True
     qrows = [("W4A8", {"act_bits": 8}), ("δ-GBS", {})]
-    qcache = [("delta", 0.1)] if args.quick else [("delta", 0.1), ("easycache", 0.1)]
+    qcache = [("delta", 0.15, 2)] if args.quick else [("delta", 0.15, 2), ("delta", 0.3, 2), ("easycache", 0.1, 3)]
     base_q = {}
     for qname, qopts in qrows:
-        for rule, thr in [(None, None)] + qcache:
+        for rule, thr, skips in [(None, None, None)] + qcache:
             opts = dict(qopts, lowering="eager", kernels="reference", progress=False)
             if rule:
-                opts.update(cache=rule, cache_threshold=thr, cache_max_skips=3, cache_steps=steps)
+                opts.update(cache=rule, cache_threshold=thr, cache_max_skips=skips, cache_steps=steps)
             torch._dynamo.reset()
             torch._dynamo.utils.counters.clear()
             cm = [torch.compile(m, backend="dvdquant", options=opts, fullgraph=True) for m in experts]
@@ -311,7 +316,7 @@ def main(argv=None) -> int:
                      if any(ctrls) else 8.0}
             if rule is None:
                 base_q[qname] = secs
-            name = "none" if rule is None else f"ours {rule} t={thr:g}"
+            name = "none" if rule is None else f"ours {rule} t={thr:g} skips={skips}"
             score(name, qname, v, secs, base_q[qname], computed, extra)
 
     env = {"device": "CPU (" + (platform.processor() or platform.machine()) + f", {torch.get_num_threads()} threads)",

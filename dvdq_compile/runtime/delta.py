@@ -53,7 +53,8 @@ Memory
 
 Step caching (``cache=...``, ``runtime/step_cache.py``)
     With a cache policy on, a step can also be **reused**: no call runs, every call index gets the output of the
-    last computed step (plus the input's change with ``reuse='residual'``), and the trace records bits 0 ('R' in
+    last computed step (plus the input's change with ``reuse='residual'``; moved on linearly in the timestep from
+    the last two computed steps with ``reuse='extrapolate'``), and the trace records bits 0 ('R' in
     the pattern). Reused steps leave the δ accumulator alone; the next computed step's L1 is measured against the
     last computed output, so it spans the reused steps. The first calls of a step decide for all of them (both
     CFG calls are reused or computed together). The cache signals are read with the timestep: still one host read
@@ -192,7 +193,10 @@ class DeltaController:
         # step caching
         self.cache = cache if cache is not None else CachePolicy()
         self.cache_blocked: str | None = None  # why reuse is impossible for this model (set by the wrapper)
-        self._kept: dict[int, tuple] = {}  # call index -> (model key, output clone, input clone or None)
+        # call index -> (model key, output clone, input clone or None, timestep); _kept_prev: the computed step
+        # before (reuse='extrapolate' only)
+        self._kept: dict[int, tuple] = {}
+        self._kept_prev: dict[int, tuple] = {}
         self._prev_x: torch.Tensor | None = None  # latent input of the previous step's first call
         self._x_c: torch.Tensor | None = None  # latent input of the last computed step's first call
         self._skips = 0  # consecutive reused steps
@@ -289,16 +293,23 @@ class DeltaController:
     def reuse_call(self, x: torch.Tensor | None = None) -> Any:
         """The output of the call opened by the last :meth:`begin_call` that returned ``REUSE``: the cached
         output of the same call index (a fresh copy), plus ``x − x_c`` on tensors shaped like ``x`` with
-        ``reuse='residual'``."""
+        ``reuse='residual'``, or ``y_c + (y_c − y_p)·(t − t_c)/(t_c − t_p)`` with ``reuse='extrapolate'`` (the kept
+        output alone until two steps of the same model were computed)."""
         if self._call is None or self._row is None or self._row.bits != REUSE:
             raise RuntimeError("DeltaController.reuse_call() without a begin_call() that returned REUSE")
         j = self._call
         self._call = None
-        _, outs, x_c = self._kept[j]
+        model, outs, x_c, t_c = self._kept[j]
         with torch.no_grad():
             if self.cache.residual and x is not None and x_c is not None:
                 d = x.detach() - x_c
                 return _map_tensors(outs, lambda t: t + d.to(t.dtype) if t.shape == d.shape else t.clone())
+            prev = self._kept_prev.get(j)
+            t_now = self._row.timestep
+            if self.cache.extrapolate and prev is not None and prev[0] is model \
+                    and None not in (t_now, t_c, prev[3]) and prev[3] != t_c:
+                w = (t_now - t_c) / (t_c - prev[3])
+                return _map2(outs, prev[1], lambda a, b: a + (a - b) * w if a.shape == b.shape else a.clone())
             return _map_tensors(outs, lambda t: t.clone())
 
     def end_call(self, output: Any, x: torch.Tensor | None = None, model: Any = None) -> None:
@@ -329,7 +340,9 @@ class DeltaController:
                         xf, pf = x.detach().float(), self._x_c.float()
                         row.pending.append((-1, (xf - pf).abs().sum(), pf.abs().sum()))
                     self._x_c = x.detach().clone() if xc is None else xc
-                self._kept[j] = (model, outs, xc)
+                if self.cache.extrapolate and j in self._kept:
+                    self._kept_prev[j] = self._kept[j]
+                self._kept[j] = (model, outs, xc, row.timestep)
                 self._prev[j] = (first, den)
             else:
                 # one previous output per call index: the old one is dropped here
@@ -432,6 +445,7 @@ class DeltaController:
         self._new_run = True
         self._call = None
         self._kept.clear()
+        self._kept_prev.clear()
         self._prev_x = self._x_c = None
         self._skips, self._cacc = 0, 0.0
         self._last_computed = self._out_rate = self._k = None
@@ -625,6 +639,17 @@ def _map_tensors(output: Any, fn) -> Any:
     if isinstance(output, dict):
         return type(output)((k, _map_tensors(v, fn)) for k, v in output.items())
     return output
+
+
+def _map2(a: Any, b: Any, fn) -> Any:
+    """``fn`` applied to the tensors of ``a`` and the tensors at the same places in ``b`` (same structure)."""
+    if isinstance(a, torch.Tensor):
+        return fn(a, b) if isinstance(b, torch.Tensor) else a.clone()
+    if isinstance(a, (tuple, list)):
+        return type(a)(_map2(x, y, fn) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return type(a)({k: _map2(v, b[k], fn) for k, v in a.items()})
+    return _map_tensors(a, lambda t: t.clone())
 
 
 def _first_tensor(output: Any) -> torch.Tensor:

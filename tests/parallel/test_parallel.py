@@ -78,10 +78,14 @@ def test_ltx_ulysses():
     _same_everywhere(res, exact=False)
 
 
-def test_four_ranks_cfg_times_ulysses():
-    res = run_ranks(compare, 4, "wan1", {"cfg": 2, "ulysses": 2}, dict(REF, act_bits="auto", delta=2.0), True,
-                    (900, 700, 500), True, timeout=600)
+def test_four_ranks_cfg_times_ulysses_free_weights():
+    """CFG 2 x Ulysses 2; each rank quantizes its own full copy of the weights and free_weights frees it."""
+    opts = dict(REF, act_bits="auto", delta=2.0, free_weights=True)
+    res = run_ranks(compare, 4, "wan1", {"cfg": 2, "ulysses": 2}, opts, True, (900, 700, 500), True, timeout=600)
     _same_everywhere(res, exact=False)
+    assert {b for _, b, _ in res[0]["bits"][0]} == {4, 8}, res[0]["bits"]
+    quantized = sum(row[1] == "quantize" for row in res[0]["rows"][0])
+    assert all(r["freed"] == [quantized] for r in res), [r["freed"] for r in res]
 
 
 def test_controller_decides_once_for_all_ranks():

@@ -4,6 +4,8 @@ Every worker builds the single-process compiled model first (same seed, same wei
 parallel one, runs the same calls through both and returns plain data for the parent to compare across ranks."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -36,6 +38,22 @@ def _calls(name: str, timesteps, cfg_batch: bool):
         else:
             out += [cond, neg]
     return out
+
+
+@contextlib.contextmanager
+def count_all_reduce():
+    """A list that gets one entry per ``torch.distributed.all_reduce`` call inside the block."""
+    calls, real = [], dist.all_reduce
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    dist.all_reduce = counting
+    try:
+        yield calls
+    finally:
+        dist.all_reduce = real
 
 
 def _counters():
@@ -95,19 +113,9 @@ def compare(rank, world, name, layout, options, fullgraph=True, timesteps=(900, 
     compiled = [torch.compile(m, backend="dvdquant", options=options, fullgraph=fullgraph) for m in models]
     if experts and options.get("act_bits", "auto") == "auto":
         dvdq_compile.share_controller(*compiled)
-    reduces = []
-    real = dist.all_reduce
-
-    def counting(*a, **k):
-        reduces.append(1)
-        return real(*a, **k)
-
-    dist.all_reduce = counting
     counters.clear()
-    try:
+    with count_all_reduce() as reduces:
         out = run(compiled)
-    finally:
-        dist.all_reduce = real
     breaks, graphs = _counters()
     return dict(
         diff=None if ref is None else max(float((o - r).abs().max()) for o, r in zip(out, ref)),
@@ -126,17 +134,9 @@ def controller_group(rank, world):
 
     ctrl = DeltaController(delta=0.15)
     ctrl.group = dist.group.WORLD
-    reduces = []
-    real = dist.all_reduce
-
-    def counting(*a, **k):
-        reduces.append(1)
-        return real(*a, **k)
-
-    dist.all_reduce = counting
     g = torch.Generator().manual_seed(rank)
     base = torch.randn(64, generator=g)
-    try:
+    with count_all_reduce() as reduces:
         for step, t in enumerate([900.0, 800.0, 700.0, 600.0, 500.0, 400.0]):
             for _call in range(2):
                 ctrl.begin_call(torch.tensor([t]))
@@ -144,6 +144,4 @@ def controller_group(rank, world):
                 scale = 0.01 if rank == 0 else 0.2
                 ctrl.end_call((base * (1 + scale * step),))
         trace = ctrl.trace
-    finally:
-        dist.all_reduce = real
     return dict(bits=[r.bits for r in trace], l1=[r.l1 for r in trace], reduces=len(reduces))

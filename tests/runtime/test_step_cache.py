@@ -37,24 +37,27 @@ def drive(f, xs, ts=TS, cfg=True):
     return outs
 
 
-@pytest.mark.parametrize("reuse", ["output", "residual"])
+@pytest.mark.parametrize("reuse", ["output", "residual", "extrapolate"])
 def test_forced_schedule_computes_exactly_and_reuses_the_cached_value(reuse):
     model, xs = TinyDiT(), inputs()
     plain = drive(compiled(model, act_bits=8), xs)
     schedule = "CCRCRRCC"
     torch._dynamo.utils.counters.clear()
     cached = drive(compiled(model, act_bits=8, cache="schedule", cache_schedule=schedule, cache_reuse=reuse), xs)
-    last = None
+    last = prev = None
     for s, kind in enumerate(schedule):
         if kind == "C":
             for j in range(2):
                 assert torch.equal(cached[s][j], plain[s][j]), (s, j)
-            last = s
+            last, prev = s, last
         else:
             for j, scale in enumerate((1.0, 0.5)):
                 want = plain[last][j]
                 if reuse == "residual":  # y_c + (x − x_c) on the call's own input
                     want = want + (scale * xs[s] - scale * xs[last])
+                if reuse == "extrapolate":  # y_c + (y_c − y_p)·(t − t_c)/(t_c − t_p), linear in the timestep
+                    t, t_c, t_p = (float(TS[i]) for i in (s, last, prev))
+                    want = want + (want - plain[prev][j]) * ((t - t_c) / (t_c - t_p))
                 assert torch.equal(cached[s][j], want), (s, j)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not torch._dynamo.utils.counters["graph_break"]
@@ -203,6 +206,7 @@ def test_policy_rules():
     assert CachePolicy(rule="schedule", schedule="CR").forced(1, 0) is False
     assert CachePolicy(rule="schedule", schedule="CR").forced(5, 0) is True  # past the pattern: compute
     assert CachePolicy(rule="easycache").residual and not CachePolicy(rule="delta").residual
+    assert CachePolicy(rule="delta").extrapolate and not CachePolicy(rule="delta", reuse="output").extrapolate
 
 
 def test_controller_by_hand_with_a_plain_model():
