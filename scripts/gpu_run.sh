@@ -3,6 +3,7 @@
 # what the lease allows and commit what it writes. On the device machine (its torch is kept; nothing is fetched):
 #   PYTHONUNBUFFERED=1 bash scripts/gpu_run.sh STAGE "$OUT"
 #   STAGE: first-window | priority | tests | kernels-quick | kernels | sweep | e2e-base | e2e-dvdq | e2e-14b | e2e-hunyuan
+#          | parallel (only where the machine has more than one GPU)
 # A lease is 15 minutes of device time, machine start included: run `priority` first (GPU tests, the quick kernel
 # benchmark, the core Wan 1.3B end-to-end rows, each with its own time limit so a slow part cannot eat the rest).
 # The device image has no diffusers (the tests and e2e.py import it): fetch the wheels here with
@@ -10,7 +11,7 @@
 # Results and logs go under $2 (default bench/results/gpu); copy them into bench/results/ and commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGE=${1:?usage: gpu_run.sh first-window|priority|tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan [OUT]}
+STAGE=${1:?usage: gpu_run.sh first-window|priority|tests|kernels-quick|kernels|sweep|e2e-base|e2e-dvdq|e2e-14b|e2e-hunyuan|parallel [OUT]}
 OUT=${2:-bench/results/gpu}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -48,5 +49,10 @@ case "$STAGE" in
                     --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 free_weights" 2>&1 | tee "$OUT/e2e_14b.log" ;;
   e2e-hunyuan)    timeout 540 python3 bench/e2e.py --config hunyuan --layers 6 --stem e2e_hunyuan_6blocks --out "$OUT" \
                     --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 free_weights" 2>&1 | tee "$OUT/e2e_hunyuan.log" ;;
+  parallel)       # one GPU vs all of them (bench/parallel.py): Wan 2.1-14B blocks (40 heads: Ulysses 2, 4 or 8)
+    n=$(python3 -c "import torch; print(torch.cuda.device_count())")
+    if [ "$n" -lt 2 ]; then echo "$n GPU(s): nothing to compare" | tee "$OUT/parallel.log"
+    else timeout 540 torchrun --nproc-per-node "$n" bench/parallel.py --config wan14b --layers 8 --ulysses "$n" \
+           --out "$OUT" 2>&1 | tee "$OUT/parallel.log"; fi ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
