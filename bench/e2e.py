@@ -146,7 +146,7 @@ class Row:
     cuda_only: bool = False
 
 
-CACHE = {"cache": "delta", "cache_threshold": 0.1, "cache_steps": 20}  # step caching rows (runtime/step_cache.py)
+CACHE = {"cache": "delta", "cache_threshold": 0.15, "cache_steps": 20}  # step caching rows (runtime/step_cache.py)
 ROWS = [
     Row("eager bf16", "eager"),
     Row("inductor bf16", "inductor", profile=True),
