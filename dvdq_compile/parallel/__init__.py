@@ -96,8 +96,7 @@ def enable(model: torch.nn.Module, *, ulysses: int = 1, ring: int = 1, cfg: int 
         from . import cfg as cfg_parallel
         cfg_parallel.apply(model, cfg_parallel.CFGPlan(cfg, cfg_rank, mesh["cfg"].get_group()))
     layout = Layout(cfg, ring, ulysses, mesh, group, cfg_rank)
-    for p in model.parameters():
-        STATE.parallel_groups[p] = group
+    _record(model, group)
     model._dvdq_parallel = layout
     return layout
 
@@ -120,9 +119,12 @@ def register(model: torch.nn.Module | None) -> None:
     (called by the backend at compile time; models set up by :func:`enable` are recorded already)."""
     if model is None or getattr(model, "_parallel_config", None) is None:
         return
-    group = group_of(model)
-    if group is None:
-        return
-    for p in model.parameters():
-        if STATE.parallel_groups.get(p) is None:
+    if not any(STATE.parallel_groups.get(p) is not None for p in model.parameters()):
+        _record(model, group_of(model))
+
+
+def _record(model: torch.nn.Module, group) -> None:
+    """The δ controller of ``model`` (found by its parameters) sums its step signal over ``group``."""
+    if group is not None:
+        for p in model.parameters():
             STATE.parallel_groups[p] = group

@@ -98,6 +98,11 @@ def _is_int(v: Any) -> bool:
 GROUP_CALLS = 8  # call indices per step summed over a process group (CFG: 2 per expert)
 
 
+def _ratio(n: float, d: float) -> float:
+    """A relative L1 ``n / d`` read on the host: 0 for 0/0, +inf for x/0, NaN stays NaN."""
+    return n / d if d > 0 else (0.0 if n == 0 else (math.nan if math.isnan(n) else INF))
+
+
 def _host_read(t: torch.Tensor) -> list[float]:
     """The controller's only device->host read (tests count calls to this)."""
     return t.tolist()
@@ -547,7 +552,7 @@ class DeltaController:
                 out, vals = (vals[0] if extra.dim() == 0 else vals[:n_extra]), vals[n_extra:]
             for k, (row, j, _, _) in enumerate(its):
                 n, d = vals[2 * k], vals[2 * k + 1]
-                row.l1s[j] = n / d if d > 0 else (0.0 if n == 0 else (math.nan if math.isnan(n) else INF))
+                row.l1s[j] = _ratio(n, d)
         for row in rows:
             row.pending.clear()
         return out
@@ -581,7 +586,7 @@ class DeltaController:
         for k in range(slots):
             n, d, count = vals[3 * k], vals[3 * k + 1], vals[3 * k + 2]
             if count > 0:
-                row.l1s[k - 1] = n / d if d > 0 else (0.0 if n == 0 else (math.nan if math.isnan(n) else INF))
+                row.l1s[k - 1] = _ratio(n, d)
         row.pending.clear()
         return out
 

@@ -114,3 +114,30 @@ def test_enable_needs_a_process_group():
     from dvdq_compile.parallel import enable
     with pytest.raises(RuntimeError, match="init_process_group"):
         enable(torch.nn.Linear(2, 2), ulysses=2)
+
+
+def test_cfg_split_refuses_an_odd_batch():
+    import torch
+
+    from dvdq_compile.parallel.cfg import CFGPlan, CFGSplitHook
+    hook = CFGSplitHook(CFGPlan(degree=2, rank=0, group=None))
+    with pytest.raises(ValueError, match=r"batch 3 of hidden_states \(3, 4\) is not divisible by cfg=2"):
+        hook.pre_forward(None, hidden_states=torch.zeros(3, 4))
+    args, kwargs = hook.pre_forward(None, hidden_states=torch.arange(4.0).reshape(4, 1), timestep=torch.arange(4.0),
+                                    other=torch.zeros(3))
+    assert kwargs["hidden_states"].flatten().tolist() == [0.0, 1.0] and kwargs["timestep"].tolist() == [0.0, 1.0]
+    assert kwargs["other"].shape == (3,)  # not batch-shaped: left whole
+
+
+def _world_size_error(rank, world):
+    from dvdq_compile.parallel import enable
+    try:
+        enable(__import__("torch").nn.Linear(2, 2), ulysses=2)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_enable_checks_the_world_size():
+    (msg,) = run_ranks(_world_size_error, 1)
+    assert msg is not None and "cfg*ring*ulysses = 1*1*2 = 2, but the world size is 1" in msg
