@@ -43,6 +43,7 @@ BUDGET_S = 480
 # warps the classic tile; 64x128 / 4 warps the other 2-CTA/SM shape.
 CONFIGS = ((128, 64, 4, 4), (128, 128, 8, 3), (64, 128, 4, 4))
 FORCED = ((128, 128, 8, 3), (128, 64, 4, 4))
+GELU_CONFIG = (64, 128, 4, 4)   # the instrument's best for the epilogue kernel (BLOCK_N holds whole groups of 128)
 # estimates for --dry-run: seconds per Triton compile on the GPU machine (bench/sass.py measured ~1.3 s offline
 # for sm_90 on this CPU; doubled for the launcher and autotune bookkeeping), per timed measurement (do_bench
 # warmup + rep windows + the first call), and fixed costs (imports, CUDA context, nvidia-smi, pytest start)
@@ -53,7 +54,8 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)"]
+                 "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
+                 "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
     compiles = {
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
@@ -61,6 +63,7 @@ def plan() -> dict:
         "expand": 1,
         "act_quant (one config)": 1,
         "norm_quant (autotune set of 3)": 3,
+        "gelu_quant (one config)": 1,
     }
     n_meas = len(per_shape) * len(SHAPES)
     est = FIXED_S + COMPILE_S * sum(compiles.values()) + MEASURE_S * n_meas + NCU_S + TESTS_S
@@ -143,6 +146,7 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
 
     from dvdq_compile.kernels import act_quant as aq
     from dvdq_compile.kernels import cost
+    from dvdq_compile.kernels import gelu_quant as gq
     from dvdq_compile.kernels import qlinear as ql
     from dvdq_compile.kernels.expand import expand_weight
     from dvdq_compile.kernels.norm_quant import norm_act_quant
@@ -195,6 +199,13 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             shift = torch.zeros(1, 1, k, device=dev)
             x3 = x.view(1, m, k)
             r["times"]["norm_quant"] = t(lambda: norm_act_quant(x3, mult, shift, 1e-6, xdt, 8, 128, 128, 0))
+        if n > k or dev != "cuda":   # an FFN-up shape: its epilogue writes the FFN-down's codes (kernels/gelu_quant.py)
+            g = gq.qlinear_gelu_quant
+            cfg = tile(*GELU_CONFIG) if dev == "cuda" else None
+            gg = 128 if n % 128 == 0 else 32     # the dry run's small N
+            r["times"]["gelu_quant"] = t(lambda: g(codes, scales, packed, ws, wz, bias, 4, xdt, "tanh", 8, gg, gg, 0,
+                                                   expand=True, config=cfg))
+            r["gelu_quant_config"] = str(cfg)
         gemm = cost.qlinear_cost(m, n, k, 128, 4)
         by = cost.evaluate(gemm["bytes"])
         by_exp = by + 0.5 * n * k       # the GEMM reads int8 weights: N·K instead of N·K/2
@@ -204,6 +215,9 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                 v["GB/s"] = round(1.5 * n * k / sec / 1e9, 1)
             elif name == "norm_quant":   # reads x, writes codes + scales (what act_quant writes)
                 v["GB/s"] = round(cost.evaluate(cost.act_quant_cost(m, k, 128, 128)["bytes"]) / sec / 1e9, 1)
+                v["share_of_w4a8_auto"] = round(v["ms"] / r["times"]["w4a8_auto"]["ms"], 3)
+            elif name == "gelu_quant":   # the GEMM's time and bytes, the output written as codes + scales
+                v["TOPS"] = round(2 * m * n * k / sec / 1e12, 1)
                 v["share_of_w4a8_auto"] = round(v["ms"] / r["times"]["w4a8_auto"]["ms"], 3)
             elif name == "act_quant":
                 v["GB/s"] = round(cost.evaluate(cost.act_quant_cost(m, k, 128, 128)["bytes"]) / sec / 1e9, 1)

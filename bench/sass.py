@@ -36,6 +36,7 @@ from dvdq_compile.kernels import act_quant as A  # noqa: E402
 from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import cost  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import gelu_quant as GQ  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
 from dvdq_compile.kernels import sass_model as SM  # noqa: E402
@@ -55,6 +56,13 @@ NORM_SIG = {"x_ptr": "*bf16", "mult_ptr": "*fp32", "shift_ptr": "*fp32", "h_ptr"
             "s_ptr": "*fp32", "M": "i32", "K": "i32", "S": "i32", "eps": "fp32", "stride_xm": "i32",
             "stride_mb": "i32", "stride_ms": "i32", "stride_sb": "i32", "stride_ss": "i32", "stride_cm": "i32",
             "stride_sm": "i32"}
+GELU_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32", "wz_ptr": "*i32", "bias_ptr": "*bf16",
+            "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
+            "M_BUCKET": "i32", "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32",
+            "stride_csm": "i32"}
+# (FFN-up (N, K), its FFN-down (N, K)) on Wan 1.3B / 14B: the FFN-up GEMM's epilogue writes the FFN-down's codes
+FFN_PAIRS = (((8960, 1536), (1536, 8960)), ((13824, 5120), (5120, 13824)))
+GELU_VARIANT = "W4→int8 g128 +GELU→A8 g128 r128"
 ACT_SIG = {"x_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "s_ptr": "*fp32", "clip_ptr": "*fp32", "M": "i32",
            "K": "i32", "M_BUCKET": "i32", "stride_xm": "i32", "stride_cm": "i32", "stride_sm": "i32"}
 
@@ -107,6 +115,12 @@ def gemm_specs(quick: bool) -> list[Spec]:
         if not quick:
             out.append(Spec("qlinear", "W8 g128", Q._qlinear_kernel, QLINEAR_SIG,
                             dict(base, GROUP_K=128, PER_TOKEN=False, PACK=1), w, st, k_iter=128, wbytes=1.0))
+    for c in GQ._gpu_configs()[:1] if quick else GQ._gpu_configs():
+        kw, w, st = _cfg(c)
+        const = dict(BLOCK_K=128, HAS_BIAS=True, EXPANDED=True, PACK=1, GROUP_K=128, PER_TOKEN=False, OUT=2, APPROX=1,
+                     QMAX=127, GROUP=128, ROT=128, ROT_MODE=T.ROT_PM1, ROT_SCALE=128 ** -0.5, USE_RINT=True, **kw)
+        out.append(Spec("gelu_quant", GELU_VARIANT, GQ._gelu_quant_kernel, GELU_SIG, const, w, st, k_iter=128,
+                        wbytes=1.0))
     fcfgs = F._gpu_configs()[:1] if quick else F._gpu_configs()
     for c in fcfgs:
         kw, w, st = _cfg(c)
@@ -218,12 +232,18 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                 continue
             s = by_name[(r["kernel"], r["variant"], r["tile"])]
             bm, bn = s.const["BLOCK_M"], s.const["BLOCK_N"]
+            if r["kernel"] == "gelu_quant" and (n, k) not in [up for up, _ in FFN_PAIRS]:
+                continue   # the epilogue kernel runs the FFN-up GEMMs only
             outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
+            if r["kernel"] == "gelu_quant":   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
+                outside += bm * bn * s.const["ROT"] / SM.MAC_PER_CLK["fp16"]
             comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,
                                                   k_iter=r["k_iter"], ctas_per_sm=r["ctas_per_sm"], sms=SM.SMS,
                                                   outside=outside)) / SM.CLOCK_HZ
             xbytes = act_bytes(m, k) if r["kernel"] == "fused" else 0  # fused reads bf16 x instead of codes
             by = gemm_bytes(m, n, k, s.group, s.wbytes) + (xbytes - m * k - 4 * m * k / 128 if xbytes else 0)
+            if r["kernel"] == "gelu_quant":   # writes codes + scales instead of the bf16 output
+                by += m * n + 4 * m * n / 128 - 2 * m * n
             mem = by / hbm
             est = max(comp, mem)
             if "int8" in r["variant"]:   # the per-call expansion (kernels/expand.py), a separate memory-bound pass
@@ -234,16 +254,36 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                    "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3)}
             if "int8" in r["variant"]:
                 row["expand_us"] = round(expand * 1e6, 1)
-            if r["kernel"] != "fused" and best_act:
+            if r["kernel"] == "qlinear" and best_act:
                 row["act_quant_us"] = round(best_act[0] * 1e6, 1)
                 row["act_share"] = round(best_act[0] / est, 3)
                 row["act_bytes_share"] = round(act_bytes(m, k) / by, 3)
-            if r["kernel"] != "fused" and best_nq is not None and k in (1536, 5120):
+            if r["kernel"] == "qlinear" and best_nq is not None and k in (1536, 5120):
                 # when the producer is a norm (q/k/v and FFN-up): the fused kernel replaces norm + act_quant; it
                 # adds (1 + 4/g − 2)·M·K < 0 bytes, and this much time beyond the norm's own HBM floor
                 row["norm_quant_us"] = round(best_nq * 1e6, 1)
                 row["norm_fused_added_share"] = round(max(0.0, best_nq - norm_floor) / est, 3)
             rows.append(row)
+    return _ffn_producer(rows, m)
+
+
+def _ffn_producer(rows: list[dict], m: int) -> list[dict]:
+    """On the FFN-down rows: what quantizing its input in the FFN-up GEMM's epilogue adds — the epilogue kernel's
+    time beyond the plain FFN-up GEMM (same loop variant, best tiles) as a share of this GEMM, and its bytes: codes and
+    scales written instead of the 16-bit output (and no separate pass reading it), negative."""
+    best = {(r["N"], r["K"], r["kernel"], r["variant"]): r for r in best_per_variant(rows)}
+    for up, down in FFN_PAIRS:
+        g = best.get((*up, "gelu_quant", GELU_VARIANT))
+        plain = best.get((*up, "qlinear", "W4→int8 g128"))
+        if g is None or plain is None:
+            continue
+        k = down[1]
+        for r in rows:
+            if (r["N"], r["K"]) == down and r["kernel"] == "qlinear":
+                by = gemm_bytes(m, r["N"], k, 128, 1.0)
+                r["ffn_epilogue_us"] = g["est_us"]
+                r["ffn_epilogue_added_share"] = round(max(0.0, g["est_us"] - plain["est_us"]) / r["est_us"], 3)
+                r["ffn_epilogue_bytes_share"] = round((m * k + 4 * m * k / 128 - 2 * m * k) / by, 3)
     return rows
 
 
@@ -285,16 +325,23 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
               "layer norm → modulate → rotate → quantize in one kernel (`kernels/norm_quant.py`), where the "
               "linear's input comes from a norm (K = model dim: q/k/v, cross-attention q, FFN-up; not to_out, "
               "whose input is the attention output): it adds no bytes (codes replace the norm's 16-bit output) and "
-              "the added time is its estimate beyond the unfused norm's HBM floor, as a share of the GEMM.", "",
+              "the added time is its estimate beyond the unfused norm's HBM floor, as a share of the GEMM. FFN-up "
+              "epilogue = the FFN-up GEMM whose epilogue applies GELU, rotates and quantizes (`kernels/gelu_quant.py`; "
+              "its rows are at the FFN-up shapes): on the FFN-down rows (K = FFN hidden), its time beyond the plain "
+              "FFN-up GEMM and its bytes (codes + scales instead of the bf16 output, no separate pass: negative) as "
+              "shares of the FFN-down GEMM. to_out (the attention output, shapes 1536x1536 / 5120x5120) still takes "
+              "the separate act_quant pass (act/GEMM columns).", "",
               "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
-              "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time |",
-              "|" + "---|" * 16]
+              "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
+              "FFN-up epilogue µs | epilogue-fused added time | epilogue-fused added bytes |",
+              "|" + "---|" * 19]
     for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
         lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
                      f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
                      f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | "
                      f"{r.get('act_bytes_share', '-')} | {r.get('norm_quant_us', '-')} | "
-                     f"{r.get('norm_fused_added_share', '-')} |")
+                     f"{r.get('norm_fused_added_share', '-')} | {r.get('ffn_epilogue_us', '-')} | "
+                     f"{r.get('ffn_epilogue_added_share', '-')} | {r.get('ffn_epilogue_bytes_share', '-')} |")
     lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
               "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
               "(MMA + issue) / CTAs-per-SM when every wgmma is waited to depth 0); latency, bank conflicts, L2 and "

@@ -72,6 +72,9 @@ ALLOWED: dict[str, str] = {
                 "per model sharing the compiled graph, matched by weight fingerprint); see the recipe",
     "fuse_norm": f"one of {FUSE_NORM}; 'auto' = on with Triton kernels on CUDA: quantize an activation made by layer norm "
                  "-> modulation -> cast inside that norm's kernel when only quantized linears read it",
+    "fuse_gelu": f"one of {FUSE_NORM}; 'auto' = on with Triton kernels on CUDA: quantize the FFN-down's input in the "
+                 "FFN-up GEMM's epilogue (GELU -> rotate -> quantize) when the FFN-up is a quantized linear read only "
+                 "by the GELU",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
     **CACHE_ALLOWED,
@@ -113,6 +116,7 @@ class QuantConfig:
     artifact: Any = None
     free_weights: bool = False
     fuse_norm: str = "auto"
+    fuse_gelu: str = "auto"
     # step caching (runtime/step_cache.py): reuse the model's prediction on steps the rule says change little
     cache: str = "off"
     cache_threshold: float = 0.1
@@ -240,6 +244,8 @@ class QuantConfig:
             _fail("free_weights", self.free_weights)
         if self.fuse_norm not in FUSE_NORM:
             _fail("fuse_norm", self.fuse_norm)
+        if self.fuse_gelu not in FUSE_NORM:
+            _fail("fuse_gelu", self.fuse_gelu)
         if self.act_scale == "channel" and self.kernels == "triton":
             raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
                               "reference path only; it cannot be combined with kernels='triton'")

@@ -11,6 +11,9 @@ Ops (shapes: ``x`` [..., K], weights [N, ·], M = prod(leading dims)):
   scales)``: ``act_quant`` of ``(layer_norm(x.float(), eps)·mult + shift).to(out_dtype)`` (quantization at its
   producer, inserted by ``passes/producer.py``)
 - ``dvdq::qlinear(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, impl) -> y [..., N] out_dtype``
+- ``dvdq::qlinear_gelu_quant(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, approximate, bits, group,
+  rotate, sign_seed, impl) -> (codes int8 [..., N], scales fp32 [..., N/group])``: ``act_quant`` of
+  ``gelu(qlinear(...))``, the FFN-down's codes from the FFN-up GEMM's epilogue (inserted by ``passes/producer.py``)
 - ``dvdq::fused_qlinear(x, packed, wscale, wzero, bias?, wbits, abits, group, rotate, sign_seed, impl) -> y``
   (rotate + quantize + GEMM in one launch; same numbers as act_quant → qlinear)
 - ``dvdq::dq_linear(x, packed, wscale, wzero, bias?, wbits, rotate, sign_seed, act_mode, abits) -> y [..., N]``
@@ -97,6 +100,29 @@ def qlinear(codes: Tensor, scales: Tensor, packed: Tensor, wscale: Tensor, wzero
 @qlinear.register_fake
 def _(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype, impl):
     return codes.new_empty((*codes.shape[:-1], packed.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("dvdq::qlinear_gelu_quant", mutates_args=())
+def qlinear_gelu_quant(codes: Tensor, scales: Tensor, packed: Tensor, wscale: Tensor, wzero: Tensor,
+                       bias: Optional[Tensor], wbits: int, out_dtype: torch.dtype, approximate: str, bits: int,
+                       group: int, rotate: int, sign_seed: int, impl: str) -> tuple[Tensor, Tensor]:
+    """``act_quant(gelu(qlinear(...)), ...)`` in one op: the FFN-down's activation quantized in the FFN-up GEMM's
+    epilogue (``quant/gelu.py``, ``kernels/gelu_quant.py``)."""
+    _check_impl(impl)
+    if impl == "triton":
+        from .kernels.gelu_quant import qlinear_gelu_quant as kernel
+        return kernel(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype, approximate, bits, group, rotate,
+                      sign_seed)
+    return quant.gelu_quant_ref(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype, approximate, bits,
+                                group, rotate, sign_seed)
+
+
+@qlinear_gelu_quant.register_fake
+def _(codes, scales, packed, wscale, wzero, bias, wbits, out_dtype, approximate, bits, group, rotate, sign_seed,
+      impl):
+    n = packed.shape[0]
+    return (codes.new_empty((*codes.shape[:-1], n), dtype=torch.int8),
+            codes.new_empty((*codes.shape[:-1], n // group), dtype=torch.float32))
 
 
 @torch.library.custom_op("dvdq::fused_qlinear", mutates_args=())

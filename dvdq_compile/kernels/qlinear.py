@@ -88,17 +88,15 @@ def _k_block(a_ptrs, w_ptrs, mask_m, mask_n, z8, acc_i, rs, BLOCK_N: tl.constexp
     return acc_i, rs, a_ptrs + BLOCK_K, w_next
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "PER_TOKEN", "PACK", "EXPANDED"])
 @triton.jit
-def _qlinear_kernel(
-    a_ptr, s_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, c_ptr,
-    M, N, K, M_BUCKET,
-    stride_am, stride_sm, stride_wn, stride_cm,
-    GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, PER_TOKEN: tl.constexpr, PACK: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PARTIALS: tl.constexpr, EXPANDED: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+def accumulate(a_ptr, s_ptr, w_ptr, wz_ptr, p_ptr, offs_m, offs_n, mask_m, mask_n, N, K,
+               stride_am, stride_sm, stride_wn,
+               GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, PER_TOKEN: tl.constexpr, PACK: tl.constexpr,
+               PARTIALS: tl.constexpr, EXPANDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The K loop of one output tile: fp32 ``acc[m, n] = Σ_g s[m, g] · float(P_g[m, n])`` in group order (per-token:
+    ``s[m] · float(P)``), before ``Δ`` and the bias. PARTIALS: stores the int32 ``P`` at ``p_ptr`` instead (the
+    returned tile is then meaningless). Shared by every kernel built on the integer GEMM (``qlinear``, the
+    ``gelu_quant`` epilogue kernel)."""
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + tl.arange(0, BLOCK_K)[None, :]
     if EXPANDED:  # int8 q − z, one byte per code: no zero-point work at all
         w_ptrs = w_ptr + offs_n[:, None] * stride_wn + tl.arange(0, BLOCK_K)[None, :]
@@ -117,12 +115,12 @@ def _qlinear_kernel(
         if not EXPANDED:
             acc_i = zero_correct(acc_i, rs, zc, PACK)
         if PARTIALS:
-            p_ptrs = c_ptr + offs_m[:, None] * N + offs_n[None, :]
+            p_ptrs = p_ptr + offs_m[:, None] * N + offs_n[None, :]
             tl.store(p_ptrs, acc_i, mask=mask_m[:, None] & mask_n[None, :])
+            acc = acc_i.to(tl.float32)
         else:
             s = tl.load(s_rows, mask=mask_m, other=0.0)
             acc = acc_i.to(tl.float32) * s[:, None]
-            epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, stride_cm, HAS_BIAS)
     else:
         n_groups = K // GROUP_K
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -137,13 +135,30 @@ def _qlinear_kernel(
             if not EXPANDED:
                 acc_i = zero_correct(acc_i, rs, zc, PACK)
             if PARTIALS:
-                p_ptrs = c_ptr + (offs_m[:, None] * N + offs_n[None, :]) * n_groups + g
+                p_ptrs = p_ptr + (offs_m[:, None] * N + offs_n[None, :]) * n_groups + g
                 tl.store(p_ptrs, acc_i, mask=mask_m[:, None] & mask_n[None, :])
             else:
                 s = tl.load(s_rows + g, mask=mask_m, other=0.0)
                 acc += acc_i.to(tl.float32) * s[:, None]
-        if not PARTIALS:
-            epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, stride_cm, HAS_BIAS)
+    return acc
+
+
+@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "GROUP_K", "PER_TOKEN", "PACK", "EXPANDED"])
+@triton.jit
+def _qlinear_kernel(
+    a_ptr, s_ptr, w_ptr, ws_ptr, wz_ptr, bias_ptr, c_ptr,
+    M, N, K, M_BUCKET,
+    stride_am, stride_sm, stride_wn, stride_cm,
+    GROUP_K: tl.constexpr, BLOCK_K: tl.constexpr, PER_TOKEN: tl.constexpr, PACK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PARTIALS: tl.constexpr, EXPANDED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = accumulate(a_ptr, s_ptr, w_ptr, wz_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, N, K,
+                     stride_am, stride_sm, stride_wn, GROUP_K, BLOCK_K, PER_TOKEN, PACK, PARTIALS, EXPANDED,
+                     BLOCK_M, BLOCK_N)
+    if not PARTIALS:
+        epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, stride_cm, HAS_BIAS)
 
 
 # ----------------------------------------------------------------------------------------------------------------

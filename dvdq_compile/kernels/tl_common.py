@@ -18,9 +18,11 @@ Helpers, by the kernels that use them:
 
 - activation side (``act_quant``, the ``fused_qlinear`` prologue): :func:`load_hadamard`, :func:`load_rotated`,
   :func:`rotated`, :func:`chunk_mask`, :func:`running_absmax`, :func:`row_absmax`, :func:`quantize_rows`,
-  :func:`quantize_groups`, :func:`round_half_even`
-- integer GEMM (``qlinear``, ``fused_qlinear``): :func:`output_tile` (:func:`swizzle`), :func:`weight_prologue`,
-  :func:`int_dot` (:func:`load_weight_tile`, :func:`row_sum`), :func:`zero_correct`, :func:`epilogue`
+  :func:`quantize_groups`, :func:`quotient`, :func:`round_half_even`
+- integer GEMM (``qlinear``, ``fused_qlinear``, ``gelu_quant``): :func:`output_tile` (:func:`swizzle`),
+  :func:`weight_prologue`, :func:`int_dot` (:func:`load_weight_tile`, :func:`row_sum`), :func:`zero_correct`,
+  :func:`scale_bias`, :func:`epilogue`
+- quantizing epilogue (``gelu_quant``): :func:`round_to` (:func:`round_bf16`), :func:`gelu`
 """
 from __future__ import annotations
 
@@ -47,6 +49,11 @@ ROT_FP32 = 0  # x (fp32) · H (fp32, normalized), input_precision="ieee": no TF3
 ROT_PM1 = 1   # x (fp16/bf16, exact) · S (±1 in the same dtype, exact), fp32 accumulate, then · 1/sqrt(g)
 
 RS_COLS: tl.constexpr = tl.constexpr(16)  # width of the row-sum dot (wgmma needs N >= 8)
+# Compiled (GPU) code: quotients by one correctly rounded reciprocal per group and two FMAs (:func:`quotient`), and a
+# NaN-propagating max reduction (:func:`row_absmax`). The interpreter's tl.fma rounds twice (numpy) and it runs a custom
+# reduction in Python element by element, so there the kernels divide with div_rn and reduce with tl.max plus an
+# explicit NaN flag (the same result).
+FMA_DIV: tl.constexpr = tl.constexpr(not INTERPRET)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,14 +149,35 @@ def running_absmax(x_rows, mask_m, h, K, BLOCK_M: tl.constexpr, T: tl.constexpr,
     """Per-token scale pass: ``max_k |x̃[m, k]|`` over the whole row (rotated in chunks of T columns), NaN if any
     x̃ in the row is NaN. ``x_rows`` [BLOCK_M, 1] points at column 0 of each row."""
     amax = tl.zeros((BLOCK_M,), tl.float32)
-    nans = tl.zeros((BLOCK_M,), tl.int32)
     for k0 in range(0, K, T):
         offs_k = k0 + tl.arange(0, T)
         mask = chunk_mask(mask_m, offs_k, K, EVEN_K)
         xr = load_rotated(x_rows + offs_k[None, :], mask, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
-        amax = tl.maximum(amax, tl.max(tl.abs(xr), axis=1))
-        nans = tl.maximum(nans, tl.max((xr != xr).to(tl.int32), axis=1))
-    return tl.where(nans > 0, math.nan, amax)
+        amax = _max_nan(amax, row_absmax(xr, 1))
+    return amax
+
+
+@triton.jit
+def quotient(x, s):
+    """``RN(x / s)``, IEEE round to nearest, for fp32 ``x`` [..., G] and one finite ``s > 0`` per row [..., 1].
+
+    On a GPU (FMA_DIV): Markstein's correction — ``r = RN(1/s)`` once per row (one ``div_rn``), ``q = RN(x·r)``
+    (within an ulp of x/s), ``e = x − q·s`` exact by FMA, ``RN(q + e·r)`` by FMA is the correctly rounded quotient
+    (Markstein's theorem; no overflow or underflow on the way: x and s are first scaled by 2^64, exactly, when
+    s < 2^-64, and |x/s| <= qmax). Per element a multiply and two FMAs instead of ``div.rn.f32``'s ~30 SASS
+    instructions (bench/results/sass.md). Tests: tests/kernels/test_quotient.py checks the sequence against IEEE
+    division with exact FMA arithmetic; on a GPU the kernels' codes are compared bit for bit with the reference."""
+    if FMA_DIV:
+        k = tl.where(s < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)   # 2^-64, 2^64
+        sk = s * k
+        xk = x * k
+        r = tl.math.div_rn(tl.full(sk.shape, 1.0, tl.float32), sk)
+        q = xk * r
+        e = tl.fma(-q, sk, xk)
+        q = tl.fma(e, r, q)
+    else:
+        q = tl.math.div_rn(x, s)
+    return q
 
 
 @triton.jit
@@ -162,7 +190,7 @@ def quantize_rows(xr, amax, QMAX: tl.constexpr, USE_RINT: tl.constexpr):
     s = tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32))
     ok = ((s - s) == 0.0) & (s > 0.0)  # finite and positive
     safe = tl.where(ok, s, 1.0)
-    c = round_half_even(tl.math.div_rn(xr, safe), USE_RINT)
+    c = round_half_even(quotient(xr, safe), USE_RINT)
     c = tl.where(c > QMAX, QMAX, c)
     c = tl.where(c < -QMAX, -QMAX, c)
     c = tl.where(ok, c, 0.0)
@@ -170,11 +198,21 @@ def quantize_rows(xr, amax, QMAX: tl.constexpr, USE_RINT: tl.constexpr):
 
 
 @triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def row_absmax(xr, AXIS: tl.constexpr):
-    """``max |x|`` along AXIS with NaN propagation made explicit (GPU ``max`` may drop NaN; torch keeps it)."""
-    a = tl.max(tl.abs(xr), axis=AXIS)
-    nan = tl.max((xr != xr).to(tl.int32), axis=AXIS)
-    return tl.where(nan > 0, math.nan, a)
+    """``max |x|`` along AXIS, NaN if any element is NaN (torch's ``amax``; a plain GPU ``max`` drops NaN): one
+    reduction with a NaN-propagating maximum (``max.NaN.f32``)."""
+    if FMA_DIV:
+        a = tl.reduce(tl.abs(xr), AXIS, _max_nan)
+    else:   # the interpreter runs a custom combine in Python element by element; its tl.max drops NaN
+        a = tl.max(tl.abs(xr), axis=AXIS)
+        nan = tl.max((xr != xr).to(tl.int32), axis=AXIS)
+        a = tl.where(nan > 0, math.nan, a)
+    return a
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,15 +302,65 @@ def zero_correct(acc_i, rs, zc, PACK: tl.constexpr):
 
 
 @triton.jit
-def epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, stride_cm, HAS_BIAS: tl.constexpr):
-    """``acc · Δ[n] (+ bias[n])`` stored in the output dtype."""
+def scale_bias(acc, ws_ptr, bias_ptr, offs_n, mask_n, HAS_BIAS: tl.constexpr):
+    """``acc · Δ[n] (+ float32(bias[n]))``, fp32, in the reference's order (docs/numerics.md §6)."""
     ws = tl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
     acc = acc * ws[None, :]
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc = acc + b[None, :]
+    return acc
+
+
+@triton.jit
+def epilogue(acc, ws_ptr, bias_ptr, c_ptr, offs_m, offs_n, mask_m, mask_n, stride_cm, HAS_BIAS: tl.constexpr):
+    """``acc · Δ[n] (+ bias[n])`` stored in the output dtype."""
+    acc = scale_bias(acc, ws_ptr, bias_ptr, offs_n, mask_n, HAS_BIAS)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def round_bf16(y):
+    """fp32 ``y`` rounded to the nearest bf16 (ties to even), returned as fp32: what ``tensor.to(bfloat16)`` does.
+    Written on the bits because the interpreter's fp32 → bf16 cast truncates (docs/numerics.md §6); NaN passes."""
+    u = y.to(tl.uint32, bitcast=True)
+    r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16) << 16
+    return tl.where(y != y, y, r.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def round_to(y, OUT: tl.constexpr):
+    """fp32 ``y`` rounded to the output dtype (OUT: 0 fp32, 1 fp16, 2 bf16), kept in that dtype: on a GPU the
+    native round-to-nearest cast; in the interpreter bf16 is rounded on the bits first (its cast truncates; the cast
+    of an already-rounded value is exact)."""
+    if OUT == 1:
+        r = y.to(tl.float16)
+    elif OUT == 2:
+        if FMA_DIV:   # compiled: cvt.rn.bf16.f32, one instruction
+            r = y.to(tl.bfloat16)
+        else:
+            r = round_bf16(y).to(tl.bfloat16)
+    else:
+        r = y
+    return r
+
+
+@triton.jit
+def gelu(y, APPROX: tl.constexpr):
+    """GELU of fp32 ``y`` in fp32: APPROX 1 (``approximate="tanh"``) torch's ``0.5·y·(1 + tanh(u))``,
+    ``u = √(2/π)·(y + 0.044715·y³)``, computed as the equal ``y / (1 + 2^(−2u·log2 e))`` (no libdevice tanh in the
+    interpreter; exp overflow gives ±0 as torch does); APPROX 0 ``0.5·y·(1 + erf(y/√2))``. A few fp32 ulps from
+    torch's (whose 1 + tanh cancels for negative y), so a 16-bit rounding of the result can differ by one ulp
+    (docs/numerics.md §5)."""
+    if APPROX == 1:
+        # 0.5·(1 + tanh(u)) = 1 / (1 + exp(−2u)), −2u·log2(e) = y·(A + B·y²): two multiplies, an FMA, ex2, an add,
+        # a reciprocal and a multiply per element (the literal formula took twice as many)
+        y2 = y * y
+        g = y / (1.0 + tl.exp2(y * (-2.302208198144325 - 0.10294324847470783 * y2)))
+    else:
+        g = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    return g
 
 
 # ----------------------------------------------------------------------------------------------------------------

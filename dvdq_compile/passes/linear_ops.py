@@ -88,7 +88,7 @@ def dequant_act(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -
     return (c * scales[..., None]).reshape(codes.shape).to(dtype)
 
 
-def _act_quant(b, p, x, bits: int, seed: int, shared: dict, key, clip=None, extras: bool = False):
+def act_codes(b, p, x, bits: int, seed: int, shared: dict, key, clip=None, extras: bool = False):
     """(codes, scales) of ``x``, made once per ``key`` (the layers that read one activation share them)."""
     if key not in shared:
         args = (x, bits, p.act_group, p.rotate, seed, p.act_kernel) + ((clip,) if extras else ())
@@ -119,7 +119,7 @@ def emit(b, p, x, weight: tuple, bias, variant: int, seed: int, shared: dict, sm
     if variant in p.fused:
         return b.call(ops.fused_qlinear.default, x, packed, scale, zero, bias, p.weight_bits, variant, p.act_group,
                       p.rotate, seed, p.kernel)
-    codes, scales = _act_quant(b, p, x, variant, seed, shared, x)
+    codes, scales = act_codes(b, p, x, variant, seed, shared, x)
     return b.call(ops.qlinear.default, codes, scales, packed, scale, zero, bias, p.weight_bits, p.site.dtype,
                   p.kernel)
 
@@ -147,7 +147,7 @@ def emit_extras(b, p, x, weight: tuple, bias, variant: int, seed: int, shared: d
             xh = b.call(torch.mul, x, inputs["inv_lam"])
             if p.site.dtype is not None and p.site.dtype != torch.float32:
                 xh = b.method(xh, "to", p.site.dtype)
-        codes, scales = _act_quant(b, p, xh, bits, seed, {}, None, clip, extras=True)
+        codes, scales = act_codes(b, p, xh, bits, seed, {}, None, clip, extras=True)
         shared[key] = (xh, codes, scales)
     xh, codes, scales = shared[key]
     y = b.call(ops.qlinear.default, codes, scales, packed, scale, zero, bias, p.weight_bits, p.site.dtype, p.kernel)

@@ -47,7 +47,8 @@ class LayerPlan:
     act_kernel: str  # what runs act_quant: triton | reference | -
     op: str  # qlinear | dq_linear (16-bit activations) | dq_channel (per-channel fake-quant) | fp
     fused: frozenset = frozenset()  # the activation variants (bits) that run fused_qlinear instead of the split pair
-    producer: object = None  # passes.producer.NormModulate: the activation is quantized in its norm's kernel
+    producer: object = None  # passes.producer.NormModulate / GeluOfLinear: the activation is quantized where it is made
+    epilogue: str = ""  # an FFN-up whose GEMM epilogue writes this FFN-down's input codes (passes/producer.py)
 
     @property
     def name(self) -> str:
@@ -208,4 +209,5 @@ def plan_layers(sites: list[LinearSite], cfg: QuantConfig, recipe, artifacts: li
     layers = [_freeze(d, cfg, impl, consumers, products) for d in drafts]
     if products.smoothing is None and products.extras is None:   # their layers rescale x before quantizing
         layers = producer.assign(layers, cfg.fuse_norm)
+        layers = producer.assign_gelu(layers, cfg.fuse_gelu)
     return Plan(layers, products, impl, impl_reason, cfg.act_variants)

@@ -1,4 +1,5 @@
-"""Quantize an activation in the kernel that produces it: layer norm → adaLN modulation → cast → quantized linears.
+"""Quantize an activation in the kernel that produces it: layer norm → adaLN modulation → cast → quantized linears,
+and FFN-up linear → GELU → FFN-down linear.
 
 Every video DiT in diffusers feeds q/k/v and the FFN from ``norm(x) * (1 + scale) + shift`` cast back to the
 model's dtype (Wan, HunyuanVideo, LTX, CogVideoX; cross-attention from an affine layer norm). Quantized as written,
@@ -10,6 +11,12 @@ specification), and erases the norm's nodes that nothing else reads.
 :func:`match` recognises the pattern in a Dynamo graph (the spellings Dynamo records for these modules: method or
 function ``mul``/``add`` in either operand order, ``to``/``type_as``/``float`` casts, ``F.layer_norm`` with or
 without affine); :func:`assign` decides per layer and says why in the plan (the compile report shows it).
+
+The FFN's inner activation ``a = gelu(up(x))`` is the widest of a block (N_up = 4-6x the model dim) and is written
+twice and read twice before its codes exist. When the FFN-up is a quantized linear read only by the GELU and ``a``
+only by the FFN-down, :func:`assign_gelu` moves the FFN-down's quantization into the FFN-up GEMM's epilogue: the
+FFN-up plan gets ``epilogue`` (the FFN-down's name) and emits ``dvdq::qlinear_gelu_quant`` (``kernels/gelu_quant.py``)
+whose codes the FFN-down reads; the FFN-up's own output, the GELU and the identity dropout leave the graph.
 """
 from __future__ import annotations
 
@@ -36,6 +43,18 @@ class NormModulate:
     eps: float
     out_dtype: torch.dtype
     k: int
+
+
+@dataclass(frozen=True)
+class GeluOfLinear:
+    """``a = dropout₀(gelu(y, approximate))`` found in the graph, ``y`` a linear's output node (the FFN-up);
+    ``chain``: the GELU and identity-dropout nodes from ``y`` to ``a``, in order."""
+    y: fx.Node
+    chain: tuple
+    approximate: str
+
+
+_GELU = (F.gelu, torch._C._nn.gelu)
 
 
 def _val(n):
@@ -136,6 +155,83 @@ def match(x: fx.Node, k: int) -> NormModulate | None:
             if not isinstance(tv, torch.Tensor) or tv.shape[-1] != k or tv.dim() > xv.dim():
                 return None
     return NormModulate(src, mult, shift, eps, out_dtype, k)
+
+
+def _identity_dropout(n: fx.Node) -> bool:
+    """``F.dropout(x, p, training, inplace)`` that is the identity: p = 0 or not training (an eval-mode module)."""
+    if n.op != "call_function" or n.target is not F.dropout:
+        return False
+    args = list(n.args) + [0.5, True, False][len(n.args) - 1:]
+    p = n.kwargs.get("p", args[1])
+    training = n.kwargs.get("training", args[2])
+    return (isinstance(p, (int, float)) and p == 0) or training is False
+
+
+def match_gelu(x: fx.Node) -> GeluOfLinear | None:
+    """The FFN-up → GELU (→ identity dropout) chain that produces ``x`` (the FFN-down's input), each node read only
+    by the next, or None."""
+    chain = []
+    n = x
+    while isinstance(n, fx.Node) and _identity_dropout(n):
+        chain.append(n)
+        n = n.args[0] if n.args else n.kwargs.get("input")
+    if not isinstance(n, fx.Node) or n.op != "call_function" or n.target not in _GELU:
+        return None
+    approx = n.kwargs.get("approximate", n.args[1] if len(n.args) > 1 else "none")
+    chain.append(n)
+    y = n.args[0] if n.args else n.kwargs.get("input")
+    if not isinstance(y, fx.Node) or y.op != "call_function" or y.target is not torch._C._nn.linear:
+        return None
+    chain = chain[::-1]
+    for a, b in zip([y] + chain, chain + [None]):
+        if b is not None and set(a.users) != {b}:
+            return None
+    if _dtype(y) != _dtype(x):
+        return None
+    return GeluOfLinear(y, tuple(chain), approx if isinstance(approx, str) else "none")
+
+
+def assign_gelu(layers: list, mode: str) -> list:
+    """``layers`` with the FFN-down input quantized in the FFN-up GEMM's epilogue where the graph and the plans allow:
+    the FFN-down gets ``producer`` (a :class:`GeluOfLinear`), the FFN-up ``epilogue`` (the FFN-down's name); the
+    reasons say so, or why a GELU-fed quantized linear was not. ``mode``: the validated ``fuse_gelu`` option."""
+    if mode == "off":
+        return layers
+    from ..kernels.gelu_quant import unsupported_reason
+
+    by_node = {p.site.node: p for p in layers if p.site.node is not None}
+    out = {}
+    for p in layers:
+        if p.decision != "quantize" or p.op != "qlinear" or p.site.x is None:
+            continue
+        m = match_gelu(p.site.x)
+        up = by_node.get(m.y) if m is not None else None
+        if up is None:
+            continue
+        triton = p.act_kernel == "triton" and up.kernel == "triton"
+        if mode == "auto" and not (triton and p.site.device is not None and p.site.device.type == "cuda"):
+            continue   # auto: only where the kernel pays (Triton on CUDA); fuse_gelu="on" forces it elsewhere
+        why = None
+        if set(p.site.x.users) != {p.site.node}:
+            why = "its GELU output has other readers"
+        elif up.decision != "quantize" or up.op != "qlinear" or up.fused or up.name in out:
+            why = f"the FFN-up {up.name} is not a split integer GEMM ({up.op}, decision {up.decision})"
+        elif p.fused or p.producer is not None:
+            why = "it quantizes its input in a fused kernel already"
+        elif p.act_group == p.k:
+            why = "a per-token activation scale spans the FFN-up's output tiles"
+        elif triton and (r := unsupported_reason(up.n, p.act_group, p.rotate, up.site.dtype, m.approximate)):
+            why = r
+        if why:
+            out[p.name] = dataclasses.replace(p, reason=f"{p.reason}; FFN-up epilogue producer not fused: {why}")
+            continue
+        out[p.name] = dataclasses.replace(
+            p, producer=m, reason=f"{p.reason}; activation quantized in its producer ({up.name} GEMM epilogue: GELU "
+                                  "→ rotate → quantize, dvdq::qlinear_gelu_quant)")
+        out[up.name] = dataclasses.replace(
+            up, epilogue=p.name, reason=f"{up.reason}; its epilogue applies GELU and quantizes {p.name}'s input "
+                                        "(its own output is not written)")
+    return [out.get(p.name, p) for p in layers]
 
 
 def assign(layers: list, mode: str) -> list:

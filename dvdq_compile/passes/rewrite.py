@@ -21,9 +21,9 @@ from torch import fx
 from ..config import QuantConfig
 from ..quant.pack import packed_shape
 from ..quant.qweight import WeightSpec
-from .linear_ops import GraphBuilder, emit, emit_extras
+from .linear_ops import GraphBuilder, act_codes, emit, emit_extras
 from .plan import Plan
-from .producer import chain_op
+from .producer import GeluOfLinear, NormModulate, chain_op
 from .smooth import scale_key
 
 
@@ -147,6 +147,17 @@ def _norm_act_quant(b: GraphBuilder, p, val_map: dict, bits: int, seed: int):
     return b.item(aq, 0), b.item(aq, 1)
 
 
+def _gelu_quant(b: GraphBuilder, up, down, x, weight: tuple, bias, variant: int, seed: int, shared: dict):
+    """(codes, scales) of ``down``'s input from ``up``'s GEMM (``passes/producer.py::assign_gelu``): one
+    ``dvdq::qlinear_gelu_quant`` on ``up``'s input codes (shared with the other readers of ``x``)."""
+    packed, scale, zero = weight
+    impl = "triton" if up.kernel == "triton" and down.act_kernel == "triton" else "reference"
+    codes, scales = act_codes(b, up, x, variant, seed, shared, x)
+    aq = b.call(torch.ops.dvdq.qlinear_gelu_quant.default, codes, scales, packed, scale, zero, bias, up.weight_bits,
+                up.site.dtype, down.producer.approximate, down.abits(variant), down.act_group, down.rotate, seed, impl)
+    return b.item(aq, 0), b.item(aq, 1)
+
+
 def _erase_unused_chain(g: fx.Graph, node: fx.Node, stop: fx.Node) -> None:
     """Erase the norm → modulate → cast nodes that ``norm_act_quant`` replaced, from the cast back toward the norm's
     input ``stop``, as long as nothing else reads them (the eager lowering runs every node it is given)."""
@@ -200,6 +211,7 @@ def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: Qua
     smoothing = plan.products.smoothing
     shared: dict = {}
     replaced: dict[fx.Node, fx.Node] = {}
+    by_name = {p.name: p for p in plan.layers}
     for p in plan.quantized():
         s = p.site
         node = val_map[s.node]
@@ -215,16 +227,27 @@ def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: Qua
             y = emit_extras(b, p, x, wnodes[s.w_index], bias, variant, cfg.seed, shared, ex, gid, inputs, clip)
         else:
             sm = smoothing.by_x.get(s.x) if smoothing is not None and p.decision == "quantize" else None
-            if p.producer is not None and x not in shared:
+            if isinstance(p.producer, NormModulate) and x not in shared:
                 shared[x] = _norm_act_quant(b, p, val_map, variant, cfg.seed)
+            if p.epilogue:   # an FFN-up that writes the FFN-down's codes: its own output goes with the GELU
+                down = by_name[p.epilogue]
+                shared[val_map[down.site.x]] = _gelu_quant(b, p, down, x, wnodes[s.w_index], bias, variant,
+                                                           cfg.seed, shared)
+                continue
             y = emit(b, p, x, wnodes[s.w_index], bias, variant, cfg.seed, shared, sm)
         y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace")})
         node.replace_all_uses_with(y)
         g.erase_node(node)
         replaced[node] = y
     for p in plan.quantized():
-        if p.producer is not None:
+        if isinstance(p.producer, NormModulate):
             _erase_unused_chain(g, val_map[p.site.x], stop=val_map[p.producer.x])
+        elif isinstance(p.producer, GeluOfLinear):   # dropout, GELU, then the FFN-up linear itself
+            for n in [val_map[c] for c in reversed(p.producer.chain)] + [val_map[p.producer.y]]:
+                if n.users:
+                    raise AssertionError(f"dvdquant: {n} (FFN-up → GELU chain of {p.name}) still has readers "
+                                         f"{list(n.users)} after the rewrite")
+                g.erase_node(n)
     g.lint()
     new.recompile()
     return new

@@ -29,7 +29,19 @@ class LayerReport:
     mse: float | None = None  # weight MSE of the chosen quantizer (rotated basis), after quantization
     mse_minmax: float | None = None  # MinMax weight MSE on the same rotated weight
     freed: bool = False  # free_weights released its 16-bit storage
-    act_producer: str = ""  # "norm_modulate": its activation is quantized in the norm's kernel (passes/producer.py)
+    # where its activation is quantized when not by a separate act_quant (passes/producer.py): "norm_modulate" (the
+    # norm's kernel), "ffn_up_epilogue" (the FFN-up GEMM's epilogue); an FFN-up doing that says "writes <layer>"
+    act_producer: str = ""
+
+
+def _producer_label(p) -> str:
+    from ..passes.producer import GeluOfLinear, NormModulate
+
+    if isinstance(p.producer, NormModulate):
+        return "norm_modulate"
+    if isinstance(p.producer, GeluOfLinear):
+        return "ffn_up_epilogue"
+    return f"writes {p.epilogue}" if p.epilogue else ""
 
 
 @dataclass
@@ -111,6 +123,6 @@ def from_plan(plan: Plan, example_inputs, cfg) -> CompileReport:
         act = {"weight_only": "16", "skip": "-"}.get(p.decision, str(p.act_bits or variants))
         rows.append(LayerReport(name=p.name, n=s.n, k=s.k, decision=p.decision, reason=p.reason,
                                 weight_bits=p.weight_bits, act_bits=act, kernel=p.kernel, bytes_before=before,
-                                bytes_after=after, act_producer="norm_modulate" if p.producer is not None else ""))
+                                bytes_after=after, act_producer=_producer_label(p)))
     return CompileReport(layers=rows, kernels=plan.impl, kernels_reason=plan.impl_reason, variants=plan.variants,
                          lowering=cfg.lowering, recipe=cfg.recipe)

@@ -19,7 +19,8 @@ def test_dry_run(tmp_path):
     for g in gemms:
         # a forced config and the packed loop compute the same numbers as the autotuned expanded call
         assert g["forced_vs_auto_max_abs"] == 0.0 and g["packed_vs_expanded_max_abs"] == 0.0
-        assert set(g["times"]) >= {"bf16", "w4a8_auto", "w4a8_per_token", "w4a8_packed", "expand", "act_quant"}
+        assert set(g["times"]) >= {"bf16", "w4a8_auto", "w4a8_per_token", "w4a8_packed", "expand", "act_quant",
+                                   "gelu_quant"}
         assert "BLOCK_M" in g["w4a8_auto_config"]
     assert d["steps"]["interpreter_tests"]["rc"] == 0
     assert "done" in d["steps"]

@@ -61,3 +61,15 @@ def test_offline_compile_refuses_the_interpreter():
     from dvdq_compile.kernels.expand import _expand_kernel
     with pytest.raises(RuntimeError, match="without TRITON_INTERPRET"):
         aot.compile_sm90(_expand_kernel, {}, {}, 4, 1)
+
+
+def test_committed_activation_bytes_per_producer():
+    """Where the producer is fused (a norm for K = model dim, the FFN-up epilogue for the FFN-down) the activation
+    quantization adds no bytes; the FFN-up epilogue kernel compiled without spills at its best tile."""
+    d = json.loads(RESULTS.read_text())
+    rows = d["shapes"]
+    downs = [r for r in rows if r["kernel"] == "qlinear" and (r["N"], r["K"]) in ((1536, 8960), (5120, 13824))]
+    assert downs and all(r["ffn_epilogue_bytes_share"] <= 0.0 for r in downs)
+    assert all(0.0 <= r["ffn_epilogue_added_share"] < 1.0 for r in downs)
+    gelu = [r for r in d["kernels"] if r["kernel"] == "gelu_quant" and r.get("ok")]
+    assert any(r["stack"] == 0 and r["fraction"] > 0.9 for r in gelu)
