@@ -176,3 +176,21 @@ def test_norm_act_quant_bf16(k, group):
     torch.testing.assert_close(s, rs, rtol=2.0**-7, atol=0)
     d = (c.int() - rc.int()).abs()
     assert int(d.max()) <= 1 and float((d > 0).float().mean()) <= 2e-3
+
+
+@pytest.mark.parametrize("expand", [False, True])
+@pytest.mark.parametrize("dtype,approx", [(torch.bfloat16, "tanh"), (torch.float16, "none")])
+def test_gelu_quant_epilogue(dtype, approx, expand):
+    """FFN-up GEMM + GELU → rotate → quantize epilogue, compiled and autotuned (native 16-bit casts, the Markstein
+    quotient), vs qlinear_ref → F.gelu → quantize_act on the GPU; ragged M, N a multiple of 128 but not of 256."""
+    from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
+    from .test_gelu_quant import _compare
+    g = _gen(5)
+    m, n, k = 4133, 1152, 1536
+    codes, scales = quant.quantize_act(make_x(m, k, gen=g), 8, 128, 0)
+    packed, ws, wz = make_weight(n, k, 4, gen=g)
+    bias = torch.randn(n, generator=g).to(dtype)
+    args = [t.to(DEV) for t in (codes, scales, packed, ws * 4, wz, bias)]
+    c, s = qlinear_gelu_quant(*args, 4, dtype, approx, 8, 128, 128, 9, expand=expand)
+    rc, rs = quant.gelu_quant_ref(*args, 4, dtype, approx, 8, 128, 128, 9)
+    _compare((m, n, k, 128, 128, 128, 8, 4, dtype), c, s, rc, rs)

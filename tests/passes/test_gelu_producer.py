@@ -103,19 +103,9 @@ def test_auto_is_off_without_cuda_triton():
                                                           "blocks.0.down": "transformer-block linear"}
 
 
-def test_replaced_nodes_are_erased(monkeypatch):
+def test_replaced_nodes_are_erased(rewritten):
     """The eager lowering runs every node: the FFN-up linear, its GELU and the dropout leave the rewritten graph."""
-    from dvdq_compile import backend
-
-    seen = []
-    real = backend.rewrite
-
-    def spy(*a, **kw):
-        g = real(*a, **kw)
-        seen.append(g)
-        return g
-
-    monkeypatch.setattr(backend, "rewrite", spy)
+    seen = rewritten
     _run(Model().eval(), "on")
     targets = [str(n.target) for g in seen for n in g.graph.nodes if n.op == "call_function"]
     assert not any("gelu" in t and "dvdq" not in t for t in targets) and not any("dropout" in t for t in targets)
