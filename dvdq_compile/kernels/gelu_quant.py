@@ -19,10 +19,9 @@ Launch: the ``qlinear`` grid and K loop (:func:`.qlinear.accumulate`); BLOCK_N i
 of the Hadamard block), so a tile holds whole groups of whole rows: one rotation ``[BM·BN/r, r] @ [r, r]`` and one
 absmax per (row, group) per tile, no cross-tile reduction.
 
-Numerics: the GEMM part is ``qlinear``'s (bit-equal in the interpreter, §6); the cast to ``out_dtype`` rounds to
-nearest even (bf16 written on the bits, :func:`.tl_common.round_bf16`); GELU is torch's formula in fp32 with tanh
-from ``exp`` (erf from ``tl.math.erf``), a few fp32 ulps from torch's, so a 16-bit ``a`` can round the other way
-(one ulp) and codes then differ by one at rounding ties (tests bound how often; scales within one ulp of
+Numerics: the GEMM part is ``qlinear``'s (bit-equal in the interpreter, §6); the casts to ``out_dtype`` round to
+nearest even (:func:`.tl_common.round_to`: the native cast on a GPU, bf16 on the bits in the interpreter); GELU is
+:func:`.tl_common.gelu` in fp32, a few fp32 ulps from torch's, so a 16-bit ``a`` can round the other way (one ulp) and codes then differ by one at rounding ties (tests bound how often; scales within one ulp of
 ``out_dtype``).
 
 Cost: FLOPs ``2·M·N·K`` (int8) + ``2·M·N·r`` (rotation, 16-bit MMA) + ``≈20·M·N`` (GELU, quantize); bytes as
@@ -36,13 +35,10 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from . import capability
-from .capability import pack_factor
-from .expand import expand_weight
-from .qlinear import _check, accumulate, use_expanded
+from .qlinear import _check, accumulate, operands, with_config
 from .tl_common import (
+    OUT_CODES,
     USE_RINT,
-    as_rows,
     configs,
     gelu,
     gemm_grid,
@@ -54,10 +50,8 @@ from .tl_common import (
     rotated,
     round_to,
     scale_bias,
-    weight_args,
 )
 
-OUT_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 APPROX = {"none": 0, "tanh": 1}
 GROUP_MAX = 256
 
@@ -144,33 +138,20 @@ def qlinear_gelu_quant(codes: torch.Tensor, scales: torch.Tensor, packed: torch.
     out_s = torch.empty((*lead, n // group), dtype=torch.float32, device=codes.device)
     if out_c.numel() == 0:
         return out_c, out_s
-    a = as_rows(codes)
-    m = a.shape[0]
-    ga = k // scales.shape[-1]
-    per_token, bk = capability.plan("qlinear", ga, k)
-    s = scales.reshape(m, -1).to(torch.float32)
-    if s.stride(-1) != 1:
-        s = s.contiguous()
-    w, ws, wz, b = weight_args(packed, wscale, wzero, bias)
-    expanded = use_expanded(m, wbits, expand)
-    if expanded:
-        w = expand_weight(w, wz, wbits)
+    if config is not None and config.kwargs["BLOCK_N"] % group:
+        raise ValueError(f"config BLOCK_N={config.kwargs['BLOCK_N']} does not hold whole groups of {group}")
+    o = operands(codes, scales, packed, wscale, wzero, bias, wbits, expand)
     # the rotation reads the rounded 16-bit a: its matrix and mode follow out_dtype, as act_quant's follow its input
     h, mode, rscale = hadamard_for(rotate, sign_seed, torch.empty(0, dtype=out_dtype, device=codes.device))
     if not rotate:
-        h = ws   # never read (ROT = 0)
-    c2, s2 = out_c.view(m, n), out_s.view(m, n // group)
-    kernel, forced = _gelu_quant_kernel, {}
-    if config is not None:
-        if config.kwargs["BLOCK_N"] % group:
-            raise ValueError(f"config BLOCK_N={config.kwargs['BLOCK_N']} does not hold whole groups of {group}")
-        kernel = _gelu_quant_kernel.fn
-        forced = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    kernel[gemm_grid(m, n)](
-        a, s, w, ws, wz, b, h, c2, s2, m, n, k, m_bucket(m),
-        a.stride(0), s.stride(0), w.stride(0), c2.stride(0), s2.stride(0),
-        GROUP_K=ga, BLOCK_K=bk, PER_TOKEN=per_token, PACK=1 if expanded else pack_factor(wbits),
-        HAS_BIAS=bias is not None, EXPANDED=expanded, OUT=OUT_CODES[out_dtype], APPROX=APPROX[approximate],
-        QMAX=qmax, GROUP=group, ROT=rotate, ROT_MODE=mode, ROT_SCALE=rscale, USE_RINT=USE_RINT, **forced,
+        h = o.ws   # never read (ROT = 0)
+    c2, s2 = out_c.view(o.m, n), out_s.view(o.m, n // group)
+    kernel, forced = with_config(_gelu_quant_kernel, config)
+    kernel[gemm_grid(o.m, n)](
+        o.a, o.s, o.w, o.ws, o.wz, o.b, h, c2, s2, o.m, n, k, m_bucket(o.m),
+        o.a.stride(0), o.s.stride(0), o.w.stride(0), c2.stride(0), s2.stride(0),
+        GROUP_K=o.ga, BLOCK_K=o.bk, PER_TOKEN=o.per_token, PACK=o.pack, HAS_BIAS=bias is not None,
+        EXPANDED=o.expanded, OUT=OUT_CODES[out_dtype], APPROX=APPROX[approximate], QMAX=qmax, GROUP=group,
+        ROT=rotate, ROT_MODE=mode, ROT_SCALE=rscale, USE_RINT=USE_RINT, **forced,
     )
     return out_c, out_s

@@ -32,9 +32,8 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from .tl_common import USE_RINT, configs, hadamard_for, load_hadamard, quantize_groups, rotated
+from .tl_common import OUT_CODES, USE_RINT, configs, hadamard_for, load_hadamard, quantize_groups, rotated, round_to
 
-OUT_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 TILE_MAX = 256
 
 # One stage: the loads are not worth a shared-memory pipeline here (the kernel is issue-bound), and at 40-49 KiB per
@@ -93,13 +92,7 @@ def _norm_quant_kernel(
         y = (x - mean[:, None]) * rstd[:, None]
         y = y * _row_vec(mult_ptr, offs_m, S, stride_mb, stride_ms, offs_k, mask_m) + \
             _row_vec(shift_ptr, offs_m, S, stride_sb, stride_ss, offs_k, mask_m)
-        if OUT == 1:
-            y16 = y.to(tl.float16)
-        elif OUT == 2:
-            y16 = y.to(tl.bfloat16)
-        else:
-            y16 = y
-        yr = rotated(y16, h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
+        yr = rotated(round_to(y, OUT), h, BLOCK_M, T, ROT, ROT_MODE, ROT_SCALE)
         c, s = quantize_groups(yr, None, BLOCK_M, T, GROUP, QMAX, USE_RINT, False)
         tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_k[None, :], c, mask=mask_m[:, None])
         offs_g = k0 // GROUP + tl.arange(0, T // GROUP)

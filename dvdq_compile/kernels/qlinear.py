@@ -29,6 +29,8 @@ can compare them bit for bit with :func:`quant.int_partials`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -200,14 +202,29 @@ def use_expanded(m: int, wbits: int, expand: bool | None = None) -> bool:
     return m >= EXPAND_MIN_M and not INTERPRET
 
 
-def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool, expand: bool | None,
-            config: triton.Config | None = None):
-    """Run the kernel into ``out``: the [M, N] output, or the [M, N, groups] int32 partials; ``config``: this tile
-    config instead of autotuning (benchmarks of single configs)."""
+@dataclass
+class Operands:
+    """What a kernel built on :func:`accumulate` is launched with: rows of codes ``a`` [M, K], fp32 scales ``s``
+    [M, K/ga], the weight (int8-expanded when ``expanded``), Δ, z, bias (or a stand-in), and the K-loop plan."""
+    a: torch.Tensor
+    s: torch.Tensor
+    w: torch.Tensor
+    ws: torch.Tensor
+    wz: torch.Tensor
+    b: torch.Tensor
+    m: int
+    k: int
+    ga: int
+    per_token: bool
+    bk: int
+    expanded: bool
+    pack: int
+
+
+def operands(codes, scales, packed, wscale, wzero, bias, wbits, expand: bool | None) -> Operands:
     k = codes.shape[-1]
     a = as_rows(codes)
     m = a.shape[0]
-    n = packed.shape[0]
     ga = k // scales.shape[-1]
     per_token, bk = capability.plan("qlinear", ga, k)
     s = scales.reshape(m, -1)
@@ -218,15 +235,28 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
     expanded = use_expanded(m, wbits, expand)
     if expanded:
         w = expand_weight(w, wz, wbits)
-    kernel, forced = _qlinear_kernel, {}
-    if config is not None:
-        kernel = _qlinear_kernel.fn
-        forced = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    kernel[gemm_grid(m, n)](
-        a, s, w, ws, wz, b, out, m, n, k, m_bucket(m),
-        a.stride(0), s.stride(0), w.stride(0), out.stride(0) if out.dim() == 2 else n,
-        GROUP_K=ga, BLOCK_K=bk, PER_TOKEN=per_token, PACK=1 if expanded else pack_factor(wbits),
-        HAS_BIAS=bias is not None, PARTIALS=partials, EXPANDED=expanded, **forced,
+    return Operands(a, s, w, ws, wz, b, m, k, ga, per_token, bk, expanded, 1 if expanded else pack_factor(wbits))
+
+
+def with_config(kernel, config: triton.Config | None):
+    """``(kernel, launch kwargs)``: the autotuned kernel, or its plain JIT function with ``config``'s tile forced."""
+    if config is None:
+        return kernel, {}
+    return kernel.fn, dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bool, expand: bool | None,
+            config: triton.Config | None = None):
+    """Run the kernel into ``out``: the [M, N] output, or the [M, N, groups] int32 partials; ``config``: this tile
+    config instead of autotuning (benchmarks of single configs)."""
+    o = operands(codes, scales, packed, wscale, wzero, bias, wbits, expand)
+    n = packed.shape[0]
+    kernel, forced = with_config(_qlinear_kernel, config)
+    kernel[gemm_grid(o.m, n)](
+        o.a, o.s, o.w, o.ws, o.wz, o.b, out, o.m, n, o.k, m_bucket(o.m),
+        o.a.stride(0), o.s.stride(0), o.w.stride(0), out.stride(0) if out.dim() == 2 else n,
+        GROUP_K=o.ga, BLOCK_K=o.bk, PER_TOKEN=o.per_token, PACK=o.pack,
+        HAS_BIAS=bias is not None, PARTIALS=partials, EXPANDED=o.expanded, **forced,
     )
 
 

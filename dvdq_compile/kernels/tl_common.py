@@ -48,6 +48,7 @@ USE_RINT = (not INTERPRET) and _libdevice is not None
 ROT_FP32 = 0  # x (fp32) · H (fp32, normalized), input_precision="ieee": no TF32 on the GPU
 ROT_PM1 = 1   # x (fp16/bf16, exact) · S (±1 in the same dtype, exact), fp32 accumulate, then · 1/sqrt(g)
 
+OUT_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}   # the OUT constexpr of :func:`round_to`
 RS_COLS: tl.constexpr = tl.constexpr(16)  # width of the row-sum dot (wgmma needs N >= 8)
 # Compiled (GPU) code: quotients by one correctly rounded reciprocal per group and two FMAs (:func:`quotient`), and a
 # NaN-propagating max reduction (:func:`row_absmax`). The interpreter's tl.fma rounds twice (numpy) and it runs a custom
@@ -357,7 +358,7 @@ def gelu(y, APPROX: tl.constexpr):
         # 0.5·(1 + tanh(u)) = 1 / (1 + exp(−2u)), −2u·log2(e) = y·(A + B·y²): two multiplies, an FMA, ex2, an add,
         # a reciprocal and a multiply per element (the literal formula took twice as many)
         y2 = y * y
-        g = y / (1.0 + tl.exp2(y * (-2.302208198144325 - 0.10294324847470783 * y2)))
+        g = y / (1.0 + tl.exp2(y * (-2.302208198144325 - 0.1029432395800235 * y2)))
     else:
         g = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     return g

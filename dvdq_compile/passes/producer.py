@@ -214,8 +214,10 @@ def assign_gelu(layers: list, mode: str) -> list:
         why = None
         if set(p.site.x.users) != {p.site.node}:
             why = "its GELU output has other readers"
-        elif up.decision != "quantize" or up.op != "qlinear" or up.fused or up.name in out:
+        elif up.decision != "quantize" or up.op != "qlinear" or up.fused:
             why = f"the FFN-up {up.name} is not a split integer GEMM ({up.op}, decision {up.decision})"
+        elif up.name in out:   # its own GELU-fed input codes come from an earlier epilogue: one link per chain
+            why = f"the FFN-up {up.name} already reads its input from another FFN-up's epilogue"
         elif p.fused or p.producer is not None:
             why = "it quantizes its input in a fused kernel already"
         elif p.act_group == p.k:

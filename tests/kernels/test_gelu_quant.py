@@ -125,6 +125,11 @@ def test_empty_and_errors():
         qlinear_gelu_quant(codes, scales, packed, ws, wz, None, 4, torch.float32, "tanh", 8, 64, 128)
     with pytest.raises(ValueError, match="approximate='sigmoid'"):
         qlinear_gelu_quant(codes, scales, packed, ws, wz, None, 4, torch.float32, "sigmoid", 8, 64, 0)
+    import triton
+    with pytest.raises(ValueError, match="config BLOCK_N=128 does not hold whole groups of 256"):
+        qlinear_gelu_quant(codes, scales, make_weight(256, 64, 4)[0], *make_weight(256, 64, 4)[1:], None, 4,
+                           torch.float32, "tanh", 8, 256, 0,
+                           config=triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "GROUP_M": 4}, num_warps=4))
     with pytest.raises(ValueError, match="activation bits"):
         qlinear_gelu_quant(codes, scales, packed, ws, wz, None, 4, torch.float32, "tanh", 2, 64, 0)
     assert unsupported_reason(8960, 128, 128, torch.bfloat16, "tanh") is None

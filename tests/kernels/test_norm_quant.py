@@ -56,6 +56,15 @@ def test_fp16_output_and_input(rot):
     assert float((c != rc).float().mean()) < 1e-3
 
 
+def test_bf16_output_rounds_like_torch():
+    """A bf16 graph: the cast before the rotation rounds to nearest even in the interpreter too (its own fp32 → bf16
+    cast truncates; round_to rounds on the bits), so codes and scales stay at the reference's."""
+    x, mult, shift = _inputs(2, 50, 256, torch.bfloat16, True, torch.Generator().manual_seed(4))
+    for rot in (0, 128):
+        c, rc = _compare(x, mult, shift, 1e-6, torch.bfloat16, 8, 128, rot)
+        assert float((c != rc).float().mean()) < 1e-3
+
+
 def test_equal_row_gives_zero_codes_not_nan():
     """A row whose values are all equal has variance 0: y = shift, finite codes, no NaN."""
     k = 64

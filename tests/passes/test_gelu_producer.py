@@ -89,6 +89,28 @@ def test_not_fused_with_reason(kw, why):
     assert lab["blocks.0.up"][0] == ""
 
 
+class Chain(nn.Module):
+    """linear → GELU → linear → GELU → linear: the middle linear is both an FFN-down and an FFN-up."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.ModuleList([nn.Linear(K, 2 * K), nn.Linear(2 * K, 2 * K),
+                                                    nn.Linear(2 * K, K)])])
+
+    def forward(self, x):
+        a, b, c = self.blocks[0]
+        return c(F.gelu(b(F.gelu(a(x), approximate="tanh")), approximate="tanh"))
+
+
+def test_chain_fuses_one_link_and_says_why_not_the_next():
+    m = Chain().eval()
+    y0, y1 = _run(m, "off"), _run(m, "on")
+    assert torch.equal(y0, y1)
+    lab = _labels(m)
+    assert lab["blocks.0.1"][0] == "ffn_up_epilogue" and lab["blocks.0.0"][0] == "writes blocks.0.1"
+    assert lab["blocks.0.2"][0] == "" and "already reads its input from another FFN-up's epilogue" in lab["blocks.0.2"][1]
+
+
 def test_up_output_with_other_reader_is_no_match():
     m = Model(up_reader=True).eval()
     y0, y1 = _run(m, "off"), _run(m, "on")
