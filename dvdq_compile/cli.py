@@ -19,32 +19,60 @@ from pathlib import Path
 import torch
 
 from .config import COMPILE_MODES, QuantConfig
+from .zoo.model import DEFAULT_VERSION, VERSIONS
 
 
 def _to_uint8(v: torch.Tensor) -> torch.Tensor:
     return ((v.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def save_grid(fp: torch.Tensor, q: torch.Tensor, path: Path, scale: int = 4) -> None:
-    """PNG: for each sample, a row of FP frames above a row of quantized frames. Videos [B, 3, F, H, W]."""
+def _labelled(img, row_labels: list[str], title: str, row_h: int, margin: int = 150):
+    """``img`` (PIL) with a left column of row labels and a title line above it (PIL's built-in font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    top = 14 * (title.count("\n") + 1) + 6
+    title_w = ImageDraw.Draw(img.copy()).multiline_textbbox((0, 0), title, font=font)[2] + 8
+    canvas = Image.new("RGB", (max(img.width + margin, title_w), img.height + top), (255, 255, 255))
+    canvas.paste(img, (margin, top))
+    d = ImageDraw.Draw(canvas)
+    d.multiline_text((4, 3), title, fill=(0, 0, 0), font=font)
+    for r, text in enumerate(row_labels):
+        d.multiline_text((4, top + r * row_h + max(0, row_h // 2 - 12)), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def save_grid(fp: torch.Tensor, q: torch.Tensor, path: Path, scale: int = 4, names: list[str] | None = None,
+              qlabel: str = "quantized", title: str = "") -> None:
+    """PNG: for each sample, a row of FP frames above a row of quantized frames (videos ``[B, 3, F, H, W]``),
+    each row labelled (sample name, full precision / ``qlabel`` with that sample's PSNR), ``title`` above."""
     from PIL import Image
-    rows = []
+
+    from . import metrics
+    rows, labels = [], []
     for i in range(fp.shape[0]):
-        for v in (fp[i], q[i]):
+        name = names[i] if names else f"sample {i}"
+        for v, lab in ((fp[i], f"{name}\nfull precision"),
+                       (q[i], f"{name}\nquantized {qlabel}\nPSNR {metrics.psnr(q[i:i + 1], fp[i:i + 1]):.1f} dB")):
             rows.append(torch.cat(list(_to_uint8(v).permute(1, 2, 3, 0)), dim=1))  # F x [H, W, 3] -> [H, F*W, 3]
+            labels.append(lab)
     img = torch.cat(rows, dim=0).numpy()
-    Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(path)
+    big = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
+    _labelled(big, labels, title, fp.shape[3] * scale).save(path)
 
 
-def save_gif(fp: torch.Tensor, q: torch.Tensor, path: Path, scale: int = 6) -> None:
-    """Animated GIF: the samples side by side, FP on top and quantized below."""
+def save_gif(fp: torch.Tensor, q: torch.Tensor, path: Path, scale: int = 6, qlabel: str = "quantized",
+             title: str = "") -> None:
+    """Animated GIF: the samples side by side, FP on top and quantized below, rows labelled."""
     from PIL import Image
     frames = []
     for f in range(fp.shape[2]):
         top = torch.cat([_to_uint8(fp[i, :, f]) for i in range(fp.shape[0])], dim=2)
         bottom = torch.cat([_to_uint8(q[i, :, f]) for i in range(q.shape[0])], dim=2)
         arr = torch.cat([top, bottom], dim=1).permute(1, 2, 0).numpy()
-        frames.append(Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST))
+        big = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+        frames.append(_labelled(big, ["full\nprecision", f"quantized\n{qlabel}"],
+                                f"{title}\nframe {f + 1}/{fp.shape[2]}", fp.shape[3] * scale, margin=110))
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=150, loop=0)
 
 
@@ -81,7 +109,7 @@ def demo(args) -> int:
         print(f"dvdq demo: {e}", file=sys.stderr)
         return 2
     try:
-        pipe = load_pipeline(two_experts=not args.one_expert, device=device)
+        pipe = load_pipeline(two_experts=not args.one_expert, device=device, version=args.zoo)
     except FileNotFoundError as e:
         print(f"dvdq demo: {e}", file=sys.stderr)
         return 2
@@ -90,7 +118,7 @@ def demo(args) -> int:
     if bad:
         print(f"dvdq demo: --classes {bad} out of range; the zoo model has classes 0..{n_cls - 1}", file=sys.stderr)
         return 2
-    print(f"dvdq demo: zoo model ({'two experts' if pipe.model_low is not None else 'one expert'}), "
+    print(f"dvdq demo: zoo model {args.zoo} ({'two experts' if pipe.model_low is not None else 'one expert'}), "
           f"classes {[class_names()[c] for c in args.classes]}, {args.steps} steps, CFG {args.guidance}, "
           f"seed {args.seed}, device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     experts = [m for m in (pipe.model, pipe.model_low) if m is not None]
@@ -124,10 +152,16 @@ def demo(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_grid(fp, q, out / "grid.png")
-    save_gif(fp, q, out / "side_by_side.gif")
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     q = q.to(fp.device)
+    qlabel = f"W4A{args.act_bits}" if args.act_bits != "auto" else f"W4 A4/A8 (avg {avg_bits:.1f})"
+    title = (f"wan_zoo {args.zoo}: full precision vs backend='dvdquant' "
+             f"{qlabel if args.act_bits != 'auto' else 'W4, delta-GBS A4/A8'}, {args.steps} steps, CFG "
+             f"{args.guidance:g}, seed {args.seed}\nall samples: PSNR {metrics.psnr(q, fp):.2f} dB, "
+             f"SSIM {metrics.ssim(q, fp):.4f}; {dev}, kernels {rep.kernels}")
+    names = [class_names()[c] for c in args.classes]
+    save_grid(fp, q, out / "grid.png", names=names, qlabel=qlabel, title=title)
+    save_gif(fp, q, out / "side_by_side.gif", qlabel=qlabel, title=title)
     result = {"psnr": metrics.psnr(q, fp), "ssim": metrics.ssim(q, fp), "frame_diff_corr": metrics.frame_diff_corr(q, fp),
               "rel_l2": float((q - fp).norm() / fp.norm()), "avg_act_bits": avg_bits,
               "weight_bytes_before": mem_before, "weight_bytes_after": mem_after, "seconds_fp": t_fp,
@@ -167,7 +201,7 @@ def eval_cmd(args) -> int:
     setup = EvalSetup(classes=tuple(args.classes), seed=args.seed, steps=args.steps, guidance=args.guidance,
                       calib_steps=args.calib_steps, two_experts=not args.one_expert, device=str(device),
                       lowering=args.lowering or ("inductor" if device.type == "cuda" else "eager"),
-                      kernels=args.kernels, rows=rows, qvdit_dir=args.qvdit_dir)
+                      kernels=args.kernels, rows=rows, qvdit_dir=args.qvdit_dir, zoo=args.zoo)
     if not args.rows:  # the default table leaves out Q-VDiT rows whose artifacts were not trained (said here)
         keep = []
         for r in select_rows(rows):
@@ -203,7 +237,13 @@ def stats_cmd(args) -> int:
     from . import stats
     from .zoo import load_pipeline, sample
 
-    pipe = load_pipeline(two_experts=not args.one_expert)
+    try:
+        pipe = load_pipeline(two_experts=not args.one_expert, version=args.zoo)
+    except FileNotFoundError as e:
+        print(f"dvdq stats: {e}", file=sys.stderr)
+        return 2
+    stem_base = args.stem or f"stats_zoo_{args.zoo}"
+    title = args.name or f"wan_zoo {args.zoo}"
     env = {"device": f"CPU ({torch.get_num_threads()} threads)", "torch": torch.__version__, "steps": args.steps,
            "classes": args.classes, "python": platform.python_version()}
     experts = [("high", pipe.model)] + ([("low", pipe.model_low)] if pipe.model_low is not None else [])
@@ -213,13 +253,13 @@ def stats_cmd(args) -> int:
             sample(model, args.classes, steps=args.steps, guidance=3.0, seed=args.seed, progress=False,
                    table=pipe.table, data=pipe.data)
         c = stats.card(m, run)
-        stem = f"{args.stem}_{tag}"
-        stats.write_card(c, Path(args.out), stem, f"{args.name} ({tag}-noise expert)", env)
+        stem = f"{stem_base}_{tag}"
+        stats.write_card(c, Path(args.out), stem, f"{title} ({tag}-noise expert)", env)
         print(f"{stem}:")
         for k, s in c["summary"].items():
             v = s["value"]
             print(f"  {k:36s} {'-' if v is None else f'{v:.4g}':>10s}  target {s['target']:8s}  met {s['met']}")
-    print(f"wrote {args.out}/{args.stem}_*.md/.json/.png")
+    print(f"wrote {args.out}/{stem_base}_*.md/.json/.png")
     return 0
 
 
@@ -276,8 +316,12 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--one-expert", action="store_true")
     s.add_argument("--out", default="bench/results")
-    s.add_argument("--stem", default="stats_zoo_v1")
-    s.add_argument("--name", default="wan_zoo v1")
+    s.add_argument("--stem", default=None, help="file stem (default stats_zoo_<zoo>)")
+    s.add_argument("--name", default=None, help="title (default 'wan_zoo <zoo>')")
+    for sp in (d, e, s):
+        sp.add_argument("--zoo", choices=sorted(VERSIONS), default=DEFAULT_VERSION,
+                        help=f"zoo model version (default {DEFAULT_VERSION}): v1 = uniform weights (control), "
+                        "v2 = trained with real-DiT statistics (bench/zoo/README.md)")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")

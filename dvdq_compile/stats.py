@@ -16,6 +16,11 @@ channel is the token's largest (a fixed outlier channel is present on every toke
 per-tensor absmax, and its max/min ratio across steps; the input-column norm of the top channel relative to the
 median column norm of ``W`` (a function-preserving rescale would make it S times smaller than its neighbours).
 
+Summary targets (``TARGETS``): weight medians over the block linears; activation targets over the post-modulation
+inputs (self-attention q/k/v and FFN-up, ``QKV_FFN_UP`` minus cross-attention): the median layer's top/median ratio,
+the largest ratio of a *fixed* channel (the token's largest on ≥ ``FIXED_SHARE`` of tokens), and the range of the top
+channel's column norm over the median column (within [0.3, 3]: no function-preserving rescale).
+
 API: :func:`weight_card`, :func:`activation_card`, :func:`card` (both plus the summary against the targets of a
 realistic test model), :func:`write_card`. CLI: ``dvdq stats``.
 """
@@ -46,9 +51,16 @@ TARGETS = {
     "median_top_over_median_qkv_ffn_up": (">=", 10.0),
     "max_top_over_median_qkv_ffn_up": (">=", 50.0),
     "median_step_range": (">=", 1.25),
+    "min_outlier_column": (">=", 0.3),
+    "max_outlier_column": ("<=", 3.0),
 }
 
-QKV_FFN_UP = re.compile(r"(to_q|to_k|to_v|ff\.net\.0\.proj|ffn\.0|fc1|proj_in)$")
+# Post-modulation inputs: self-attention q/k/v and FFN-up. Cross-attention (Wan's attn2) reads the unmodulated norm2
+# output (q) or the text (k, v), so it is left out of the activation targets (still listed in the card).
+QKV_FFN_UP = re.compile(r"(to_q|to_k|to_v|ffn?\.net\.0\.proj|ffn\.0|fc1|proj_in)$")
+CROSS = re.compile(r"attn2\.")
+# a fixed outlier channel is the token's largest on (nearly) every token
+FIXED_SHARE = 0.99
 
 
 def _rel_w4_error(w: torch.Tensor) -> float:
@@ -160,10 +172,14 @@ def summary(weights: dict, acts: dict | None) -> dict:
         "max_max_over_std": max((s["max_over_std"] for s in w), default=None),
     }
     if acts:
-        up = [a["top_over_median"] for n, a in acts.items() if QKV_FFN_UP.search(n)]
-        got["median_top_over_median_qkv_ffn_up"] = _median(up)
-        got["max_top_over_median_qkv_ffn_up"] = max(up, default=None)
+        post = [a for n, a in acts.items() if QKV_FFN_UP.search(n) and not CROSS.search(n)]
+        got["median_top_over_median_qkv_ffn_up"] = _median([a["top_over_median"] for a in post])
+        got["max_top_over_median_qkv_ffn_up"] = max(
+            (a["top_over_median"] for a in post if a["top_is_token_max"] >= FIXED_SHARE), default=None)
         got["median_step_range"] = _median([a["step_range"] for a in acts.values()])
+        cols = [a["top_column_over_median_column"] for a in post]
+        got["min_outlier_column"] = min(cols, default=None)
+        got["max_outlier_column"] = max(cols, default=None)
     out = {}
     for k, v in got.items():
         op, target = TARGETS[k]

@@ -24,12 +24,20 @@ def test_demo_end_to_end_above_floor(tmp_path, capsys):
     assert m["psnr"] > PSNR_FLOOR and m["ssim"] > SSIM_FLOOR, m
     assert 4 <= m["avg_act_bits"] <= 8 and m["weight_bytes_after"] < 0.3 * m["weight_bytes_before"]
     from PIL import Image
+
+    from dvdq_compile.zoo import DEFAULT_DATA
+    f, h, w = DEFAULT_DATA.frames, DEFAULT_DATA.height, DEFAULT_DATA.width
+    b = len(m["classes"])
     with Image.open(tmp_path / "side_by_side.gif") as gif, Image.open(tmp_path / "grid.png") as grid:
-        frames, (gw, gh) = gif.n_frames, gif.size  # one GIF frame per video frame: B samples x W wide, 2 x H high (x6)
-        b = len(m["classes"])
-        w, h = gw // (6 * b), gh // (6 * 2)
-        assert frames > 1 and (gw, gh) == (6 * b * w, 12 * h)
-        assert grid.size == (4 * frames * w, 4 * 2 * b * h)  # the PNG: F frames wide, FP + quantized row per sample
+        # one GIF frame per video frame: B samples x W wide, 2 x H high (x6), plus a label column and a title
+        # (wider if the title is: it is never cut)
+        assert gif.n_frames == f and gif.size[0] >= 110 + 6 * b * w and gif.size[1] == 48 + 12 * h
+        # the PNG: F frames wide, an FP and a quantized row per sample (x4), label column and title
+        assert grid.size[0] >= 150 + 4 * f * w and grid.size[1] == 34 + 4 * 2 * b * h
+        g = grid.convert("L")
+        labels = g.crop((0, 34, 150, grid.size[1]))
+        assert min(labels.getdata()) < 128  # text in the label column
+        assert min(g.crop((0, 0, grid.size[0], 34)).getdata()) < 128  # and in the title
     out = capsys.readouterr().out
     assert "Compile report" in out and "PSNR vs full precision" in out
 
@@ -78,5 +86,7 @@ def test_bad_arguments(capsys):
         cli.main(["eval", "--steps", "0"])
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--zoo", "v9"])
     assert cli.main(["eval", "--list-rows"]) == 0
     assert "DVD-Quant" in capsys.readouterr().out

@@ -98,3 +98,48 @@ def test_written_card(tmp_path):
     assert d["environment"] == {"device": "CPU"} and d["weights"]["blocks.0.to_q"]["shape"] == [64, 128]
     md = (tmp_path / "card.md").read_text()
     assert "| blocks.0.to_q | 64x128 |" in md and "median_kurtosis" in md and "head" not in md
+
+
+class WanLike(nn.Module):
+    """attn1 (self, post-modulation), attn2 (cross: text keys) and FFN-up, named as in diffusers' Wan block."""
+
+    def __init__(self):
+        super().__init__()
+        blk = nn.Module()
+        blk.attn1, blk.attn2, blk.ffn = nn.Module(), nn.Module(), nn.Module()
+        blk.attn1.to_q = nn.Linear(128, 128, bias=False)
+        blk.attn2.to_k = nn.Linear(128, 128, bias=False)
+        blk.ffn.net = nn.ModuleList([nn.Module()])
+        blk.ffn.net[0].proj = nn.Linear(128, 256, bias=False)
+        self.blocks = nn.ModuleList([blk])
+
+    def forward(self, x, text, timestep):
+        b = self.blocks[0]
+        return b.attn1.to_q(x).sum() + b.attn2.to_k(text).sum() + b.ffn.net[0].proj(x).sum()
+
+
+def test_summary_activation_targets_are_post_modulation_and_fixed_channels():
+    torch.manual_seed(0)
+    model = WanLike()
+    with torch.no_grad():
+        model.blocks[0].attn1.to_q.weight[:, 5] *= 0.1  # the outlier channel's column: 0.1x its neighbours
+    x = torch.randn(1, 64, 128)
+    x[..., 5] = 80.0  # fixed: the largest channel on every token, ~30x the median channel's absmax
+    text = torch.randn(1, 8, 128)
+    text[..., 9] *= 500  # a huge text channel: cross-attention is not post-modulation, so it must not count
+    c = stats.card(model, lambda m: m(x, text, timestep=torch.tensor([1.0])))
+    s, a = c["summary"], c["activations"]
+    post = [a["blocks.0.attn1.to_q"], a["blocks.0.ffn.net.0.proj"]]
+    assert a["blocks.0.attn2.to_k"]["top_over_median"] > 100  # listed in the card ...
+    assert s["max_top_over_median_qkv_ffn_up"]["value"] == pytest.approx(max(p["top_over_median"] for p in post))
+    assert s["median_top_over_median_qkv_ffn_up"]["value"] == pytest.approx(
+        sum(p["top_over_median"] for p in post) / 2)  # ... but not in the targets
+    cols = [p["top_column_over_median_column"] for p in post]
+    assert s["min_outlier_column"]["value"] == pytest.approx(min(cols)) and min(cols) < 0.15
+    assert s["min_outlier_column"]["met"] is False and s["max_outlier_column"]["met"] is True
+    # a channel that is large on only some tokens is not a fixed channel
+    x2 = torch.randn(1, 64, 128)
+    x2[0, :8, 5] = 200.0
+    c2 = stats.card(WanLike(), lambda m: m(x2, text, timestep=torch.tensor([1.0])))
+    assert c2["activations"]["blocks.0.attn1.to_q"]["top_over_median"] > 30
+    assert c2["summary"]["max_top_over_median_qkv_ffn_up"]["value"] is None

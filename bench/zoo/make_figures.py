@@ -2,6 +2,7 @@
 """Model-card figures for the zoo DiT: ``bench/zoo/loss.png`` and ``bench/zoo/samples.png`` (+ ``samples_moe.png``).
 
     nice -n 19 python3 bench/zoo/make_figures.py            # after bench/zoo/train.py
+    nice -n 19 python3 bench/zoo/make_figures.py --zoo v2   # loss_v2.png, samples_v2.png, samples_moe_v2.png
 
 samples.png: one row per class; left 8 frames = a sample from ``wan_zoo`` (20 Euler steps, CFG 3.0, seed 0),
 right 8 frames = a real clip of that class from the data generator, for comparison.
@@ -22,12 +23,14 @@ import torch  # noqa: E402
 
 from dvdq_compile.zoo import (  # noqa: E402
     ZOO_DIR,
+    checkpoint_path,
     class_names,
     load_checkpoint,
     num_classes,
     sample,
     sample_batch,
 )
+from dvdq_compile.zoo.model import VERSIONS, expert_stems  # noqa: E402
 
 
 def read_csv(path: Path):
@@ -49,15 +52,16 @@ def smooth(y, k=50):
     return out
 
 
-def loss_figure(out: Path):
+def loss_figure(out: Path, version: str = "v1"):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, name, title in ((axes[0], "wan_zoo", "main / high-noise expert (all sigma)"),
-                            (axes[1], "wan_zoo_low", "low-noise expert (fine-tune, sigma < 0.5)")):
+    hi_name, lo_name = expert_stems(version)
+    for ax, name, title in ((axes[0], hi_name, f"{version} main / high-noise expert (all sigma)"),
+                            (axes[1], lo_name, f"{version} low-noise expert (fine-tune, sigma < 0.5)")):
         p = ZOO_DIR / f"{name}_loss.csv"
         if not p.is_file():
             ax.set_title(f"{title}: not trained")
@@ -101,9 +105,10 @@ def to_grid(rows: list[torch.Tensor], labels: list[str], scale: int = 5, gap: in
     return canvas
 
 
-def sample_figures(out: Path, steps: int, guidance: float, seed: int):
+def sample_figures(out: Path, steps: int, guidance: float, seed: int, version: str = "v1"):
     torch.set_num_threads(2)
-    hi, table, _ = load_checkpoint(ZOO_DIR / "wan_zoo.safetensors")
+    hi_name, lo_name = expert_stems(version)
+    hi, table, _ = load_checkpoint(checkpoint_path(hi_name))
     ids = torch.arange(num_classes())
     real, _ = sample_batch(len(ids), seed=1000 + seed, class_ids=ids)
     noise = torch.randn(len(ids), 3, *real.shape[2:], generator=torch.Generator().manual_seed(seed))
@@ -111,11 +116,11 @@ def sample_figures(out: Path, steps: int, guidance: float, seed: int):
     names = class_names()
     to_grid([[x[i], real[i]] for i in range(len(ids))], names).save(out)
     print("wrote", out, "(left: sample, right: real clip)")
-    low_p = ZOO_DIR / "wan_zoo_low.safetensors"
+    low_p = checkpoint_path(lo_name)
     if low_p.is_file():
         lo, _, _ = load_checkpoint(low_p)
         x2 = sample(hi, ids, steps=steps, guidance=guidance, noise=noise, table=table, model_low=lo, boundary=0.5)
-        p2 = out.with_name("samples_moe.png")
+        p2 = out.with_name(out.name.replace("samples", "samples_moe"))
         to_grid([[x2[i], x[i]] for i in range(len(ids))], names).save(p2)
         print("wrote", p2, "(left: two experts, right: main model only; same noise)")
 
@@ -126,11 +131,13 @@ def main():
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["loss", "samples"], default=None)
+    ap.add_argument("--zoo", choices=sorted(VERSIONS), default="v1")
     a = ap.parse_args()
+    sfx = "" if a.zoo == "v1" else f"_{a.zoo}"
     if a.only in (None, "loss"):
-        loss_figure(ZOO_DIR / "loss.png")
+        loss_figure(ZOO_DIR / f"loss{sfx}.png", a.zoo)
     if a.only in (None, "samples"):
-        sample_figures(ZOO_DIR / "samples.png", a.steps, a.guidance, a.seed)
+        sample_figures(ZOO_DIR / f"samples{sfx}.png", a.steps, a.guidance, a.seed, a.zoo)
 
 
 if __name__ == "__main__":

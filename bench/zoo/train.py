@@ -51,6 +51,7 @@ from dvdq_compile.zoo.model import (  # noqa: E402
     null_class_id,
     save_checkpoint,
 )
+from dvdq_compile.zoo.structure import Imposed, impose  # noqa: E402
 
 DEFAULTS = {
     # expert: (out name, steps, lr, sigma range, warmup)
@@ -79,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--no-nice", action="store_true", help="do not lower this process' priority")
+    p.add_argument("--structure", choices=["none", "v2"], default="none",
+                   help="v2: heavy-tailed init + fixed outlier modulation channels and super weights "
+                   "(dvdq_compile/zoo/structure.py); inherited from --init / --resume")
     return p.parse_args(argv)
 
 
@@ -155,6 +159,11 @@ def main(argv=None):
     else:
         model, table, init_meta = build_model(), class_table(CLASS_TABLE_SEED), {}
         model.train()
+    imposed = None
+    if args.init and "imposed" in init_meta:
+        imposed = Imposed.from_meta(json.loads(init_meta["imposed"]))
+    elif args.structure == "v2" and not args.init:
+        imposed = impose(model, seed=args.seed)
     ema = None
     if args.ema > 0:
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -168,6 +177,8 @@ def main(argv=None):
         table = st["table"]
         start, log, prior_wall = st["step"], st["log"], st["wall"]
         init_meta = st.get("init_meta", init_meta)
+        if st.get("imposed") is not None:
+            imposed = Imposed.from_meta(st["imposed"])
         print(f"resumed from {state_path} at step {start}", flush=True)
     elif args.resume:
         print(f"--resume: no state at {state_path}, starting fresh", flush=True)
@@ -182,7 +193,8 @@ def main(argv=None):
     def save(step: int, wall: float, final: bool = False):
         torch.save(
             {"model": model.state_dict(), "opt": opt.state_dict(), "ema": ema, "table": table, "step": step,
-             "log": log, "wall": wall, "init_meta": init_meta, "args": vars(args)},
+             "log": log, "wall": wall, "init_meta": init_meta, "args": vars(args),
+             "imposed": imposed.describe() if imposed else None},
             state_path.with_suffix(".tmp"),
         )
         state_path.with_suffix(".tmp").replace(state_path)
@@ -221,6 +233,7 @@ def main(argv=None):
             "host": platform.processor() or platform.machine(),
             "seed": args.seed,
             "complete": final,
+            "imposed_structure": imposed.summary() if imposed else None,
         }
         if final:
             info["eval_loss_heldout"] = {"ema": eval_loss(to_save, table, sigma_max=sigma_max)}
@@ -228,7 +241,8 @@ def main(argv=None):
                 info["eval_loss_heldout"]["raw"] = eval_loss(model, table, sigma_max=sigma_max)
             print(f"[zoo] held-out eval loss: {info['eval_loss_heldout']}", flush=True)
         ck = save_checkpoint(to_save, out_dir / f"{name}.safetensors", table, dtype=torch.float16,
-                             metadata={"steps": step, "expert": args.expert, "final_train_loss": final_loss})
+                             metadata={"steps": step, "expert": args.expert, "final_train_loss": final_loss,
+                                       **({"imposed": imposed.describe()} if imposed else {})})
         info["checkpoint_bytes"] = ck.stat().st_size
         (out_dir / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
         with open(out_dir / f"{name}_loss.csv", "w", newline="") as f:
@@ -270,6 +284,8 @@ def main(argv=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if imposed is not None:
+            imposed.restore(model)
         if ema is not None:
             decay = min(args.ema, (1 + step) / (10 + step))
             with torch.no_grad():

@@ -109,6 +109,7 @@ class EvalSetup:
     kernels: str = "auto"
     rows: tuple = field(default_factory=lambda: tuple(r.label for r in ROWS))
     qvdit_dir: str = "bench/results/qvdit"
+    zoo: str = "v1"  # zoo model version (zoo.model.VERSIONS)
 
 
 def qvdit_paths(setup: EvalSetup, setting: str) -> list[Path]:
@@ -202,7 +203,7 @@ class Evaluator:
         from ..zoo import load_pipeline
 
         self.setup = setup
-        self.pipe = load_pipeline(two_experts=setup.two_experts, device=torch.device(setup.device))
+        self.pipe = load_pipeline(two_experts=setup.two_experts, device=torch.device(setup.device), version=setup.zoo)
         self.experts = [m for m in (self.pipe.model, self.pipe.model_low) if m is not None]
         names = None
         t0 = time.perf_counter()
@@ -387,7 +388,7 @@ def markdown(doc: dict) -> str:
         "# Quality: quantization methods on the zoo video DiT",
         "",
         (f"Device: {env['device']}; torch {env['torch']}, triton {env['triton']}; {env['date']}. Zoo model "
-        f"({'two experts, boundary 0.5' if s['two_experts'] else 'one expert'}), {len(s['classes'])} classes, "
+        f"{s.get('zoo', 'v1')} ({'two experts, boundary 0.5' if s['two_experts'] else 'one expert'}), {len(s['classes'])} classes, "
         f"seed {s['seed']}, {s['steps']} Euler steps, CFG {s['guidance']}, lowering {s['lowering']}, "
         f"kernels {s['kernels']}. Every row is scored against the full-precision videos of the same seeds."),
         "",

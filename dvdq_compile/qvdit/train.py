@@ -221,20 +221,22 @@ def plot_curves(histories: dict[str, list[dict]], path: Path, title: str) -> Non
 
 
 def train_setting(setting: str, out: Path, tcfg: TrainConfig, resume: bool = False, progress: bool = True,
-                  calib_steps: int = 10, experts=("high", "low")) -> dict:
+                  calib_steps: int = 10, experts=("high", "low"), zoo: str | None = None) -> dict:
     """Train every expert of the zoo pipeline for ``setting``; writes ``<setting>_<expert>.safetensors`` (+ .json),
     checkpoints, and ``<setting>_loss.{json,png}`` under ``out``. Returns a summary."""
     from ..zoo import load_pipeline
+    from ..zoo.model import DEFAULT_VERSION
 
+    zoo = zoo or DEFAULT_VERSION
     if setting not in SETTINGS:
         raise ValueError(f"qvdit train --setting {setting!r} is not allowed; expected one of {sorted(SETTINGS)}")
     qcfg = SETTINGS[setting]
     torch.manual_seed(tcfg.seed)
-    pipe = load_pipeline()
+    pipe = load_pipeline(version=zoo)
     t0 = time.perf_counter()
     calls = record_calls(pipe, steps=calib_steps)
     record_s = time.perf_counter() - t0
-    summary = {"setting": setting, "label": qcfg.label, "train": asdict(tcfg), "record_seconds": record_s,
+    summary = {"setting": setting, "label": qcfg.label, "zoo": zoo, "train": asdict(tcfg), "record_seconds": record_s,
                "calib": {"classes": list(CALIB_CLASSES), "seed": CALIB_SEED, "steps": calib_steps, "guidance": 3.0},
                "torch": torch.__version__, "threads": torch.get_num_threads(), "experts": {}}
     histories = {}
@@ -274,11 +276,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--zoo", choices=["v1", "v2"], default=None, help="zoo model version (default: the zoo's default)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     tcfg = TrainConfig(iters=a.iters, batch=a.batch, lr=a.lr, seed=a.seed, minutes=a.minutes,
                        train_act_quant=a.train_act_quant)
-    s = train_setting(a.setting, a.out, tcfg, resume=a.resume, progress=not a.no_progress, calib_steps=a.calib_steps)
+    s = train_setting(a.setting, a.out, tcfg, resume=a.resume, progress=not a.no_progress, calib_steps=a.calib_steps,
+                       zoo=a.zoo)
     print(json.dumps(s, indent=1))
     return 0
 

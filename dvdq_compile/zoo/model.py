@@ -27,6 +27,9 @@ __all__ = [
     "CLASS_TABLE_SEED",
     "ZOO_DIR",
     "EXPERTS",
+    "VERSIONS",
+    "DEFAULT_VERSION",
+    "expert_stems",
     "build_model",
     "class_table",
     "null_class_id",
@@ -60,12 +63,26 @@ WAN_ZOO_CONFIG: dict = {
 
 ZOO_DIR = Path(__file__).resolve().parents[2] / "bench" / "zoo"
 EXPERTS = {"high": "wan_zoo", "wan_zoo": "wan_zoo", "main": "wan_zoo", "low": "wan_zoo_low", "wan_zoo_low": "wan_zoo_low"}
+# v1: kaiming-uniform weights, no outlier channels (the "uniform weights" control); v2: trained with the structure
+# of real video DiTs imposed (zoo/structure.py). Both: (high-noise / main expert, low-noise expert).
+VERSIONS = {"v1": ("wan_zoo", "wan_zoo_low"), "v2": ("wan_zoo_v2", "wan_zoo_v2_low")}
+DEFAULT_VERSION = "v1"
 TABLE_KEY = "zoo.class_table"
 TRAIN_CMD = {
     "wan_zoo": "nice -n 19 python3 bench/zoo/train.py --expert main --steps 1300 --minutes 48",
     "wan_zoo_low": "nice -n 19 python3 bench/zoo/train.py --expert low --init bench/zoo/wan_zoo.safetensors "
     "--steps 400 --minutes 11",
+    "wan_zoo_v2": "python3 bench/zoo/train.py --expert main --structure v2 --name wan_zoo_v2 --steps 2600 --minutes 75",
+    "wan_zoo_v2_low": "python3 bench/zoo/train.py --expert low --init bench/zoo/wan_zoo_v2.safetensors "
+    "--name wan_zoo_v2_low --steps 500 --minutes 15",
 }
+
+
+def expert_stems(version: str = DEFAULT_VERSION) -> tuple[str, str]:
+    """``(high-noise stem, low-noise stem)`` of a zoo version (``"v1"`` or ``"v2"``)."""
+    if version not in VERSIONS:
+        raise ValueError(f"zoo version {version!r}: expected one of {sorted(VERSIONS)}")
+    return VERSIONS[version]
 
 
 def build_model(config: dict | None = None):

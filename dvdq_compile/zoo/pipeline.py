@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 import torch
 
 from .data import DEFAULT_DATA, DataConfig, class_names, num_classes
-from .model import checkpoint_path, load_checkpoint, null_class_id
+from .model import (
+    DEFAULT_VERSION,
+    checkpoint_path,
+    expert_stems,
+    load_checkpoint,
+    null_class_id,
+)
 
 __all__ = ["SHIFT", "ZooPipeline", "load_pipeline", "make_scheduler", "sample", "make_wan_pipeline", "wan_pipeline_kwargs"]
 
@@ -145,6 +151,7 @@ class ZooPipeline:
     shift: float = SHIFT
     data: DataConfig = DEFAULT_DATA
     meta: dict = field(default_factory=dict)
+    version: str = DEFAULT_VERSION
 
     def __call__(self, class_ids, steps: int = 20, guidance: float = 3.0, seed=0, progress: bool = True, **kw):
         kw.setdefault("model_low", self.model_low)
@@ -164,10 +171,12 @@ class ZooPipeline:
 
 
 def load_pipeline(two_experts: bool = True, *, boundary: float = 0.5, device="cpu", dtype=torch.float32,
-                  high: str = "high", low: str = "low") -> ZooPipeline:
-    """Load the committed checkpoint(s) from ``bench/zoo``: ``wan_zoo`` (high-noise / all-noise expert) and, if
-    ``two_experts`` and present, ``wan_zoo_low``. ``FileNotFoundError`` if the main checkpoint is missing;
-    a missing low expert with ``two_experts=True`` is also an error."""
+                  version: str = DEFAULT_VERSION, high: str | None = None, low: str | None = None) -> ZooPipeline:
+    """Load the committed checkpoint(s) of zoo ``version`` from ``bench/zoo``: v1 ``wan_zoo`` / ``wan_zoo_low``, v2
+    ``wan_zoo_v2`` / ``wan_zoo_v2_low`` (high-noise / all-noise expert, and with ``two_experts`` the low-noise one);
+    ``high`` / ``low`` name other checkpoints. ``FileNotFoundError`` (with the training command) if one is missing."""
+    stems = expert_stems(version)
+    high, low = high or stems[0], low or stems[1]
     model, table, meta = load_checkpoint(checkpoint_path(high), dtype=dtype, device=device)
     model._zoo_class_table = table
     model_low = None
@@ -176,7 +185,7 @@ def load_pipeline(two_experts: bool = True, *, boundary: float = 0.5, device="cp
         if not torch.equal(table_low, table):
             raise ValueError("the two experts were trained with different class tables")
         model_low._zoo_class_table = table
-    return ZooPipeline(model=model, model_low=model_low, table=table, boundary=boundary, meta=meta)
+    return ZooPipeline(model=model, model_low=model_low, table=table, boundary=boundary, meta=meta, version=version)
 
 
 def make_wan_pipeline(model=None, model_low=None, boundary: float = 0.5, shift: float = SHIFT):
