@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
 
 from dvdq_compile.config import DEFAULT_BLOCK_PATTERN, QuantConfig
 from dvdq_compile.quant.hadamard import hadamard_matrix, rotate
-from dvdq_compile.quant.minmax import dequantize, minmax
+from dvdq_compile.quant.minmax import dequantize, minmax, range_with_zero
 from dvdq_compile.quant.qweight import quantize_weight
 
 PAPER = {"low": 0.8637, "high": 0.9154,
@@ -61,7 +61,7 @@ def make_specs() -> dict:
 def zoo_layers(expert: str, max_layers: int | None) -> list[tuple[str, torch.Tensor]]:
     from dvdq_compile.zoo import load_expert
 
-    model = load_expert(expert)
+    model = load_expert(expert)  # a checkpoint stem: wan_zoo, wan_zoo_low, wan_zoo_v2, wan_zoo_v2_low
     pat = re.compile(DEFAULT_BLOCK_PATTERN)
     out = [(n, m.weight.detach().to(torch.float32).clone()) for n, m in model.named_modules()
            if isinstance(m, torch.nn.Linear) and pat.search(n)]
@@ -113,6 +113,58 @@ def row_errors(w: torch.Tensor, spec) -> dict:
     return {"err_bgr": err_bgr, "err_mm": err_mm, "seconds": dt, "stats_dev": stats_dev, "basis_dev": basis_dev}
 
 
+def optimal_rows(rows: torch.Tensor, bits: int, n_delta: int = 512, refine: int = 8, starts: int = 64,
+                 chunk: int = 8) -> torch.Tensor:
+    """Per-row squared error of the best ``(Δ > 0, integer z in [0, qmax])`` uniform grid, by brute force: every z
+    against ``n_delta`` step sizes on a geometric grid from 0.1x to 1.2x the MinMax step, then from each of the best
+    ``starts`` pairs a few rounds of (least-squares Δ for the codes, nearest codes for the Δ, all z again), keeping the best.
+
+    For a fixed (Δ, z) the nearest (clamped) level is the best code of every weight, so the family's optimum is a
+    (Δ, z) pair; the grid + refinement finds it to within the grid's resolution (checked against exhaustive search
+    over all code vectors in tests/eval/test_bgr_report.py). This is the limit any per-row clipping quantizer of this
+    family (MinMax, BGR) can reach: how much of it BGR gets is the question.
+    """
+    qmax = 2**bits - 1
+    rows = rows.to(torch.float64)
+    lo, hi = range_with_zero(rows)
+    d0 = ((hi - lo) / qmax).clamp_min(1e-30)
+    # 1.0 (MinMax's own step) is always a candidate, so the limit is never above MinMax
+    scales = torch.cat([torch.logspace(math.log10(0.1), math.log10(1.2), n_delta, dtype=torch.float64),
+                        torch.ones(1, dtype=torch.float64)])
+    best = torch.full((rows.shape[0],), float("inf"), dtype=torch.float64)
+    zs = torch.arange(qmax + 1, dtype=torch.float64)
+
+    def err(w, d):  # w [r, K], d [r, c] -> errors [r, c, qmax+1] over every z
+        base = torch.round(w[:, None, :] / d[..., None])  # [r, c, K]
+        out = []
+        for z in zs:
+            q = (base + z).clamp_(0, qmax) - z
+            out.append((w[:, None, :] - d[..., None] * q).square_().sum(-1))
+        return torch.stack(out, -1)
+
+    for i in range(0, rows.shape[0], chunk):
+        w = rows[i:i + chunk]
+        d = d0[i:i + chunk, None] * scales[None, :]
+        flat = err(w, d).reshape(w.shape[0], -1)  # [r, (n_delta + 1) * Z]
+        v, idx = flat.topk(starts, dim=1, largest=False)  # refine from the best few pairs, not only the best one
+        bd = d.gather(1, torch.div(idx, qmax + 1, rounding_mode="floor"))
+        bz = zs[idx % (qmax + 1)]
+        wr = w[:, None, :].expand(-1, starts, -1).reshape(-1, w.shape[1])
+        v, bd, bz = v.reshape(-1), bd.reshape(-1), bz.reshape(-1)
+        for _ in range(refine):
+            q = (torch.round(wr / bd[:, None]) + bz[:, None]).clamp(0, qmax) - bz[:, None]
+            den = q.square().sum(1)
+            ls = torch.where(den > 0, (q * wr).sum(1) / den.clamp_min(1e-300), bd)
+            ls = torch.where(ls > 0, ls, bd)
+            v2, z2 = err(wr, ls[:, None])[:, 0, :].min(1)
+            better = v2 < v
+            v = torch.where(better, v2, v)
+            bd = torch.where(better, ls, bd)
+            bz = torch.where(better, zs[z2], bz)
+        best[i:i + chunk] = v.reshape(w.shape[0], starts).amin(1)
+    return best
+
+
 def summarize(err_bgr: torch.Tensor, err_mm: torch.Tensor, numel: int) -> dict:
     sb, sm = float(err_bgr.sum()), float(err_mm.sum())
     ok = err_mm > 0
@@ -124,9 +176,24 @@ def summarize(err_bgr: torch.Tensor, err_mm: torch.Tensor, numel: int) -> dict:
             "rows_bgr_worse": int((err_bgr > err_mm * (1 + WORSE_TOL)).sum())}
 
 
-def measure_model(layers, specs, log) -> tuple[dict, dict]:
-    """Per-layer and overall results for one model; also the per-row reductions (for the plot)."""
+def _limit_summary(lim: dict) -> dict:
+    """Reductions vs MinMax on the sampled rows: the optimum's, BGR's, and BGR's share of the optimum's."""
+    red_opt = 1 - lim["opt"] / lim["mm"] if lim["mm"] > 0 else 0.0
+    red_bgr = 1 - lim["bgr"] / lim["mm"] if lim["mm"] > 0 else 0.0
+    return {**lim, "reduction_limit": red_opt, "reduction_bgr": red_bgr,
+            "share_of_limit": red_bgr / red_opt if red_opt > 0 else 1.0}
+
+
+def limit_sample(n_rows: int, limit_rows: int) -> torch.Tensor:
+    """Evenly spaced row indices for the brute-force limit (all rows if there are fewer)."""
+    return torch.linspace(0, n_rows - 1, min(n_rows, limit_rows)).round().long().unique()
+
+
+def measure_model(layers, specs, log, limit_rows: int = 0) -> tuple[dict, dict]:
+    """Per-layer and overall results for one model; also the per-row reductions (for the plot). With
+    ``limit_rows``, also the brute-force per-row optimum (:func:`optimal_rows`) on that many rows per layer."""
     per_layer, totals, row_reds = [], {}, {}
+    limits = {}
     for name, w in layers:
         rec = {"name": name, "family": re.sub(r"^.*?blocks\.\d+\.", "", name), "shape": list(w.shape),
                "kurtosis": excess_kurtosis(w), "specs": {}}
@@ -147,6 +214,16 @@ def measure_model(layers, specs, log) -> tuple[dict, dict]:
             t["basis_dev"] = max(t["basis_dev"], r["basis_dev"])
             ok = r["err_mm"] > 0
             row_reds.setdefault(key, []).append(1 - r["err_bgr"][ok] / r["err_mm"][ok])
+            if limit_rows:
+                idx = limit_sample(w.shape[0], limit_rows)
+                wr = rotate(w, spec.rotate, spec.sign_seed) if spec.rotate else w
+                opt = optimal_rows(wr[idx], spec.bits)
+                lim = {"rows": len(idx), "mm": float(r["err_mm"][idx].sum()), "bgr": float(r["err_bgr"][idx].sum()),
+                       "opt": float(opt.sum()), "rows_bgr_below_limit": int((r["err_bgr"][idx] < opt * (1 - 1e-6)).sum())}
+                s["limit"] = _limit_summary(lim)
+                acc = limits.setdefault(key, {"rows": 0, "mm": 0.0, "bgr": 0.0, "opt": 0.0, "rows_bgr_below_limit": 0})
+                for f in acc:
+                    acc[f] += lim[f]
         if "w4_rot" in errs and "w4_norot" in errs:
             # Other readings of the paper's baseline. Per-row errors are basis-independent (checked above), so
             # rotated BGR can be scored against MinMax on the unrotated weight: per row (plain RTN) and per
@@ -168,6 +245,8 @@ def measure_model(layers, specs, log) -> tuple[dict, dict]:
         s.update(layers=len(per_layer), mean_layer_reduction=sum(reds) / len(reds), min_layer_reduction=min(reds),
                  max_layer_reduction=max(reds), seconds=t["seconds"], stats_rel_dev=t["stats_dev"],
                  basis_rel_dev=t["basis_dev"])
+        if key in limits:
+            s["limit"] = _limit_summary(limits[key])
         overall[key] = s
     if "w4_rot" in totals and "w4_norot" in totals:
         bgr_sum = float(torch.cat(totals["w4_rot"]["bgr"]).sum())
@@ -193,6 +272,8 @@ def pct(x: float) -> str:
 
 
 def explanation(res: dict) -> str:
+    if res.get("zoo", "v1") != "v1":
+        return explanation_realistic(res)
     zoo = {k: v for k, v in res["models"].items() if v["kind"] == "zoo"}
     syn = {k: v for k, v in res["models"].items() if v["kind"] == "synthetic"}
     z_rot = [m["overall"]["w4_rot"]["reduction"] for m in zoo.values()]
@@ -251,6 +332,29 @@ def explanation(res: dict) -> str:
     return "\n".join(lines)
 
 
+def explanation_realistic(res: dict) -> str:
+    """The discussion for a zoo version trained with real-DiT weight statistics (heavy tails, super weights)."""
+    zoo = {k: v for k, v in res["models"].items() if v["kind"] == "zoo"}
+    lines = []
+    for k, m in zoo.items():
+        o = m["overall"]
+        kurt = sorted(rec["kurtosis"] for rec in m["layers"])
+        kr = sorted(rec["kurtosis_rotated"] for rec in m["layers"])
+        lines.append(
+            f"**{k}.** Block weights with median per-row excess kurtosis {kurt[len(kurt) // 2]:.2f} "
+            f"({kr[len(kr) // 2]:.2f} after the block Hadamard). BGR vs MinMax on the same weight: "
+            f"{pct(o['w4_rot']['reduction'])} with rotation, {pct(o['w4_norot']['reduction'])} without, "
+            f"{pct(o['w3_rot']['reduction'])} at W3. BGR + rotation vs plain per-row MinMax on the unrotated weight: "
+            f"{pct(o['w4_rot_bgr_vs_plain_minmax'])}; vs per-tensor MinMax: {pct(o['w4_rot_bgr_vs_per_tensor_minmax'])} "
+            f"(paper: {pct(PAPER['low'])}–{pct(PAPER['high'])}).")
+        lim = {sk: o[sk]["limit"] for sk in ("w4_rot", "w4_norot", "w3_rot") if "limit" in o[sk]}
+        if lim:
+            lines.append("Against the brute-force per-row optimum of the same grid family (sampled rows): " + "; ".join(
+                f"{sk}: the optimum removes {pct(v['reduction_limit'])} of MinMax's error, BGR {pct(v['reduction_bgr'])}"
+                f" = {pct(v['share_of_limit'])} of what is achievable" for sk, v in lim.items()) + ".")
+    return "\n\n".join(lines)
+
+
 def write_md(res: dict, path: Path) -> None:
     specs = res["specs"]
     L = [f"# BGR vs MinMax weight MSE ({res['device']}, torch {res['torch']})", "",
@@ -271,10 +375,23 @@ def write_md(res: dict, path: Path) -> None:
                      f"**{pct(o['reduction'])}** | {pct(o['mean_layer_reduction'])} / {pct(o['min_layer_reduction'])}"
                      f" / {pct(o['max_layer_reduction'])} | {pct(o['row_reduction_median'])} | "
                      f"{o['rows_bgr_worse']} / {o['rows']} | {o['seconds']:.1f} |")
-    L += ["", "BGR + rotation (`w4_rot`) against plain MinMax on the unrotated weight (`w4_norot`'s MinMax):", "",
-          "| model | reduction |", "|---|---|"]
+    L += ["", "BGR + rotation (`w4_rot`) against MinMax on the unrotated weight, per row (`w4_norot`'s MinMax) and "
+          "per tensor (one range for the whole matrix):", "",
+          "| model | vs per-row MinMax | vs per-tensor MinMax |", "|---|---|---|"]
     for mname, m in res["models"].items():
-        L.append(f"| {mname} | {pct(m['overall']['w4_rot_bgr_vs_plain_minmax'])} |")
+        L.append(f"| {mname} | {pct(m['overall']['w4_rot_bgr_vs_plain_minmax'])} | "
+                 f"{pct(m['overall']['w4_rot_bgr_vs_per_tensor_minmax'])} |")
+    if any("limit" in m["overall"][k] for m in res["models"].values() for k in specs):
+        L += ["", f"The limit: the brute-force per-row MSE-optimal (Δ, z) grid (`optimal_rows`), on "
+              f"{res.get('limit_rows')} evenly spaced rows per layer; reductions vs MinMax on those rows:", "",
+              "| model | spec | rows | optimum | BGR | BGR's share of the achievable | rows where BGR beats the 'optimum' |",
+              "|---|---|---|---|---|---|---|"]
+        for mname, m in res["models"].items():
+            for k in specs:
+                v = m["overall"][k].get("limit")
+                if v:
+                    L.append(f"| {mname} | {k} | {v['rows']} | {pct(v['reduction_limit'])} | {pct(v['reduction_bgr'])} "
+                             f"| **{pct(v['share_of_limit'])}** | {v['rows_bgr_below_limit']} |")
     if res.get("grid_sensitivity"):
         gs = res["grid_sensitivity"]
         L += ["", f"Grid sensitivity ({gs['model']}, {gs['layers']} layers, w4_rot): "
@@ -359,6 +476,12 @@ def main(argv=None) -> int:
                    help="only the first N block linears of each expert (quick runs)")
     p.add_argument("--synthetic-size", type=int, default=1536, help="N = K of the synthetic linears (default 1536)")
     p.add_argument("--no-grid-check", action="store_true", help="skip the BGR grid-sensitivity run")
+    p.add_argument("--zoo", choices=("v1", "v2"), default="v1", help="zoo model version (default v1)")
+    p.add_argument("--experts", nargs="+", choices=("high", "low"), default=["high", "low"])
+    p.add_argument("--no-synthetic", action="store_true", help="skip the Gaussian / Student-t controls")
+    p.add_argument("--limit-rows", type=int, default=0,
+                   help="rows per layer scored against the brute-force per-row optimum (default 0: none)")
+    p.add_argument("--stem", default=None, help="output stem (default bgr_vs_minmax, bgr_vs_minmax_v2 for v2)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for tests: 2 layers per expert, 256x256 synthetic, no grid check")
     args = p.parse_args(argv)
@@ -376,12 +499,17 @@ def main(argv=None) -> int:
     log = print
     t_start = time.perf_counter()
     specs = make_specs()
+    from dvdq_compile.zoo.model import expert_stems
+
+    stems = dict(zip(("high", "low"), expert_stems(args.zoo)))
+    stem = args.stem or ("bgr_vs_minmax" if args.zoo == "v1" else f"bgr_vs_minmax_{args.zoo}")
     models, row_reds = {}, {}
-    sources = [(e, "zoo", zoo_layers(e, args.max_layers)) for e in ("wan_zoo", "wan_zoo_low")]
-    sources += [(k, "synthetic", v) for k, v in synthetic_layers(args.synthetic_size).items()]
+    sources = [(stems[e], "zoo", zoo_layers(stems[e], args.max_layers)) for e in args.experts]
+    if not args.no_synthetic:
+        sources += [(k, "synthetic", v) for k, v in synthetic_layers(args.synthetic_size).items()]
     for mname, kind, layers in sources:
         log(f"{mname} ({len(layers)} layers)")
-        m, rr = measure_model(layers, specs, log)
+        m, rr = measure_model(layers, specs, log, args.limit_rows)
         m["kind"] = kind
         if kind == "synthetic":
             m["shape"] = list(layers[0][1].shape)
@@ -412,6 +540,8 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python bench/bgr_report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "block_pattern": DEFAULT_BLOCK_PATTERN,
+        "zoo": args.zoo,
+        "limit_rows": args.limit_rows,
         "specs": {k: dataclasses.asdict(s) for k, s in specs.items()},
         "paper": PAPER,
         "models": models,
@@ -427,10 +557,10 @@ def main(argv=None) -> int:
     }
     res["elapsed_s"] = time.perf_counter() - t_start
     res["explanation"] = explanation(res)
-    (out / "bgr_vs_minmax.json").write_text(json.dumps(res, indent=1) + "\n")
-    write_md(res, out / "bgr_vs_minmax.md")
-    write_png(res, row_reds, out / "bgr_vs_minmax.png")
-    log(f"wrote {out / 'bgr_vs_minmax'}.{{json,md,png}} in {res['elapsed_s']:.0f} s")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    write_md(res, out / f"{stem}.md")
+    write_png(res, row_reds, out / f"{stem}.png")
+    log(f"wrote {out / stem}.{{json,md,png}} in {res['elapsed_s']:.0f} s")
     return 0
 
 

@@ -24,7 +24,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bgr")
     threads = torch.get_num_threads()
     try:
-        assert mod.main(["--smoke", "--out", str(out)]) == 0
+        assert mod.main(["--smoke", "--limit-rows", "4", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)  # the script sets 2 threads; the suite runs with 1
     return out, json.loads((out / "bgr_vs_minmax.json").read_text())
@@ -74,6 +74,18 @@ def test_reductions_finite_and_bgr_not_worse(report):
     assert res["checks"]["rows_bgr_worse"] == 0
 
 
+def test_limit_bounds_bgr(report):
+    """The brute-force optimum is at least as good as BGR on every sampled row, and BGR at least as good as MinMax."""
+    out, res = report
+    for mname, m in res["models"].items():
+        for key in ("w4_rot", "w4_norot", "w3_rot"):
+            lim = m["overall"][key]["limit"]
+            assert lim["rows"] > 0 and lim["rows_bgr_below_limit"] == 0, (mname, key)
+            assert lim["opt"] <= lim["bgr"] * (1 + 1e-6) and lim["bgr"] <= lim["mm"] * (1 + 1e-6), (mname, key)
+            assert 0.0 <= lim["share_of_limit"] <= 1.0 + 1e-6
+    assert "brute-force per-row MSE-optimal" in (out / "bgr_vs_minmax.md").read_text()
+
+
 def test_help_and_bad_args(capsys):
     mod = _load()
     with pytest.raises(SystemExit) as e:
@@ -82,3 +94,53 @@ def test_help_and_bad_args(capsys):
     with pytest.raises(SystemExit) as e:
         mod.main(["--max-layers", "0"])
     assert e.value.code == 2 and "--max-layers must be >= 1" in capsys.readouterr().err
+
+
+def _exhaustive(w: torch.Tensor, bits: int) -> float:
+    """The best ``Δ(q − z)`` fit of one short row over every code vector and zero point (least-squares Δ > 0)."""
+    import itertools
+
+    qmax = 2**bits - 1
+    best = float((w.double() ** 2).sum())
+    wd = w.double()
+    for codes in itertools.product(range(qmax + 1), repeat=w.numel()):
+        q = torch.tensor(codes, dtype=torch.float64)
+        for z in range(qmax + 1):
+            c = q - z
+            den = float((c * c).sum())
+            if den == 0:
+                continue
+            d = float((c * wd).sum()) / den
+            if d > 0:
+                best = min(best, float(((wd - d * c) ** 2).sum()))
+    return best
+
+
+def test_optimal_rows_reaches_the_exhaustive_optimum():
+    mod = _load()
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(6, 6, generator=g)
+    rows[0, 2] = 6.0  # an outlier: the optimum clips it
+    rows[1] = rows[1].abs()  # one-signed: the zero point sits at an end
+    got = mod.optimal_rows(rows, bits=2)
+    for r in range(rows.shape[0]):
+        want = _exhaustive(rows[r], 2)
+        assert want - 1e-9 <= float(got[r]) <= want * (1 + 1e-3) + 1e-12, (r, float(got[r]), want)
+
+
+def test_optimal_rows_bounds_minmax_and_bgr():
+    mod = _load()
+    from dvdq_compile.quant.bgr import bgr_rows
+    from dvdq_compile.quant.minmax import codes_for, minmax_rows
+
+    g = torch.Generator().manual_seed(6)
+    rows = torch.randn(16, 256, generator=g) ** 3  # heavy-tailed rows
+    opt = mod.optimal_rows(rows, bits=4)
+
+    def err(d, z):  # in float64, as optimal_rows computes
+        q = (codes_for(rows, d, z, 15) - z[:, None]).double()
+        return ((rows.double() - d[:, None].double() * q) ** 2).sum(1)
+
+    e_mm, e_bgr = err(*minmax_rows(rows, 4)), err(*bgr_rows(rows, 4))
+    assert bool((opt <= e_bgr * (1 + 1e-9)).all()) and bool((e_bgr <= e_mm * (1 + 1e-9)).all())
+    assert float(opt.sum()) < 0.95 * float(e_mm.sum())  # heavy tails: clipping pays (9% here)
