@@ -5,7 +5,9 @@ the two-expert zoo pipeline (separate controllers per expert, the default), and 
 videos vs full precision and the average activation bits over all steps of both experts. Writes
 ``bench/results/delta_sweep_<device>.{json,md}`` and a trace plot for δ = 0.09.
 
-    python bench/delta_sweep.py [--steps 20] [--classes 0 3 6 9] [--out bench/results]
+    python bench/delta_sweep.py [--steps 20] [--classes 0 3 6 9] [--out bench/results] [--zoo v2]
+
+``--zoo v2`` (the zoo trained with real-DiT statistics) writes ``delta_sweep_v2_<device>.*``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dvdq_compile
 from dvdq_compile.metrics import psnr
 from dvdq_compile.zoo import load_pipeline, sample
+from dvdq_compile.zoo.model import expert_stems
 
 DELTAS = (0.03, 0.06, 0.09, 0.12, 0.18)
 
@@ -34,11 +37,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--zoo", choices=("v1", "v2"), default="v1", help="zoo model version (default v1)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
     lowering = "inductor" if device.type == "cuda" else "eager"
-    pipe = load_pipeline(device=device)
+    pipe = load_pipeline(device=device, version=args.zoo)
     experts = [pipe.model, pipe.model_low]
     kw = dict(steps=args.steps, guidance=args.guidance, seed=args.seed, progress=False)
     with torch.no_grad():
@@ -70,8 +74,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = "cpu" if device.type == "cpu" else dev_name.lower().replace(" ", "_")
+    if args.zoo != "v1":
+        slug = f"{args.zoo}_{slug}"
     meta = {"device": dev_name, "torch": torch.__version__, "triton": _triton_version(), "lowering": lowering,
-            "kernels": dvdq_compile.report(experts[0]).kernels, "model": "zoo wan_zoo + wan_zoo_low (two experts)",
+            "kernels": dvdq_compile.report(experts[0]).kernels, "model": f"zoo {args.zoo}: {' + '.join(expert_stems(args.zoo))} (two experts)",
             "steps": args.steps, "classes": args.classes, "seed": args.seed, "guidance": args.guidance,
             "note": "quality only: wall times on CPU run the PyTorch reference path and are not speed results"}
     (out / f"delta_sweep_{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

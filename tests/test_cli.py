@@ -90,3 +90,12 @@ def test_bad_arguments(capsys):
         cli.main(["demo", "--zoo", "v9"])
     assert cli.main(["eval", "--list-rows"]) == 0
     assert "DVD-Quant" in capsys.readouterr().out
+
+
+def test_stats_writes_the_card_named_by_zoo_version(tmp_path, capsys):
+    argv = ["stats", "--zoo", "v1", "--steps", "2", "--classes", "0", "--one-expert", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    d = json.loads((tmp_path / "stats_zoo_v1_high.json").read_text())
+    assert set(d["summary"]) >= {"median_kurtosis", "min_outlier_column", "max_top_over_median_qkv_ffn_up"}
+    assert (tmp_path / "stats_zoo_v1_high.md").read_text().startswith("# Statistics card: wan_zoo v1 (high-noise")
+    assert "median_kurtosis" in capsys.readouterr().out

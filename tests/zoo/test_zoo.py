@@ -102,7 +102,7 @@ def _require(name):
     return p
 
 
-@pytest.mark.parametrize("name", ["high", "low"])
+@pytest.mark.parametrize("name", ["high", "low", "wan_zoo_v2", "wan_zoo_v2_low"])
 def test_committed_checkpoint_loads_and_one_step_samples(name):
     p = _require(name)
     assert p.stat().st_size <= 20 * 1024 * 1024
@@ -170,3 +170,20 @@ def test_batched_cfg_equals_two_calls():
     a = sample(model, [0, 1], **kw)
     b = sample(model, [0, 1], cfg_batch=True, **kw)
     assert (a - b).abs().max() <= 1e-4 * a.abs().max()  # fp32 sums of batch 4 vs 2: reassociation only
+
+
+@pytest.mark.parametrize("name", ["wan_zoo_v2", "wan_zoo_v2_low"])
+def test_v2_checkpoint_keeps_its_structure_and_weight_statistics(name):
+    """v2's fixed entries (zoo/structure.py) are intact after training, and its weights meet the card's targets."""
+    import json
+
+    from dvdq_compile import stats
+    from dvdq_compile.zoo.structure import Imposed
+
+    model, _, meta = load_checkpoint(_require(name))
+    imp = Imposed.from_meta(json.loads(meta["imposed"]))
+    params = dict(model.named_parameters())
+    for n, i, v in imp.entries:  # fp16 checkpoint
+        assert float(params[n].view(-1)[i]) == pytest.approx(v, rel=1e-3, abs=1e-3), (n, i)
+    summ = stats.summary(stats.weight_card(model), None)
+    assert all(s["met"] for s in summ.values()), summ
