@@ -160,6 +160,9 @@ class RowResult:
     # peak GPU memory of the row's sampling run (both experts resident, FP weights included unless freed);
     # None on CPU: torch has no allocator peak there, so it is not measured
     peak_bytes: int | None = None
+    # PSNR of each video (one per class of the setup, same order): the spread of paired per-video differences
+    # between two rows is the noise estimate of their PSNR difference (bench/quality_compare.py)
+    psnr_per_video: list = field(default_factory=list)
 
 
 def _sample(pipe, models, setup: EvalSetup, classes, seed, steps):
@@ -320,7 +323,8 @@ class Evaluator:
         fp, q = self.fp, q.to(self.fp.device)
         return RowResult(
             label=row.label, group=row.group, options=options,
-            psnr=metrics.psnr(q, fp), ssim=metrics.ssim(q, fp), frame_diff_corr=metrics.frame_diff_corr(q, fp),
+            psnr=metrics.psnr(q, fp), psnr_per_video=[float(v) for v in metrics.psnr_per_video(q, fp)],
+            ssim=metrics.ssim(q, fp), frame_diff_corr=metrics.frame_diff_corr(q, fp),
             relation_kl=metrics.relation_kl(q, fp), rel_l2=float((q - fp).norm() / fp.norm()),
             sqnr_mean=sum(sq.values()) / len(sq) if sq else float("nan"),
             sqnr_worst=sq[worst] if sq else float("nan"), sqnr_worst_layer=worst,
