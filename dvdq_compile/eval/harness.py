@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .. import metrics
+from ..zoo.model import DEFAULT_VERSION
 from .layers import capture_inputs, layer_sqnr
 
 log = logging.getLogger("dvdq_compile")
@@ -109,7 +110,7 @@ class EvalSetup:
     kernels: str = "auto"
     rows: tuple = field(default_factory=lambda: tuple(r.label for r in ROWS))
     qvdit_dir: str = "bench/results/qvdit"
-    zoo: str = "v1"  # zoo model version (zoo.model.VERSIONS)
+    zoo: str = DEFAULT_VERSION  # zoo model version (zoo.model.VERSIONS)
 
 
 def qvdit_paths(setup: EvalSetup, setting: str) -> list[Path]:

@@ -7,8 +7,10 @@
   The table ``[num_classes + 1, 4, 128]`` is fixed (seeded Gaussian, not learned); its LAST row is the null /
   unconditional embedding (all zeros) used for classifier-free guidance (trained with 10 % label dropout).
   The table is also stored in every checkpoint (key ``zoo.class_table``) and the stored copy wins on load.
-* Checkpoints live in ``bench/zoo/``: ``wan_zoo.safetensors`` (all noise levels; the high-noise expert in the
-  two-expert setup) and ``wan_zoo_low.safetensors`` (fine-tuned on sigma < 0.5: the low-noise expert).
+* Checkpoints live in ``bench/zoo/``, two versions (``VERSIONS``; default ``DEFAULT_VERSION`` = v2): v2
+  ``wan_zoo_v2`` / ``wan_zoo_v2_low`` trained with real-DiT statistics imposed (zoo/structure.py), v1 ``wan_zoo`` /
+  ``wan_zoo_low`` with uniform weights (the control). Each: the main model (all noise levels; the high-noise expert
+  in the two-expert setup) and a low-noise expert fine-tuned on sigma < 0.5.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ EXPERTS = {"high": "wan_zoo", "wan_zoo": "wan_zoo", "main": "wan_zoo", "low": "w
 # v1: kaiming-uniform weights, no outlier channels (the "uniform weights" control); v2: trained with the structure
 # of real video DiTs imposed (zoo/structure.py). Both: (high-noise / main expert, low-noise expert).
 VERSIONS = {"v1": ("wan_zoo", "wan_zoo_low"), "v2": ("wan_zoo_v2", "wan_zoo_v2_low")}
-DEFAULT_VERSION = "v1"
+DEFAULT_VERSION = "v2"
 TABLE_KEY = "zoo.class_table"
 TRAIN_CMD = {
     "wan_zoo": "nice -n 19 python3 bench/zoo/train.py --expert main --steps 1300 --minutes 48",
@@ -74,7 +76,7 @@ TRAIN_CMD = {
     "--steps 400 --minutes 11",
     "wan_zoo_v2": "python3 bench/zoo/train.py --expert main --structure v2 --name wan_zoo_v2 --steps 2600 --minutes 75",
     "wan_zoo_v2_low": "python3 bench/zoo/train.py --expert low --init bench/zoo/wan_zoo_v2.safetensors "
-    "--name wan_zoo_v2_low --steps 500 --minutes 15",
+    "--name wan_zoo_v2_low --steps 400 --minutes 8",
 }
 
 
