@@ -1,7 +1,7 @@
 """How the quality ranking changed from zoo v1 (uniform weights) to v2 (real-DiT statistics), and how big the noise is.
 
 Reads ``dvdq eval`` results (JSON) for v1, v2 and a v2 repeat with another seed; writes
-``<out>/quality_v1_vs_v2.{md,json}``:
+``<out>/<stem>.{md,json}`` (default stem ``quality_v1_vs_v2``):
 
 * every row present in v1 and v2: PSNR and rank in each (rank 1 = best PSNR among the rows of that table);
 * on v2, the questions the project asks of its method: BGR+ARQ W4A4 against MinMax, SmoothQuant and QuaRot W4A4, and
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--v2", default=str(ROOT / "bench/results/quality_v2.json"))
     p.add_argument("--repeat", default=str(ROOT / "bench/results/quality_v2_seed1.json"))
     p.add_argument("--out", default=str(ROOT / "bench/results"))
+    p.add_argument("--stem", default="quality_v1_vs_v2", help="output file stem (default quality_v1_vs_v2)")
     a = p.parse_args(argv)
     docs = {}
     for k in ("v1", "v2", "repeat"):
@@ -130,8 +131,8 @@ def main(argv=None) -> int:
     res = compare(docs["v1"], docs["v2"], docs["repeat"])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality_v1_vs_v2.json").write_text(json.dumps(res, indent=1) + "\n")
-    (out / "quality_v1_vs_v2.md").write_text(markdown(res))
+    (out / f"{a.stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / f"{a.stem}.md").write_text(markdown(res))
     print(markdown(res))
     return 0
 

@@ -49,5 +49,8 @@ def test_cli_writes_files(tmp_path):
     assert mod.main(["--v1", str(tmp_path / "a.json"), "--v2", str(tmp_path / "b.json"),
                      "--repeat", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "quality_v1_vs_v2.md").read_text().startswith("# Quality on zoo v1")
+    assert mod.main(["--v1", str(tmp_path / "a.json"), "--v2", str(tmp_path / "b.json"), "--out", str(tmp_path),
+                     "--repeat", str(tmp_path / "none.json"), "--stem", "other"]) == 0
+    assert json.loads((tmp_path / "other.json").read_text())["table"][0]["label"] == "MinMax W4A4"
     with pytest.raises(SystemExit):
         mod.main(["--v1", str(tmp_path / "missing.json"), "--v2", str(tmp_path / "b.json")])
