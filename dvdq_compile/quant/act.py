@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .exact import div_exact
 from .hadamard import NO_SIGNS
 from .hadamard import rotate as _rotate
 
@@ -64,7 +65,7 @@ def quantize_act(x: torch.Tensor, bits: int, group: int, rotate: int = 0, sign_s
     c = clip_value(clip)
     if xg.numel():
         amax = xg.abs().amax(-1)
-        scales = (amax * c.to(amax.device) if c is not None else amax) / qmax
+        scales = div_exact(amax * c.to(amax.device) if c is not None else amax, qmax)
     else:
         scales = xg.new_zeros(xg.shape[:-1])
     ok = (torch.isfinite(scales) & (scales > 0))[..., None]

@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from .exact import div_exact
 from .minmax import (
     TINY,
     as_rows,
@@ -77,10 +78,10 @@ def _bgr_chunk(rows, bits, n, n_cand, rel_eps, max_iter):
     qmax = 2**bits - 1
     r = rows.shape[0]
     lo, hi = range_with_zero(rows)
-    step = (hi - lo) / n
+    step = div_exact(hi - lo, n)
     i = torch.arange(n_cand, device=rows.device, dtype=rows.dtype)[:, None]  # candidate 0 = MinMax
     lo_i, hi_i = (lo + i * step).reshape(-1), (hi - i * step).reshape(-1)
-    d = ((hi_i - lo_i) / qmax).clamp_min(TINY)
+    d = div_exact(hi_i - lo_i, qmax).clamp_min(TINY)
     z = torch.round(-lo_i / d).clamp_(0, qmax)
     w = rows.repeat(n_cand, 1)
     d_mm, _ = minmax_rows(rows, bits)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .exact import div_exact
+
 TINY = 1e-12
 
 
@@ -46,7 +48,7 @@ def minmax_rows(rows: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     """Per-row (Δ, z) as fp32 tensors of shape [R]."""
     qmax = 2**bits - 1
     lo, hi = range_with_zero(rows)
-    d = ((hi - lo) / qmax).clamp_min(TINY)
+    d = div_exact(hi - lo, qmax).clamp_min(TINY)
     z = torch.round(-lo / d).clamp_(0, qmax)
     return d, z
 

@@ -42,6 +42,22 @@ def test_act_quant_division_and_rounding_exact(bits, group):
     assert torch.equal(s, rs) and torch.equal(c, rc)
 
 
+@pytest.mark.parametrize("bits,group", [(4, 32), (8, 128)])
+def test_reference_does_not_depend_on_the_device(bits, group):
+    """The specification gives the same bits on CUDA as on the CPU (PyTorch's CUDA division by a Python scalar
+    multiplies by its reciprocal: dvdq_compile/quant/exact.py). Near-tie data, where one bit of a scale flips codes."""
+    from dvdq_compile.quant.minmax import minmax_rows
+
+    x = near_tie_x(512, 1024, group, bits, gen=_gen(bits))
+    c, s = quant.quantize_act(x, bits, group)
+    cg, sg = quant.quantize_act(x.to(DEV), bits, group)
+    assert torch.equal(sg.cpu(), s) and torch.equal(cg.cpu(), c)
+    w = torch.randn(256, 1024, generator=_gen(5)) * (1 + 9 * (torch.rand(1024, generator=_gen(6)) > 0.99))
+    d, z = minmax_rows(w, 4)
+    dg, zg = minmax_rows(w.to(DEV), 4)
+    assert torch.equal(dg.cpu(), d) and torch.equal(zg.cpu(), z)
+
+
 @pytest.mark.parametrize("group", [128, 3072])
 def test_act_quant_bf16_rotated(group):
     x = make_x(4096, 3072, torch.bfloat16, gen=_gen(1)).to(DEV)
