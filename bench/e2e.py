@@ -195,7 +195,17 @@ def prepare(row: Row, model: torch.nn.Module, smoke: bool = False):
         opts.update(kernels="reference", lowering="eager")
         opts.pop("mode", None)
     # step caching skips whole model calls: it needs the model as one graph
-    return torch.compile(model, backend="dvdquant", options=opts, fullgraph="cache" in opts)
+    return torch.compile(model, backend=backend(), options=opts, fullgraph="cache" in opts)
+
+
+def backend():
+    """``"dvdquant"`` when the package is installed (its entry point registers the name); the callable itself
+    when it only is on ``PYTHONPATH`` (the lent GPU machine: no install there)."""
+    import torch._dynamo
+    if "dvdquant" in torch._dynamo.list_backends():
+        return "dvdquant"
+    from dvdq_compile.backend import dvdquant
+    return dvdquant
 
 
 def sync(device):

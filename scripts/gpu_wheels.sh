@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .whl && mkdir -p .whl
+# the diffusers version the project pins (requirements/constraints.txt), so no local install is needed
+V=$(sed -n 's/^diffusers==//p' requirements/constraints.txt)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl "diffusers==$(python3 -c 'import diffusers; print(diffusers.__version__)')" importlib_metadata
+  -d .whl "diffusers==${V:?no diffusers pin in requirements/constraints.txt}" importlib_metadata
 ls -la .whl

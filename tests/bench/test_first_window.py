@@ -18,9 +18,21 @@ def test_dry_run(tmp_path):
     assert len(gemms) == 2
     for g in gemms:
         # a forced config and the packed loop compute the same numbers as the autotuned expanded call
-        assert g["forced_vs_auto_max_abs"] == 0.0 and g["packed_vs_expanded_max_abs"] == 0.0
+        assert g["agreement"] == {"forced_vs_auto_max_abs": 0.0, "packed_vs_expanded_max_abs": 0.0}
+        assert not [k for k, v in g["times"].items() if "error" in v], g["times"]
         assert set(g["times"]) >= {"bf16", "w4a8_auto", "w4a8_per_token", "w4a8_packed", "expand", "act_quant",
                                    "gelu_quant"}
         assert "BLOCK_M" in g["w4a8_auto_config"]
     assert d["steps"]["interpreter_tests"]["rc"] == 0
     assert "done" in d["steps"]
+    md = (tmp_path / "first_window_dry.md").read_text()   # the markdown report, one row per shape in both tables
+    assert md.count("| 64x256 |") == 2 and md.count("| 96x128 |") == 2
+
+
+def test_a_failing_measurement_is_recorded_and_the_run_goes_on():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import first_window
+
+    def boom():
+        raise RuntimeError("no such PTX instruction")
+    assert first_window.safe(boom)() == {"error": "RuntimeError: no such PTX instruction"}
