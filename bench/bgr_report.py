@@ -41,6 +41,7 @@ from dvdq_compile.config import DEFAULT_BLOCK_PATTERN, QuantConfig
 from dvdq_compile.quant.hadamard import hadamard_matrix, rotate
 from dvdq_compile.quant.minmax import dequantize, minmax, range_with_zero
 from dvdq_compile.quant.qweight import quantize_weight
+from dvdq_compile.zoo.model import DEFAULT_VERSION, VERSIONS, expert_stems
 
 PAPER = {"low": 0.8637, "high": 0.9154,
          "source": "DVD-Quant arXiv 2505.18663 Fig. 3, HunyuanVideo INT4, mean error per layer family, MinMax -> BGR "
@@ -476,12 +477,13 @@ def main(argv=None) -> int:
                    help="only the first N block linears of each expert (quick runs)")
     p.add_argument("--synthetic-size", type=int, default=1536, help="N = K of the synthetic linears (default 1536)")
     p.add_argument("--no-grid-check", action="store_true", help="skip the BGR grid-sensitivity run")
-    p.add_argument("--zoo", choices=("v1", "v2"), default="v1", help="zoo model version (default v1)")
+    p.add_argument("--zoo", choices=sorted(VERSIONS), default=DEFAULT_VERSION,
+                   help=f"zoo model version (default {DEFAULT_VERSION}; v1 is the uniform-weights control)")
     p.add_argument("--experts", nargs="+", choices=("high", "low"), default=["high", "low"])
     p.add_argument("--no-synthetic", action="store_true", help="skip the Gaussian / Student-t controls")
     p.add_argument("--limit-rows", type=int, default=0,
                    help="rows per layer scored against the brute-force per-row optimum (default 0: none)")
-    p.add_argument("--stem", default=None, help="output stem (default bgr_vs_minmax, bgr_vs_minmax_v2 for v2)")
+    p.add_argument("--stem", default=None, help="output stem (default bgr_vs_minmax_<zoo>; bgr_vs_minmax for v1)")
     p.add_argument("--smoke", action="store_true",
                    help="tiny run for tests: 2 layers per expert, 256x256 synthetic, no grid check")
     args = p.parse_args(argv)
@@ -499,8 +501,6 @@ def main(argv=None) -> int:
     log = print
     t_start = time.perf_counter()
     specs = make_specs()
-    from dvdq_compile.zoo.model import expert_stems
-
     stems = dict(zip(("high", "low"), expert_stems(args.zoo)))
     stem = args.stem or ("bgr_vs_minmax" if args.zoo == "v1" else f"bgr_vs_minmax_{args.zoo}")
     models, row_reds = {}, {}

@@ -3,11 +3,12 @@
 For δ ∈ {0.03, 0.06, 0.09, 0.12, 0.18} plus fixed all-A4 / all-A8, sample the same classes, seed and steps with
 the two-expert zoo pipeline (separate controllers per expert, the default), and report PSNR / relative L2 of the
 videos vs full precision and the average activation bits over all steps of both experts. Writes
-``bench/results/delta_sweep_<device>.{json,md}`` and a trace plot for δ = 0.09.
+``bench/results/delta_sweep_<zoo>_<device>.{json,md}`` and a trace plot for δ = 0.09.
 
-    python bench/delta_sweep.py [--steps 20] [--classes 0 3 6 9] [--out bench/results] [--zoo v2]
+    python bench/delta_sweep.py [--steps 20] [--classes 0 3 6 9] [--out bench/results] [--zoo v1]
 
-``--zoo v2`` (the zoo trained with real-DiT statistics) writes ``delta_sweep_v2_<device>.*``.
+The default zoo is v2 (trained with real-DiT statistics); ``--zoo v1`` (the uniform-weights control) writes
+``delta_sweep_<device>.*``, the names its earlier results have.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dvdq_compile
 from dvdq_compile.metrics import psnr
 from dvdq_compile.zoo import load_pipeline, sample
-from dvdq_compile.zoo.model import expert_stems
+from dvdq_compile.zoo.model import DEFAULT_VERSION, VERSIONS, expert_stems
 
 DELTAS = (0.03, 0.06, 0.09, 0.12, 0.18)
 
@@ -37,7 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    p.add_argument("--zoo", choices=("v1", "v2"), default="v1", help="zoo model version (default v1)")
+    p.add_argument("--stem", default=None, help="output stem (default delta_sweep_<zoo>_<device>; v1: delta_sweep_<device>)")
+    p.add_argument("--zoo", choices=sorted(VERSIONS), default=DEFAULT_VERSION,
+                   help=f"zoo model version (default {DEFAULT_VERSION}; v1 is the uniform-weights control)")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
@@ -80,7 +83,8 @@ def main(argv=None) -> int:
             "kernels": dvdq_compile.report(experts[0]).kernels, "model": f"zoo {args.zoo}: {' + '.join(expert_stems(args.zoo))} (two experts)",
             "steps": args.steps, "classes": args.classes, "seed": args.seed, "guidance": args.guidance,
             "note": "quality only: wall times on CPU run the PyTorch reference path and are not speed results"}
-    (out / f"delta_sweep_{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    stem = args.stem or f"delta_sweep_{slug}"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"# δ-GBS sweep on the zoo model ({dev_name}, torch {meta['torch']}, triton {meta['triton']})", "",
              f"{meta['model']}, {args.steps} steps, CFG {args.guidance}, classes {args.classes}, seed {args.seed}; "
              f"kernels {meta['kernels']}, lowering {lowering}. Bits: per step, high-noise expert then low-noise "
@@ -88,15 +92,15 @@ def main(argv=None) -> int:
              "| setting | avg act bits | PSNR vs FP (dB) | rel-L2 vs FP | bits per step |", "|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['avg_act_bits']:.2f} | {r['psnr_db']:.2f} | {r['rel_l2']:.4f} | `{r['schedule']}` |"
               for r in rows]
-    (out / f"delta_sweep_{slug}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     try:
         from delta_plot import plot_trace
         ctrl = traces["δ=0.09"][0]
-        plot_trace(ctrl.trace, 0.09, out / f"delta_trace_zoo_{slug}.png",
+        plot_trace(ctrl.trace, 0.09, out / f"{stem.replace('delta_sweep', 'delta_trace_zoo')}.png",
                    title="δ-GBS on the zoo model, high-noise expert, δ = 0.09")
     except Exception as e:  # the plot is optional (matplotlib)
         print(f"no trace plot: {e}")
-    print(f"wrote {out / f'delta_sweep_{slug}.md'}")
+    print(f"wrote {out / f'{stem}.md'}")
     return 0
 
 

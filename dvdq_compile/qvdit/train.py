@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..zoo.model import DEFAULT_VERSION, VERSIONS
 from .artifact import QVDiTArtifact
 from .swap import QVDiTConfig, install, learnable, set_act_quant
 from .tmd import TMDLoss
@@ -276,7 +277,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--zoo", choices=["v1", "v2"], default=None, help="zoo model version (default: the zoo's default)")
+    ap.add_argument("--zoo", choices=sorted(VERSIONS), default=None,
+                    help=f"zoo model version (default: the zoo's default, {DEFAULT_VERSION})")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     tcfg = TrainConfig(iters=a.iters, batch=a.batch, lr=a.lr, seed=a.seed, minutes=a.minutes,

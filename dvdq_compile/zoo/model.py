@@ -64,11 +64,13 @@ WAN_ZOO_CONFIG: dict = {
 }
 
 ZOO_DIR = Path(__file__).resolve().parents[2] / "bench" / "zoo"
-EXPERTS = {"high": "wan_zoo", "wan_zoo": "wan_zoo", "main": "wan_zoo", "low": "wan_zoo_low", "wan_zoo_low": "wan_zoo_low"}
 # v1: kaiming-uniform weights, no outlier channels (the "uniform weights" control); v2: trained with the structure
 # of real video DiTs imposed (zoo/structure.py). Both: (high-noise / main expert, low-noise expert).
 VERSIONS = {"v1": ("wan_zoo", "wan_zoo_low"), "v2": ("wan_zoo_v2", "wan_zoo_v2_low")}
 DEFAULT_VERSION = "v2"
+# expert names: the aliases "high"/"main" and "low" mean the default version's experts; every stem names itself
+EXPERTS = {"high": VERSIONS[DEFAULT_VERSION][0], "main": VERSIONS[DEFAULT_VERSION][0],
+           "low": VERSIONS[DEFAULT_VERSION][1], **{s: s for stems in VERSIONS.values() for s in stems}}
 TABLE_KEY = "zoo.class_table"
 TRAIN_CMD = {
     "wan_zoo": "nice -n 19 python3 bench/zoo/train.py --expert main --steps 1300 --minutes 48",
@@ -122,8 +124,8 @@ def encode_classes(class_ids, table: torch.Tensor | None = None) -> torch.Tensor
 
 # --------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_path(name: str) -> Path:
-    """``bench/zoo/<name>.safetensors`` for an expert name (``high``/``main``/``wan_zoo``, ``low``/``wan_zoo_low``)
-    or the path itself if ``name`` is a path."""
+    """``bench/zoo/<name>.safetensors`` for an expert name (``high``/``main`` and ``low``: the default version's
+    experts; or a stem of :data:`VERSIONS`, e.g. ``wan_zoo`` for v1) or the path itself if ``name`` is a path."""
     if name in EXPERTS:
         return ZOO_DIR / f"{EXPERTS[name]}.safetensors"
     p = Path(name)
@@ -186,7 +188,7 @@ def load_checkpoint(path, *, dtype=torch.float32, device="cpu"):
 
 
 def load_expert(name: str = "high", *, dtype=torch.float32, device="cpu"):
-    """The trained transformer for ``name`` in ``{"high", "main", "wan_zoo", "low", "wan_zoo_low"}`` or a path to a
+    """The trained transformer for ``name`` (an :data:`EXPERTS` name: ``high``/``low`` = the default version) or a path to a
     ``.safetensors`` file; fp32 eval mode, grads off. Raises ``FileNotFoundError`` (naming the path and the
     training command) if the checkpoint has not been trained."""
     path = checkpoint_path(name)

@@ -24,7 +24,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bgr")
     threads = torch.get_num_threads()
     try:
-        assert mod.main(["--smoke", "--limit-rows", "4", "--out", str(out)]) == 0
+        assert mod.main(["--smoke", "--zoo", "v1", "--limit-rows", "4", "--out", str(out)]) == 0
     finally:
         torch.set_num_threads(threads)  # the script sets 2 threads; the suite runs with 1
     return out, json.loads((out / "bgr_vs_minmax.json").read_text())
@@ -144,3 +144,14 @@ def test_optimal_rows_bounds_minmax_and_bgr():
     e_mm, e_bgr = err(*minmax_rows(rows, 4)), err(*bgr_rows(rows, 4))
     assert bool((opt <= e_bgr * (1 + 1e-9)).all()) and bool((e_bgr <= e_mm * (1 + 1e-9)).all())
     assert float(opt.sum()) < 0.95 * float(e_mm.sum())  # heavy tails: clipping pays (9% here)
+
+
+def test_default_zoo_is_v2_and_names_its_outputs(tmp_path):
+    mod = _load()
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--smoke", "--no-synthetic", "--experts", "low", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads((tmp_path / "bgr_vs_minmax_v2.json").read_text())
+    assert list(res["models"]) == ["wan_zoo_v2_low"] and res["zoo"] == "v2"

@@ -102,7 +102,17 @@ def _require(name):
     return p
 
 
-@pytest.mark.parametrize("name", ["high", "low", "wan_zoo_v2", "wan_zoo_v2_low"])
+def test_expert_aliases_follow_the_default_version():
+    from dvdq_compile.zoo.model import DEFAULT_VERSION, EXPERTS, VERSIONS
+
+    assert DEFAULT_VERSION == "v2"
+    assert checkpoint_path("high") == checkpoint_path("main") == checkpoint_path(VERSIONS["v2"][0])
+    assert checkpoint_path("low") == checkpoint_path(VERSIONS["v2"][1])
+    assert checkpoint_path("wan_zoo").name == "wan_zoo.safetensors"   # v1 by its stem
+    assert all(EXPERTS[s] == s for stems in VERSIONS.values() for s in stems)
+
+
+@pytest.mark.parametrize("name", ["wan_zoo", "wan_zoo_low", "wan_zoo_v2", "wan_zoo_v2_low"])
 def test_committed_checkpoint_loads_and_one_step_samples(name):
     p = _require(name)
     assert p.stat().st_size <= 20 * 1024 * 1024
