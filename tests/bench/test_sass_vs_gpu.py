@@ -1,0 +1,39 @@
+"""bench/sass_vs_gpu.py: the instrument's estimates paired with the committed H200 measurement."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import sass_vs_gpu  # noqa: E402
+
+SASS = json.loads((ROOT / "bench" / "results" / "sass.json").read_text())
+GPU = json.loads((ROOT / "bench" / "results" / "first_window_h200.json").read_text())
+
+
+def test_every_measured_gemm_finds_its_estimate():
+    recs = sass_vs_gpu.compare(SASS, GPU)
+    shapes = {(s["N"], s["K"]) for n, s in GPU["steps"].items() if n.startswith("gemm ")}
+    for (n, k) in shapes:
+        got = {r["measured"] for r in recs if (r["N"], r["K"]) == (n, k)}
+        assert got >= {"w4a8_auto", "w4a8_forced_128x128", "w4a8_forced_128x64", "w4a8_per_token", "w4a8_packed",
+                       "act_quant"}, (n, k, got)
+    for r in recs:   # the ratio is measured / estimated, from the two files
+        step = GPU["steps"][f"gemm {r['N']}x{r['K']}"]
+        assert abs(r["measured_us"] - 1e3 * step["times"][r["measured"]]["ms"]) < 0.06
+        assert abs(r["ratio"] - r["measured_us"] / r["est_us"]) < 0.006
+
+
+def test_autotuned_rows_take_the_best_estimate_of_the_autotuned_tiles():
+    rows = [r for r in SASS["shapes"] if (r["N"], r["K"], r["variant"]) == (5120, 5120, "W4→int8 g128")
+            and r["tile"] in sass_vs_gpu.AUTOTUNE_TILES]
+    est, tile = sass_vs_gpu.estimate(SASS["shapes"], 5120, 5120, "qlinear", "W4→int8 g128", None)
+    assert est == min(r["est_us"] for r in rows) and tile in sass_vs_gpu.AUTOTUNE_TILES
+    assert sass_vs_gpu.estimate(SASS["shapes"], 5120, 5120, "qlinear", "no such variant", None) is None
+
+
+def test_writes_the_report(tmp_path):
+    assert sass_vs_gpu.main(["--out", str(tmp_path)]) == 0
+    md = (tmp_path / "sass_vs_h200.md").read_text()
+    assert md.startswith("# Static instrument vs NVIDIA H200") and "| 13824x5120 | w4a8_packed |" in md
