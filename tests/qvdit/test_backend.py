@@ -1,6 +1,7 @@
 """Recipe ``qvdit`` through the backend: the compiled model runs the artifact's learned estimator exactly as the eager
 integer reference (``TQELinear.integer_forward``) does, at the artifact's per-layer bits."""
 import copy
+import dataclasses
 import logging
 
 import pytest
@@ -122,11 +123,21 @@ def test_report_has_the_artifact_bits_per_layer(caplog):
 
 def test_an_artifact_can_force_activation_quantization_on_a_min_tokens_layer():
     # trained with quantized text K/V: the artifact's bits win over min_tokens, and the report says so
+    # Compared with the same eager reference with FP text K/V (min_tokens winning): the compiled graph's FP ops are
+    # not bit-identical to eager ones (1e-7 apart with ATEN_CPU_CAPABILITY=default), and with AVX-512 one 6-bit code
+    # at a rounding tie flips (7.7e-5 measured, on this seed), so bit-equality with the reference is luck here;
+    # ignoring the artifact's bits would put the output 3.9e-3 away.
     cfg = swap.QVDiTConfig(weight_bits=3, act_bits=6, rank=4, mlp_w8a8=False, weight_only=())
     base, ref_model, art = _trained(cfg)
     c = _compile(base, art)
     with torch.no_grad():
-        assert rel_err(c(**_inputs())[0], ref_model(**_inputs())[0]) < 1e-6
+        ref = ref_model(**_inputs())[0]
+        err = rel_err(c(**_inputs())[0], ref)
+        for n, m in ref_model.named_modules():
+            if n.endswith(("attn2.to_k", "attn2.to_v")):
+                m.cfg = dataclasses.replace(m.cfg, act_bits=16)
+        ignored = rel_err(ref_model(**_inputs())[0], ref)
+    assert ignored > 1e-3 and err < 0.05 * ignored, (err, ignored)
     r = {r.name: r for r in dvdq_compile.report(c).layers}["blocks.0.attn2.to_k"]
     assert r.decision == "quantize" and "6-bit activations by the artifact" in r.reason
 
