@@ -182,6 +182,22 @@ def analyse(spec: Spec) -> dict:
     return rec
 
 
+def remodel(rec: dict) -> dict:
+    """A compiled record's bounds re-combined by the current model (``sass_model.serial_cycles``): its MMA, shared-
+    memory and issue cycles are properties of the SASS; how they combine is the model's."""
+    if not rec.get("ok"):
+        return rec
+    r = dict(rec)
+    b = {k: r[f"{k}_cycles"] for k in ("mma", "smem", "issue")}
+    if "serial_cycles" in r:
+        b["serial"] = SM.serial_cycles(r["mma_cycles"], r["issue_cycles"], r["ctas_per_sm"])
+    cycles = max(b.values())
+    useful = r["fraction"] * r["cycles"]   # the int8 tensor clocks of the useful MACs (tile_cycles' numerator)
+    r.update(cycles=cycles, bound=max(b, key=b.get), fraction=useful / cycles if cycles else 0.0,
+             **{f"{k}_cycles": v for k, v in b.items()})
+    return r
+
+
 def gemm_bytes(m, n, k, group, wbytes):
     """HBM bytes of one W4A8 GEMM: int8 codes, fp32 scales, stored weights, bf16 output (cost.qlinear_cost)."""
     g = k if not group else group
@@ -303,7 +319,9 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
     lines = [f"# Static instrument: sm_90 SASS of the dvdq kernels ({meta['date']})", "",
              f"Compiled offline for {meta['target']} with triton {meta['triton']} (torch {meta['torch']}) on "
              f"{meta['host']}. **Nothing here was timed**: the numbers are the model of "
-             "`dvdq_compile/kernels/sass_model.py` (H100 SXM5 constants) applied to the compiled code.", "",
+             "`dvdq_compile/kernels/sass_model.py` (H100 SXM5 constants) applied to the compiled code"
+             + (f" (bounds re-combined by the current model on {meta['remodelled']}: no CTA overlap, as measured on "
+                "an H200, `sass_vs_h200.md`)" if meta.get("remodelled") else "") + ".", "",
              "## Per kernel variant: one hot-loop iteration", "",
              "| kernel | variant | tile | regs | spill B | smem KiB | CTAs/SM | loop instr | "
              + " | ".join(CLASS_ORDER) + " | wgmma wait | mma | smem | issue | serial | bound | est. % int8 peak |",
@@ -344,7 +362,7 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
                      f"{r.get('ffn_epilogue_added_share', '-')} | {r.get('ffn_epilogue_bytes_share', '-')} |")
     lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
               "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
-              "(MMA + issue) / CTAs-per-SM when every wgmma is waited to depth 0); latency, bank conflicts, L2 and "
+              "MMA + issue when every wgmma is waited to depth 0: co-resident CTAs hide none of it, as measured); latency, bank conflicts, L2 and "
               "TMA are not modelled. GEMM time per shape: `cost.gemm_cycles` (tile waves on 132 SMs at 1830 MHz). "
               "Variants: `W4` = packed nibbles unpacked in the K loop (before); `W4→int8` = weights expanded once "
               "per call to int8 q − z (`kernels/expand.py`, its time added) and a pure int8 loop (after); `g128` = "
@@ -388,6 +406,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="kernel name filter (qlinear, fused, act_quant)")
     p.add_argument("--quick", action="store_true", help="first tile config only")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--remodel", default=None, metavar="SASS_JSON",
+                   help="re-apply the current sass_model to a results file's recorded bounds (no compile) and write")
     p.add_argument("--check", default=None, help="committed sass.json: recompile the CHECK variants, fail on a "
                                                  "regression")
     a = p.parse_args(argv)
@@ -396,6 +416,13 @@ def main(argv=None) -> int:
         return 0
     if a.check:
         return check(Path(a.check))
+    if a.remodel:
+        doc = json.loads(Path(a.remodel).read_text())
+        recs = [remodel(r) for r in doc["kernels"]]
+        specs = gemm_specs(False) + act_specs()
+        meta = dict(doc["meta"], remodelled=datetime.date.today().isoformat())
+        write(Path(a.out), recs, shape_rows(recs, specs, meta["hbm"]), meta)
+        return 0
     specs = gemm_specs(a.quick) + act_specs()
     if a.only:
         specs = [s for s in specs if s.kernel == a.only]

@@ -10,9 +10,12 @@ kernel: instruction counts by class, the ``wgmma`` wait depth, and cycles per lo
   count and the busiest pipe (:data:`PIPE_CYCLES`: the 16-lane INT and FMA-heavy pipes take 2 clocks per warp
   instruction, the XU conversions / MUFU 8);
 - **serialization**: when every ``wgmma`` is waited to depth 0 before the loop's other work, MMA and issue add up
-  within a CTA; other CTAs on the SM (occupancy from registers, shared memory, warps) hide that by ``1/ctas``.
+  within a CTA. Other CTAs on the SM could hide that (``1/ctas`` if they overlapped perfectly); measured on an H200
+  (``bench/results/sass_vs_h200.md``) two co-resident 4-warp CTAs hid none of it: with full overlap the model was
+  2.6-3.4x optimistic at those tiles and ranked them first, without it 1.2-1.7x like the 1-CTA tiles. So
+  :data:`CTA_OVERLAP` = 0: ``serial = (mma + issue) / (1 + CTA_OVERLAP·(ctas − 1))``.
 
-``cycles = max(mma, smem, issue, (mma + issue) / ctas if serialized)``; ``fraction of peak = mma_useful / cycles``.
+``cycles = max(mma, smem, issue, serial if serialized)``; ``fraction of peak = mma_useful / cycles``.
 It is a model: latency, bank conflicts, L2 and TMA behaviour are not in it; what it is good for is comparing the
 code of two kernel versions on the same terms, without a GPU. The constants are H100 SXM5's (NVIDIA's published
 peak: 1979 dense int8 TOPS at 132 SMs and 1830 MHz; CUDA programming guide, arithmetic throughput of cc 9.0).
@@ -34,6 +37,7 @@ SMEM_PER_SM = 233472       # 228 KiB, of which 1 KiB per CTA is reserved
 WARPS_PER_SM = 64
 CTAS_PER_SM = 32
 HBM = {"H100 SXM": 3.35e12, "H200": 4.8e12}
+CTA_OVERLAP = 0.0          # share of a co-resident CTA's serialized MMA + issue time that another CTA hides (measured)
 
 # instruction classes (by SASS opcode, before the first '.')
 CLASSES = {
@@ -187,6 +191,11 @@ def occupancy(regs: int, shared: int, warps: int) -> int:
     return max(0, min(by_regs, by_smem, by_warps, CTAS_PER_SM))
 
 
+def serial_cycles(mma: float, issue: float, ctas: int) -> float:
+    """SM cycles per CTA iteration when each CTA waits for its wgmmas before its other work (module docstring)."""
+    return (mma + issue) / (1.0 + CTA_OVERLAP * (max(ctas, 1) - 1))
+
+
 def tile_cycles(st: LoopStats, warps: int, ctas: int, useful_macs: int = 0) -> dict:
     """SM cycles per loop iteration of one CTA (the SM's throughput: other CTAs share it), from the four bounds of
     the module docstring; ``fraction``: the int8 tensor time of ``useful_macs`` over those cycles."""
@@ -200,7 +209,7 @@ def tile_cycles(st: LoopStats, warps: int, ctas: int, useful_macs: int = 0) -> d
     serialized = st.wait_depth == 0
     bounds = {"mma": mma, "smem": smem, "issue": issue}
     if serialized:
-        bounds["serial"] = (mma + issue) / max(ctas, 1)
+        bounds["serial"] = serial_cycles(mma, issue, ctas)
     cycles = max(bounds.values())
     useful = useful_macs / MAC_PER_CLK["int8"]
     return {"cycles": cycles, "bound": max(bounds, key=bounds.get), "fraction": useful / cycles if cycles else 0.0,

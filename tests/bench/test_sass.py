@@ -23,19 +23,21 @@ def test_estimates_do_not_regress():
     assert p.returncode == 0, p.stdout[-3000:]
 
 
-def test_committed_results_meet_the_goal():
-    """The committed *estimate*: the int8-native group-128 loop at >= 70% of int8 peak on every Wan shape (the packed
-    loop it replaced: < 40%). An estimate only: measured on an H200 (bench/results/sass_vs_h200.md) the model is
-    1.2-1.4x optimistic at 8-warp tiles and 2.6-3.4x at the 4-warp tiles this estimate rests on."""
+def test_committed_estimates_order_the_variants_as_measured():
+    """The committed estimates rank the GEMM loops as the H200 did (bench/results/first_window_h200.md: int8-native
+    1.7-1.8x faster than packed nibbles, per-token scales 12-27% faster than group-128) on every Wan shape. Their
+    absolute level is 1.2-1.5x optimistic (bench/results/sass_vs_h200.md); the >= 70% of int8 peak goal is not
+    reached by any estimate of the group-128 loop (43-51%)."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     shapes = {(r["N"], r["K"]) for r in rows}
     assert len(shapes) == 6
     for nk in shapes:
         best = {}
         for r in rows:
-            if (r["N"], r["K"]) == nk:
+            if (r["N"], r["K"]) == nk and r["kernel"] == "qlinear":
                 best[r["variant"]] = max(best.get(r["variant"], 0), r["fraction"])
-        assert best["W4→int8 g128"] >= 0.70 and best["W4 g128"] < 0.40, (nk, best)
+        assert best["W4 g128"] * 1.2 < best["W4→int8 g128"] < best["W4→int8 per-token"], (nk, best)
+        assert best["W4→int8 g128"] < 0.70, (nk, best)   # the goal is open: say so until a kernel meets it
 
 
 def test_model_on_a_hand_written_loop():
@@ -53,7 +55,9 @@ def test_model_on_a_hand_written_loop():
     c = sass_model.tile_cycles(st, warps=8, ctas=1, useful_macs=128 * 128 * 128)
     assert c["mma_cycles"] == 512 and c["issue_cycles"] == 200 and c["bound"] == "serial"
     assert c["cycles"] == 712 and abs(c["fraction"] - 512 / 712) < 1e-12
-    assert sass_model.tile_cycles(st, warps=8, ctas=2, useful_macs=128 * 128 * 128)["bound"] == "mma"
+    # a second CTA on the SM hides none of the serialized time (CTA_OVERLAP = 0, measured on an H200)
+    two = sass_model.tile_cycles(st, warps=8, ctas=2, useful_macs=128 * 128 * 128)
+    assert sass_model.CTA_OVERLAP == 0.0 and two["bound"] == "serial" and two["cycles"] == 712
     assert sass_model.occupancy(regs=168, shared=98304, warps=4) == 2 and sass_model.occupancy(229, 81920, 8) == 1
 
 
@@ -66,11 +70,15 @@ def test_offline_compile_refuses_the_interpreter():
 
 def test_committed_activation_bytes_per_producer():
     """Where the producer is fused (a norm for K = model dim, the FFN-up epilogue for the FFN-down) the activation
-    quantization adds no bytes; the FFN-up epilogue kernel compiled without spills at its best tile."""
+    quantization adds no bytes; the FFN-up epilogue kernel compiles without spills at a tile where its K loop is as
+    fast as the plain int8 loop's."""
     d = json.loads(RESULTS.read_text())
     rows = d["shapes"]
     downs = [r for r in rows if r["kernel"] == "qlinear" and (r["N"], r["K"]) in ((1536, 8960), (5120, 13824))]
     assert downs and all(r["ffn_epilogue_bytes_share"] <= 0.0 for r in downs)
     assert all(0.0 <= r["ffn_epilogue_added_share"] < 1.0 for r in downs)
     gelu = [r for r in d["kernels"] if r["kernel"] == "gelu_quant" and r.get("ok")]
-    assert any(r["stack"] == 0 and r["fraction"] > 0.9 for r in gelu)
+    plain = {r["tile"]: r["fraction"] for r in d["kernels"]
+             if (r["kernel"], r["variant"]) == ("qlinear", "W4→int8 g128") and r.get("ok")}
+    # the epilogue leaves the K loop as fast as the plain int8 loop at the same tile, without spilling
+    assert any(r["stack"] == 0 and r["fraction"] >= 0.95 * plain[r["tile"]] for r in gelu if r["tile"] in plain)
