@@ -212,6 +212,8 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
         r["agreement"] = safe(agreement)(ql, q, codes, scales, packed, ws, wz, bias, xdt)
         r["times"]["w4a8_per_token"] = t(lambda: ql.qlinear(codes, s_tok, packed, ws, wz, bias, 4, xdt,
                                                             expand=True))
+        best = getattr(ql._qlinear_kernel, "best_config", None)   # the per-token call's own autotune winner
+        r["w4a8_per_token_config"] = str(best) if best is not None else None
         r["times"]["w4a8_packed"] = t(lambda: q(FORCED[0], False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
         r["times"]["act_quant"] = t(lambda: aq.act_quant(x, 8, 128, 128, 0))

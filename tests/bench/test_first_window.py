@@ -22,7 +22,7 @@ def test_dry_run(tmp_path):
         assert not [k for k, v in g["times"].items() if "error" in v], g["times"]
         assert set(g["times"]) >= {"bf16", "w4a8_auto", "w4a8_per_token", "w4a8_packed", "expand", "act_quant",
                                    "gelu_quant"}
-        assert "BLOCK_M" in g["w4a8_auto_config"]
+        assert "BLOCK_M" in g["w4a8_auto_config"] and "BLOCK_M" in g["w4a8_per_token_config"]
     assert d["steps"]["interpreter_tests"]["rc"] == 0
     assert "done" in d["steps"]
     md = (tmp_path / "first_window_dry.md").read_text()   # the markdown report, one row per shape in both tables
