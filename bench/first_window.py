@@ -260,19 +260,6 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
         run.step(f"gemm {n}x{k}", r)
 
 
-def summary(run: Run) -> str:
-    """The GEMM rows as a short table (the device reply carries the end of the output)."""
-    cols = ("bf16", "int_mm", "w4a8_auto", "w4a8_per_token", "w4a8_packed", "expand", "act_quant", "gelu_quant")
-    lines = ["N x K | " + " | ".join(f"{c} ms" for c in cols) + " | speedup vs bf16"]
-    for name, r in run.data["steps"].items():
-        if not name.startswith("gemm "):
-            continue
-        cell = lambda c: (f"{r['times'][c]['ms']:.3f}" if "ms" in r["times"].get(c, {})  # noqa: E731
-                          else ("err" if c in r["times"] else "-"))
-        lines.append(f"{r['N']}x{r['K']} | " + " | ".join(cell(c) for c in cols) + f" | {r.get('speedup_vs_bf16')}")
-    return "\n".join(lines)
-
-
 def render(data: dict) -> str:
     """The run's JSON as a markdown report (``--render``): environment, then one table of times and rates per
     Wan shape, then the shares of the quantization kernels."""
@@ -414,8 +401,9 @@ def main(argv=None) -> int:
     if dev == "cuda" and "e2e" not in a.skip:
         e2e_step(run, out)
     run.step("done", {"elapsed_s": round(time.perf_counter() - run.t0, 1), "estimate": pl})
-    run.path.with_suffix(".md").write_text(render(run.data))
-    print(summary(run), flush=True)
+    report = render(run.data)
+    run.path.with_suffix(".md").write_text(report)
+    print(report, flush=True)   # the device reply carries the end of the output
     return 0
 
 

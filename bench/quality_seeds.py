@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "bench") not in sys.path:
+    sys.path.insert(0, str(ROOT / "bench"))
+
+from quality_compare import paired as paired_stats  # noqa: E402
 
 
 def paired(docs: list[dict], a: str, b: str) -> dict:
-    """Differences ``a − b`` per video pooled over ``docs`` (each a ``dvdq eval`` result holding both rows)."""
-    diffs, per_seed = [], {}
+    """Differences ``a − b`` per video pooled over ``docs`` (each a ``dvdq eval`` result holding both rows); the
+    statistics are ``quality_compare.paired``'s on the concatenated videos."""
+    pa_all, pb_all, per_seed = [], [], {}
     for d in docs:
         rows = {r["label"]: r for r in d["rows"]}
         if a not in rows or b not in rows:
@@ -31,13 +35,14 @@ def paired(docs: list[dict], a: str, b: str) -> dict:
         pa, pb = rows[a].get("psnr_per_video"), rows[b].get("psnr_per_video")
         if not pa or not pb or len(pa) != len(pb):
             raise ValueError(f"seed {d['setup']['seed']}: per-video PSNR missing or of unequal length for {a!r}/{b!r}")
-        dd = [x - y for x, y in zip(pa, pb)]
-        diffs += dd
-        per_seed[d["setup"]["seed"]] = round(statistics.fmean(dd), 3)
-    mean = statistics.fmean(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-    return {"a": a, "b": b, "mean_db": round(mean, 3), "se_db": round(se, 3), "n_videos": len(diffs),
-            "per_seed": per_seed, "outside_2se": abs(mean) > 2 * se}
+        pa_all += pa
+        pb_all += pb
+        per_seed[d["setup"]["seed"]] = round(statistics.fmean(x - y for x, y in zip(pa, pb)), 3)
+    s = paired_stats({"psnr_per_video": pa_all}, {"psnr_per_video": pb_all})
+    if s is None:
+        raise ValueError(f"{a!r} vs {b!r}: fewer than two finite per-video PSNR pairs")
+    return {"a": a, "b": b, "mean_db": round(s["mean"], 3), "se_db": round(s["se"], 3), "n_videos": s["videos"],
+            "per_seed": per_seed, "outside_2se": abs(s["mean"]) > 2 * s["se"]}
 
 
 def psnr_by_seed(docs: list[dict], label: str) -> dict:

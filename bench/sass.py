@@ -187,15 +187,9 @@ def remodel(rec: dict) -> dict:
     memory and issue cycles are properties of the SASS; how they combine is the model's."""
     if not rec.get("ok"):
         return rec
-    r = dict(rec)
-    b = {k: r[f"{k}_cycles"] for k in ("mma", "smem", "issue")}
-    if "serial_cycles" in r:
-        b["serial"] = SM.serial_cycles(r["mma_cycles"], r["issue_cycles"], r["ctas_per_sm"])
-    cycles = max(b.values())
-    useful = r["fraction"] * r["cycles"]   # the int8 tensor clocks of the useful MACs (tile_cycles' numerator)
-    r.update(cycles=cycles, bound=max(b, key=b.get), fraction=useful / cycles if cycles else 0.0,
-             **{f"{k}_cycles": v for k, v in b.items()})
-    return r
+    useful = rec["fraction"] * rec["cycles"]   # the int8 tensor clocks of the useful MACs (tile_cycles' numerator)
+    return {**rec, **SM.combine(rec["mma_cycles"], rec["smem_cycles"], rec["issue_cycles"], "serial_cycles" in rec,
+                                rec["ctas_per_sm"], useful)}
 
 
 def gemm_bytes(m, n, k, group, wbytes):
@@ -362,8 +356,8 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
                      f"{r.get('ffn_epilogue_added_share', '-')} | {r.get('ffn_epilogue_bytes_share', '-')} |")
     lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
               "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
-              "MMA + issue when every wgmma is waited to depth 0: co-resident CTAs hide none of it, as measured); latency, bank conflicts, L2 and "
-              "TMA are not modelled. GEMM time per shape: `cost.gemm_cycles` (tile waves on 132 SMs at 1830 MHz). "
+              "MMA + issue when every wgmma is waited to depth 0: co-resident CTAs hide none of it, as measured); "
+              "latency, bank conflicts, L2 and TMA are not modelled. GEMM time per shape: `cost.gemm_cycles` (tile waves on 132 SMs at 1830 MHz). "
               "Variants: `W4` = packed nibbles unpacked in the K loop (before); `W4→int8` = weights expanded once "
               "per call to int8 q − z (`kernels/expand.py`, its time added) and a pure int8 loop (after); `g128` = "
               "per-(token, 128) activation scales with the fp32 rescale per group; `per-token` = one scale per "

@@ -12,7 +12,7 @@ kernel: instruction counts by class, the ``wgmma`` wait depth, and cycles per lo
 - **serialization**: when every ``wgmma`` is waited to depth 0 before the loop's other work, MMA and issue add up
   within a CTA. Other CTAs on the SM could hide that (``1/ctas`` if they overlapped perfectly); measured on an H200
   (``bench/results/sass_vs_h200.md``) two co-resident 4-warp CTAs hid none of it: with full overlap the model was
-  2.6-3.4x optimistic at those tiles and ranked them first, without it 1.2-1.7x like the 1-CTA tiles. So
+  2.6-3.4x optimistic at those tiles and ranked them first, without it 1.4-1.8x, near the 1-CTA tiles' 1.2-1.4x. So
   :data:`CTA_OVERLAP` = 0: ``serial = (mma + issue) / (1 + CTA_OVERLAP·(ctas − 1))``.
 
 ``cycles = max(mma, smem, issue, serial if serialized)``; ``fraction of peak = mma_useful / cycles``.
@@ -206,11 +206,15 @@ def tile_cycles(st: LoopStats, warps: int, ctas: int, useful_macs: int = 0) -> d
     dispatch = (st.instructions - st.by_class.get("uniform", 0)) * warps_per_smsp
     busiest = max(st.pipe_cycles.values(), default=0) * warps_per_smsp
     issue = max(dispatch, busiest)
-    serialized = st.wait_depth == 0
+    return combine(mma, smem, issue, st.wait_depth == 0, ctas, useful_macs / MAC_PER_CLK["int8"])
+
+
+def combine(mma: float, smem: float, issue: float, serialized: bool, ctas: int, useful: float) -> dict:
+    """The bounds (cycles per CTA loop iteration) as the model combines them: the largest one, which one it is, and
+    ``useful`` (int8 tensor clocks of the useful MACs) over it."""
     bounds = {"mma": mma, "smem": smem, "issue": issue}
     if serialized:
         bounds["serial"] = serial_cycles(mma, issue, ctas)
     cycles = max(bounds.values())
-    useful = useful_macs / MAC_PER_CLK["int8"]
     return {"cycles": cycles, "bound": max(bounds, key=bounds.get), "fraction": useful / cycles if cycles else 0.0,
             **{f"{k}_cycles": v for k, v in bounds.items()}}

@@ -26,7 +26,7 @@ def test_estimates_do_not_regress():
 def test_committed_estimates_order_the_variants_as_measured():
     """The committed estimates rank the GEMM loops as the H200 did (bench/results/first_window_h200.md: int8-native
     1.7-1.8x faster than packed nibbles, per-token scales 12-27% faster than group-128) on every Wan shape. Their
-    absolute level is 1.2-1.5x optimistic (bench/results/sass_vs_h200.md); the >= 70% of int8 peak goal is not
+    absolute level is 1.2-1.8x optimistic (bench/results/sass_vs_h200.md); the >= 70% of int8 peak goal is not
     reached by any estimate of the group-128 loop (43-51%)."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     shapes = {(r["N"], r["K"]) for r in rows}

@@ -52,7 +52,6 @@ def on_cuda(fn):
             c.copy_(g)
         back = {id(g): c for g, c in pairs}
         return _map(res, lambda t: back.get(id(t), t.cpu()))
-    call.__wrapped__ = fn
     return call
 
 
