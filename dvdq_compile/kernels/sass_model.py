@@ -104,7 +104,9 @@ def loops(instrs: list[Instr]) -> list[tuple[int, int]]:
                 target = int(m.group(1), 16)
                 if target < ins.addr and target in index:
                     out.append((index[target], i))
-    return out
+    # an out-of-line retry block after the EXIT (an mbarrier try-wait's) branches back into the code: not a loop
+    exits = [i for i, ins in enumerate(instrs) if ins.base == "EXIT"]
+    return [(a, b) for a, b in out if not any(a < e < b for e in exits)]
 
 
 def hot_loop(instrs: list[Instr]) -> tuple[int, int] | None:
@@ -150,6 +152,10 @@ class LoopStats:
     wait_depth: int | None = None    # min pending wgmma groups allowed at a wait in the loop; None: no wait
     gmma: list = field(default_factory=list)
     local_mem: int = 0           # LDL/STL in the loop (spills)
+    # the instructions issued while no wgmma is in flight (after a wait to depth 0, before the next wgmma): what
+    # cannot overlap the tensor core (non-uniform count and pipe clocks per warp, as above)
+    exposed_instructions: int = 0
+    exposed_pipe_cycles: dict = field(default_factory=dict)
 
 
 def loop_stats(instrs: list[Instr]) -> LoopStats:
@@ -157,12 +163,19 @@ def loop_stats(instrs: list[Instr]) -> LoopStats:
     body = instrs[rng[0]:rng[1] + 1] if rng else instrs
     st = LoopStats(loop=rng is not None, instructions=len(body))
     waits = []
+    in_flight = False            # a loop with a wait to depth 0 drains every wgmma once per iteration
     for ins in body:
         c = _class(ins)
         st.by_class[c] = st.by_class.get(c, 0) + 1
         pipe, cyc = _pipe(ins)
         if pipe:
             st.pipe_cycles[pipe] = st.pipe_cycles.get(pipe, 0) + cyc
+        if not in_flight and not ins.uniform:
+            st.exposed_instructions += 1
+            if pipe:
+                st.exposed_pipe_cycles[pipe] = st.exposed_pipe_cycles.get(pipe, 0) + cyc
+        if _GMMA.match(ins.op):
+            in_flight = True
         if ins.base in ("LDL", "STL"):
             st.local_mem += 1
         m = _GMMA.match(ins.op)
@@ -178,6 +191,7 @@ def loop_stats(instrs: list[Instr]) -> LoopStats:
         if ins.op.startswith("WARPGROUP.DEPBAR"):
             m2 = re.search(r"0x([0-9a-f]+)", ins.args)
             waits.append(int(m2.group(1), 16) if m2 else 0)
+            in_flight = waits[-1] > 0
     st.wait_depth = min(waits) if waits else None
     return st
 
@@ -203,18 +217,26 @@ def tile_cycles(st: LoopStats, warps: int, ctas: int, useful_macs: int = 0) -> d
     mma = sum(v * wgs / MAC_PER_CLK[dt] for dt, v in st.macs.items())
     smem = st.smem_bytes * wgs / SMEM_BYTES_PER_CLK
     warps_per_smsp = warps / SMSP
-    dispatch = (st.instructions - st.by_class.get("uniform", 0)) * warps_per_smsp
-    busiest = max(st.pipe_cycles.values(), default=0) * warps_per_smsp
-    issue = max(dispatch, busiest)
-    return combine(mma, smem, issue, st.wait_depth == 0, ctas, useful_macs / MAC_PER_CLK["int8"])
+
+    def issue_of(instructions, pipe_cycles):
+        return max(instructions * warps_per_smsp, max(pipe_cycles.values(), default=0) * warps_per_smsp)
+
+    issue = issue_of(st.instructions - st.by_class.get("uniform", 0), st.pipe_cycles)
+    exposed = issue_of(st.exposed_instructions, st.exposed_pipe_cycles)
+    return combine(mma, smem, issue, st.wait_depth == 0, ctas, useful_macs / MAC_PER_CLK["int8"], exposed)
 
 
-def combine(mma: float, smem: float, issue: float, serialized: bool, ctas: int, useful: float) -> dict:
+def combine(mma: float, smem: float, issue: float, serialized: bool, ctas: int, useful: float,
+            exposed: float | None = None) -> dict:
     """The bounds (cycles per CTA loop iteration) as the model combines them: the largest one, which one it is, and
-    ``useful`` (int8 tensor clocks of the useful MACs) over it."""
+    ``useful`` (int8 tensor clocks of the useful MACs) over it. ``exposed``: the issue cycles of the instructions
+    that run while no wgmma is in flight (None: all of ``issue``, as when every wgmma is waited at once)."""
     bounds = {"mma": mma, "smem": smem, "issue": issue}
     if serialized:
-        bounds["serial"] = serial_cycles(mma, issue, ctas)
+        bounds["serial"] = serial_cycles(mma, issue if exposed is None else exposed, ctas)
     cycles = max(bounds.values())
-    return {"cycles": cycles, "bound": max(bounds, key=bounds.get), "fraction": useful / cycles if cycles else 0.0,
-            **{f"{k}_cycles": v for k, v in bounds.items()}}
+    out = {"cycles": cycles, "bound": max(bounds, key=bounds.get), "fraction": useful / cycles if cycles else 0.0,
+           **{f"{k}_cycles": v for k, v in bounds.items()}}
+    if serialized and exposed is not None:
+        out["exposed_cycles"] = exposed
+    return out
