@@ -54,12 +54,13 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
+                 "gluon_g128", "gluon_per_token", "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
                  "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
     compiles = {
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
+        "gluon_qlinear group-128 and per-token": 2,
         "expand": 1,
         "act_quant (one config)": 1,
         "norm_quant (autotune set of 3)": 3,
@@ -214,6 +215,15 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                             expand=True))
         best = getattr(ql._qlinear_kernel, "best_config", None)   # the per-token call's own autotune winner
         r["w4a8_per_token_config"] = str(best) if best is not None else None
+        if dev == "cuda":   # the Gluon kernel with the rescale under the next wgmma (kernels/gluon_qlinear.py)
+            from dvdq_compile.kernels import gluon_qlinear as gql
+            ws1 = ws.reshape(-1).float().contiguous()
+            gl_out = torch.empty(m, n, device=dev, dtype=xdt)
+            for name, sc, pt in (("gluon_g128", scales, False), ("gluon_per_token", s_tok, True)):
+                r["times"][name] = t(lambda sc=sc, pt=pt: gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out, pt))
+                r[f"{name}_bit_exact"] = safe(lambda sc=sc, pt=pt: torch.equal(
+                    gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out, pt),
+                    ql.qlinear(codes, sc, packed, ws, wz, bias, 4, xdt, expand=True)))()
         r["times"]["w4a8_packed"] = t(lambda: q(FORCED[0], False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
         r["times"]["act_quant"] = t(lambda: aq.act_quant(x, 8, 128, 128, 0))

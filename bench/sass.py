@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 
 from dvdq_compile.kernels import act_quant as A  # noqa: E402
@@ -37,6 +38,7 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import cost  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
 from dvdq_compile.kernels import gelu_quant as GQ  # noqa: E402
+from dvdq_compile.kernels import gluon_qlinear as GQL  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
 from dvdq_compile.kernels import sass_model as SM  # noqa: E402
@@ -60,6 +62,8 @@ GELU_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32",
             "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
             "M_BUCKET": "i32", "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32",
             "stride_csm": "i32"}
+GLUON_SIG = {"s_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+             "stride_sm": "i32"}   # + the TMA descriptors a_desc, w_desc, c_desc (GQL.desc_type)
 # (FFN-up (N, K), its FFN-down (N, K)) on Wan 1.3B / 14B: the FFN-up GEMM's epilogue writes the FFN-down's codes
 FFN_PAIRS = (((8960, 1536), (1536, 8960)), ((13824, 5120), (5120, 13824)))
 GELU_VARIANT = "W4→int8 g128 +GELU→A8 g128 r128"
@@ -83,12 +87,22 @@ class Spec:
     elems: int = 0
     wbytes: float = 0.5
     group: int = 128
+    block: tuple | None = None    # (BLOCK_M, BLOCK_N) where they are not constexprs (Gluon: the TMA boxes)
+
+    @property
+    def bm(self) -> int:
+        return self.block[0] if self.block else self.const["BLOCK_M"]
+
+    @property
+    def bn(self) -> int:
+        return self.block[1] if self.block else self.const["BLOCK_N"]
 
     @property
     def tile(self) -> str:
         c = self.const
-        if "BLOCK_N" in c:
-            return f"{c['BLOCK_M']}x{c['BLOCK_N']}/{self.warps}w/{self.stages}s"
+        if self.block or "BLOCK_N" in c:
+            unroll = f"/u{c['UNROLL']}" if c.get("UNROLL", 1) > 1 else ""
+            return f"{self.bm}x{self.bn}/{self.warps}w/{self.stages}s{unroll}"
         return f"{c['BLOCK_M']}x{c.get('T', '')}/{self.warps}w"
 
 
@@ -127,6 +141,14 @@ def gemm_specs(quick: bool) -> list[Spec]:
         const = dict(QMAX=127, GROUP_K=128, PER_TOKEN=False, PACK=2, ROT=128, ROT_MODE=T.ROT_PM1,
                      ROT_SCALE=128 ** -0.5, USE_RINT=True, HAS_BIAS=True, **kw)
         out.append(Spec("fused", "W4A8 g128 r128", F._fused_qlinear_kernel, FUSED_SIG, const, w, st, k_iter=128))
+    for bm, bn, w, st, u in GQL.TILES[:2] if quick else GQL.TILES:
+        sig = dict(GLUON_SIG, a_desc=GQL.desc_type(bm), w_desc=GQL.desc_type(bn),
+                   c_desc=GQL.desc_type(bm, bn, torch.bfloat16))
+        per_token = (bm, bn, w, st, u) == GQL.PER_TOKEN_TILE
+        const = dict(HAS_BIAS=True, GROUP_M=8, STAGES=st, num_warps=w, PER_TOKEN=per_token, UNROLL=u)
+        out.append(Spec("gluon_qlinear", "W4→int8 per-token" if per_token else "W4→int8 g128",
+                        GQL._gluon_qlinear_kernel, sig, const, w, st, k_iter=128 * u, wbytes=1.0,
+                        group=0 if per_token else 128, block=(bm, bn)))
     return out
 
 
@@ -168,8 +190,9 @@ def analyse(spec: Spec) -> dict:
                pipe_cycles=st.pipe_cycles, wait_depth=st.wait_depth, gmma=sorted(set(map(tuple, st.gmma))),
                macs=st.macs, smem_bytes=st.smem_bytes, local_mem=st.local_mem)
     if spec.k_iter:
-        c = spec.const
-        useful = c["BLOCK_M"] * c["BLOCK_N"] * spec.k_iter
+        if spec.kernel == "gluon_qlinear":   # K per loop iteration from its wgmmas (ptxas may unroll the loop)
+            spec.k_iter = st.macs.get("int8", 0) * max(spec.warps // 4, 1) // (spec.bm * spec.bn) or spec.k_iter
+        useful = spec.bm * spec.bn * spec.k_iter
         rec.update(k_iter=spec.k_iter, **SM.tile_cycles(st, spec.warps, ctas, useful))
     else:
         rec.update(elems=spec.elems, **SM.tile_cycles(st, spec.warps, ctas))
@@ -189,7 +212,7 @@ def remodel(rec: dict) -> dict:
         return rec
     useful = rec["fraction"] * rec["cycles"]   # the int8 tensor clocks of the useful MACs (tile_cycles' numerator)
     return {**rec, **SM.combine(rec["mma_cycles"], rec["smem_cycles"], rec["issue_cycles"], "serial_cycles" in rec,
-                                rec["ctas_per_sm"], useful)}
+                                rec["ctas_per_sm"], useful, rec.get("exposed_cycles"))}
 
 
 def gemm_bytes(m, n, k, group, wbytes):
@@ -241,9 +264,11 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             if not r.get("ok") or "k_iter" not in r:
                 continue
             s = by_name[(r["kernel"], r["variant"], r["tile"])]
-            bm, bn = s.const["BLOCK_M"], s.const["BLOCK_N"]
+            bm, bn = s.bm, s.bn
             if r["kernel"] == "gelu_quant" and (n, k) not in [up for up, _ in FFN_PAIRS]:
                 continue   # the epilogue kernel runs the FFN-up GEMMs only
+            if r["kernel"] == "gluon_qlinear" and s.group and (k // 128) % s.const["UNROLL"]:
+                continue   # the compiled loop only (a K whose groups it does not divide adds a two-group tail)
             outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
             if r["kernel"] == "gelu_quant":   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
                 outside += bm * bn * s.const["ROT"] / SM.MAC_PER_CLK["fp16"]
@@ -368,7 +393,8 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
 # what tests/bench/test_sass.py recompiles and holds to the committed estimates: the loop before (packed), the
 # two int8-native loops after, at the tiles the instrument ranks best
 CHECK = (("qlinear", "W4 g128", "128x128/8w/3s"), ("qlinear", "W4→int8 g128", "128x64/4w/4s"),
-         ("qlinear", "W4→int8 per-token", "64x128/4w/4s"), ("qlinear", "W4→int8 g128", "128x128/8w/3s"))
+         ("qlinear", "W4→int8 per-token", "64x128/4w/4s"), ("qlinear", "W4→int8 g128", "128x128/8w/3s"),
+         ("gluon_qlinear", "W4→int8 per-token", "128x128/8w/4s"), ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"))
 
 
 def check(committed: Path) -> int:

@@ -35,6 +35,7 @@ def compile_sm90(fn, sig: dict, const: dict, num_warps: int, num_stages: int):
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("compile_sm90 needs a process without TRITON_INTERPRET")
@@ -44,7 +45,9 @@ def compile_sm90(fn, sig: dict, const: dict, num_warps: int, num_stages: int):
     div = [a for a in fn.arg_names if a not in const and (full[a].startswith("*") or a.startswith("stride")
                                                            or a == "K")]
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in div}
-    return triton.compile(ASTSource(fn, full, constexprs=const, attrs=attrs), target=GPUTarget("cuda", SM90, 32),
+    source = (GluonASTSource if getattr(fn, "is_gluon", lambda: False)() else ASTSource)(fn, full, constexprs=const,
+                                                                                         attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", SM90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 

@@ -37,6 +37,7 @@ import triton.language as tl
 
 from . import capability
 from .capability import pack_factor
+from . import gluon_qlinear as GQL
 from .expand import expand_weight
 from .tl_common import (
     INTERPRET,
@@ -251,6 +252,10 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
     config instead of autotuning (benchmarks of single configs)."""
     o = operands(codes, scales, packed, wscale, wzero, bias, wbits, expand)
     n = packed.shape[0]
+    if (not partials and config is None and GQL.use_gluon()
+            and GQL.supported(o.k, o.ga, o.expanded, n, out.dtype) is None):
+        GQL.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias is not None else None, out, o.per_token)  # opt-in
+        return
     kernel, forced = with_config(_qlinear_kernel, config)
     kernel[gemm_grid(o.m, n)](
         o.a, o.s, o.w, o.ws, o.wz, o.b, out, o.m, n, o.k, m_bucket(o.m),

@@ -19,7 +19,7 @@ def test_estimates_do_not_regress():
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "sass.py"), "--check", str(RESULTS)], env=env,
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
-    assert len(lines) == 4, p.stdout[-2000:] + p.stderr[-2000:]
+    assert len(lines) == 6, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.returncode == 0, p.stdout[-3000:]
 
 
@@ -37,7 +37,26 @@ def test_committed_estimates_order_the_variants_as_measured():
             if (r["N"], r["K"]) == nk and r["kernel"] == "qlinear":
                 best[r["variant"]] = max(best.get(r["variant"], 0), r["fraction"])
         assert best["W4 g128"] * 1.2 < best["W4→int8 g128"] < best["W4→int8 per-token"], (nk, best)
-        assert best["W4→int8 g128"] < 0.70, (nk, best)   # the goal is open: say so until a kernel meets it
+        assert best["W4→int8 g128"] < 0.70, (nk, best)   # the Triton loop cannot: its int32 wgmmas are synchronous
+
+
+def test_committed_estimates_of_the_gluon_kernel():
+    """The Gluon kernel (rescale under the next wgmma; kernels/gluon_qlinear.py) against the Triton loop on the same
+    terms, per Wan shape (nothing measured yet): per-token reaches >= 70% of int8 peak on every shape, group 128 on
+    the K >= 5120 shapes only; at K = 1536 (12 groups per tile) the prologue and epilogue outside the K loop hold it
+    near 60%: the goal is open there, and this says so until a kernel meets it."""
+    rows = json.loads(RESULTS.read_text())["shapes"]
+    for nk in {(r["N"], r["K"]) for r in rows}:
+        best = {}
+        for r in rows:
+            if (r["N"], r["K"]) == nk and r["kernel"] in ("qlinear", "gluon_qlinear"):
+                key = (r["kernel"], r["variant"])
+                best[key] = max(best.get(key, 0), r["fraction"])
+        g, t = ("gluon_qlinear", "W4→int8 g128"), ("qlinear", "W4→int8 g128")
+        pg, pt = ("gluon_qlinear", "W4→int8 per-token"), ("qlinear", "W4→int8 per-token")
+        assert best[g] > best[t] * 1.3 and best[pg] > best[pt] * 1.15, (nk, best)
+        assert best[pg] >= 0.70, (nk, best)
+        assert (best[g] >= 0.70) == (nk[1] >= 5120), (nk, best)
 
 
 def test_model_on_a_hand_written_loop():
@@ -82,3 +101,23 @@ def test_committed_activation_bytes_per_producer():
              if (r["kernel"], r["variant"]) == ("qlinear", "W4→int8 g128") and r.get("ok")}
     # the epilogue leaves the K loop as fast as the plain int8 loop at the same tile, without spilling
     assert any(r["stack"] == 0 and r["fraction"] >= 0.95 * plain[r["tile"]] for r in gelu if r["tile"] in plain)
+
+
+def test_model_counts_only_the_work_outside_the_wgmmas_in_flight():
+    """A loop that keeps one wgmma in flight under the first rescale (wait to depth 1) and drains before the second
+    (depth 0): only what runs with nothing in flight adds to the MMA time. An out-of-line try-wait retry block after
+    the EXIT, branching back into the loop, is not a loop."""
+    body = ["WARPGROUP.ARRIVE"] + ["IGMMA.64x128x32.S8.S8 R24, gdesc[UR8], R24"] * 2 + \
+        ["IGMMA.64x128x32.S8.S8 R88, gdesc[UR8], R88"] * 2 + ["WARPGROUP.DEPBAR.LE gsb0, 0x1"] + \
+        ["I2FP.F32.S32 R3, R24"] * 20 + ["WARPGROUP.DEPBAR.LE gsb0, 0x0"] + ["I2FP.F32.S32 R3, R88"] * 10 + \
+        ["@P6 BRA 0x0100", "EXIT", "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4], R2", "@!P0 BRA 0x0110"]
+    sass = "\n".join(f"        /*{0x100 + 16 * i:04x}*/                   {ins} ;" for i, ins in enumerate(body))
+    ins = sass_model.parse(sass)
+    assert sass_model.hot_loop(ins) == (0, 37) and sass_model.loops(ins) == [(0, 37)]
+    st = sass_model.loop_stats(ins)
+    # exposed: ARRIVE, the first IGMMA (issued with nothing in flight), the last 10 I2FP and the branch
+    assert st.wait_depth == 0 and st.exposed_instructions == 13 and st.exposed_pipe_cycles == {"alu": 20}
+    c = sass_model.tile_cycles(st, warps=8, ctas=1, useful_macs=128 * 128 * 128)
+    # 8 warps = 2 per SMSP: MMA 512, issue max(38 x 2, 30 x 2 x 2) = 120, exposed max(13 x 2, 20 x 2) = 40
+    assert c["mma_cycles"] == 512 and c["issue_cycles"] == 120 and c["exposed_cycles"] == 40
+    assert c["bound"] == "serial" and c["cycles"] == 552

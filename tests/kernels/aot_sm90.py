@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import bgr as B  # noqa: E402
 from dvdq_compile.kernels import expand as E  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import gluon_qlinear as GQL  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
 from dvdq_compile.kernels import tl_common as T  # noqa: E402
@@ -44,6 +46,9 @@ def compile_one(name, autotuned, sig, const, num_warps, num_stages):
     rec.update(ok=True, wgmma=k.asm["ptx"].count("wgmma.mma_async"))
     if aot.CUOBJDUMP.exists():
         rec.update(aot.resources(k))
+        # wgmma waits ptxas kept at depth >= 1 (it rewrites them all to 0 when it serializes the wgmmas)
+        rec["async_waits"] = sum(int(d, 16) > 0 for d in re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x([0-9a-f]+)",
+                                                                    aot.sass(k)))
     return rec
 
 
@@ -118,6 +123,18 @@ def norm_specs():
         yield "norm_quant bf16 g128 r128", NQ._norm_quant_kernel, sig, const, c.num_warps, c.num_stages
 
 
+def gluon_specs():
+    """The Gluon W4A8 kernel at every tile its dispatch uses (kernels/gluon_qlinear.py)."""
+    for bm, bn, w, st, u in GQL.TILES:
+        sig = {"a_desc": GQL.desc_type(bm), "w_desc": GQL.desc_type(bn), "c_desc": GQL.desc_type(bm, bn, GQL.torch.bfloat16),
+              
+               "s_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+               "stride_sm": "i32"}
+        per_token = (bm, bn, w, st, u) == GQL.PER_TOKEN_TILE
+        const = dict(PER_TOKEN=per_token, HAS_BIAS=True, UNROLL=u, GROUP_M=8, STAGES=st, num_warps=w)
+        yield f"gluon_qlinear {'per-token' if per_token else f'g128 u{u}'}", GQL._gluon_qlinear_kernel, sig, const, w, st
+
+
 def expand_specs():
     sig = {"p_ptr": "*u8", "z_ptr": "*i32", "out_ptr": "*i8", "N": "i32", "KH": "i32", "stride_pn": "i32",
            "stride_on": "i32"}
@@ -130,7 +147,7 @@ def main(argv=None) -> int:
     assert not T.INTERPRET and T.USE_RINT, "run without TRITON_INTERPRET"
     ok = True
     for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs), *bgr_specs(),
-                 *expand_specs(), *norm_specs()):
+                 *expand_specs(), *norm_specs(), *gluon_specs()):
         rec = compile_one(*spec)
         ok &= rec["ok"]
         print(json.dumps(rec), flush=True)

@@ -1,0 +1,257 @@
+"""W4A8 GEMM on int8-expanded weights in Gluon, with the per-group rescale overlapped with the next group's wgmma.
+
+Same contract as the int8-native path of :mod:`.qlinear` (reference: :func:`dvdq_compile.quant.qlinear_ref`)::
+
+    y[m, n] = Δ[n] · Σ_g s[m, g] · P_g[m, n]  + bias[n],   P_g = Σ_{k∈g} xq[m, k] · (q[n, k] − z[n])  (int32)
+
+with ``q − z`` already expanded to int8 [N, K] (:mod:`.expand`), and the fp32 sum taken in group order, the
+reference's order, so it gives the Triton kernel's numbers to the bit on the same device.
+
+Why Gluon: Triton's software pipeliner makes a ``wgmma`` asynchronous only when its accumulator is fp32 (rule
+2.1 of ``WGMMAPipeline.cpp``, Triton 3.6/3.7); an int8 ``tl.dot`` accumulates in int32, so every one is followed by
+``wgmma.wait_group 0`` and the tensor core idles while the CUDA cores convert and rescale the group's partial sum
+(``bench/results/sass.md``: MMA + issue add up; 53% of int8 peak at best for group 128). Gluon exposes the wait:
+group ``g + 1``'s wgmma is issued into a second int32 accumulator before group ``g``'s partial is rescaled, and the
+wait keeps one group in flight (``warpgroup_mma_wait(1)``). The two accumulators alternate by unrolling the group
+loop by two (a loop-carried swap would make ptxas serialize), so the number of groups must be even (``K / 128``
+is on every Wan linear). Operands come through TMA into a ``STAGES``-deep shared-memory ring with one mbarrier
+per slot; a slot is refilled once the wgmma that read it is known complete. Per-token scales (one group of K)
+accumulate all K steps into one int32 accumulator with the same one-in-flight wait.
+
+Cost (as :mod:`.qlinear` on expanded weights): ``2·M·N·K`` int8 MACs, ``2·M·N·K/128`` fp32 ops for the rescale;
+bytes ``M·K`` codes + ``4·M·K/128`` scales + ``N·K`` weights + ``8·N`` + ``2·M·N`` out, each operand once.
+
+Not in the interpreter: Gluon kernels only compile for a GPU, so the CPU side checks that it compiles for sm_90
+without spills and what its SASS allows (``bench/sass.py``); the GPU tests compare it bit for bit with the Triton
+kernel and within tolerance with the reference. Dispatch uses it only when ``DVDQ_GLUON=1`` until a GPU has
+confirmed it (``use_gluon``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                             warpgroup_mma_wait)
+
+BLOCK_K = 128                  # one K step = one activation group (group 128) and one TMA box
+UNROLLS = (12, 10, 6, 4, 2)     # groups per loop iteration, the largest that divides K/128 (unroll_for)
+# (BLOCK_M, BLOCK_N, warps, stages, groups per iteration), compiled and modelled offline (bench/sass.py, sm_90).
+# Group 128: 128x64 / 8 warps (two int32 partials and the fp32 sum: 128-180 registers); at 128x128 the same code
+# takes 242 registers and ptxas then sinks the first rescale below the last wait, where nothing overlaps it.
+# Per-token: 128x128 / 8 warps (one partial, 122 registers).
+GROUPED_TILES = tuple((128, 64, 8, 8, u) for u in UNROLLS)
+PER_TOKEN_TILE = (128, 128, 8, 4, 1)
+TILES = (PER_TOKEN_TILE, *GROUPED_TILES)
+
+
+@gluon.jit
+def _load(step, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, pred, STAGES: gl.constexpr):
+    # predicated, not branched (a branch in the K loop is one more thing ptxas's wgmma analysis must see through)
+    slot = step % STAGES
+    mbarrier.expect(bars.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(a_desc, [off_m, step * a_desc.block_type.shape[1]], bars.index(slot),
+                                    a_bufs.index(slot), pred=pred)
+    tma.async_copy_global_to_shared(w_desc, [off_n, step * w_desc.block_type.shape[1]], bars.index(slot),
+                                    w_bufs.index(slot), pred=pred)
+
+
+@gluon.jit
+def _issue(step, a_bufs, w_bufs, bars, acc, use_acc, STAGES: gl.constexpr):
+    """Wait for step ``step``'s operands, then start its wgmma (async) into ``acc``."""
+    slot = step % STAGES
+    mbarrier.wait(bars.index(slot), (step // STAGES) & 1)
+    return warpgroup_mma(a_bufs.index(slot), w_bufs.index(slot).permute((1, 0)), acc, use_acc=use_acc,
+                         is_async=True)
+
+
+@gluon.jit
+def _retire(p, done, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n,
+            STAGES: gl.constexpr):
+    """Step ``done``'s wgmma has completed (its partial ``p``): refill its slot with step ``done + STAGES`` and add
+    ``s[:, done] · float(p)`` to ``acc``."""
+    _load(done + STAGES, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, done + STAGES < n_steps, STAGES)
+    s = gl.load(s_rows + done, mask=mask_m, other=0.0)
+    return acc + p.to(gl.float32) * s[:, None]
+
+
+@gluon.jit
+def _groups(g, UNROLL: gl.constexpr, n_steps, acc, pa, pb, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars,
+            off_m, off_n, STAGES: gl.constexpr):
+    """Groups ``g .. g + UNROLL − 1`` (UNROLL even), alternating between the int32 partials ``pa`` / ``pb``: group
+    i + 2's wgmma is issued as soon as group i's partial is rescaled, so each rescale runs under the other partial's
+    wgmma; only the last rescale is exposed. Everything is waited for before returning: nothing may be in flight
+    across a loop's back-edge, because ptxas cannot follow wgmma completion around a loop and then serializes every
+    wgmma (warning C7514; found compiling this kernel offline). Unrolled at trace time (static_range)."""
+    pa = _issue(g, a_bufs, w_bufs, bars, pa, False, STAGES)
+    pb = _issue(g + 1, a_bufs, w_bufs, bars, pb, False, STAGES)
+    for i in gl.static_range(0, UNROLL - 2, 2):
+        # acc goes through each wait too: it pins the previous rescale before the wait (else LLVM sinks it below
+        # the last wait(0), where nothing overlaps it: seen in the SASS)
+        pa, acc = warpgroup_mma_wait(1, deps=(pa, acc))
+        acc = _retire(pa, g + i, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n,
+                      STAGES)
+        pa = _issue(g + i + 2, a_bufs, w_bufs, bars, pa, False, STAGES)
+        pb, acc = warpgroup_mma_wait(1, deps=(pb, acc))
+        acc = _retire(pb, g + i + 1, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m,
+                      off_n, STAGES)
+        pb = _issue(g + i + 3, a_bufs, w_bufs, bars, pb, False, STAGES)
+    pa, acc = warpgroup_mma_wait(1, deps=(pa, acc))
+    acc = _retire(pa, g + UNROLL - 2, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m,
+                  off_n, STAGES)
+    pb, acc = warpgroup_mma_wait(0, deps=(pb, acc))
+    acc = _retire(pb, g + UNROLL - 1, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m,
+                  off_n, STAGES)
+    return acc, pa, pb
+
+
+@gluon.jit
+def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, M, N, K, stride_sm,
+                          PER_TOKEN: gl.constexpr, HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr,
+                          GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    # warps stacked along M (16 rows per warp, 64 per warpgroup); one instruction spans the tile's width
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                     instr_shape=[16, BLOCK_N, 32])
+
+    # the same grouped tile order as tl_common.swizzle (L2 reuse of the activation rows)
+    pid = gl.program_id(0)
+    grid_m = gl.cdiv(M, BLOCK_M)
+    grid_n = gl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    rows = gl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    # 32-bit row offsets (M · K/128 scales stay far below 2^31; fewer live registers)
+    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    s_rows = s_ptr + offs_m * stride_sm
+
+    a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BK], a_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BK], w_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    n_steps = K // BK
+    for i in gl.static_range(STAGES):
+        _load(i, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, i < n_steps, STAGES)
+
+    if PER_TOKEN:
+        # one int32 accumulator over all of K, one wgmma in flight (same-accumulator wgmmas chain in hardware)
+        p = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
+        for step in range(0, n_steps):
+            p = _issue(step, a_bufs, w_bufs, bars, p, step > 0, STAGES)
+            p = warpgroup_mma_wait(1, deps=(p, ))
+            # step − 1's wgmma is complete: its slot takes step − 1 + STAGES
+            prev = step - 1 + STAGES
+            _load(prev, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, (step > 0) & (prev < n_steps), STAGES)
+        p = warpgroup_mma_wait(0, deps=(p, ))
+        s = gl.load(s_rows, mask=mask_m, other=0.0)
+        acc = p.to(gl.float32) * s[:, None]
+    else:
+        # UNROLL groups per iteration, alternating between two int32 partials: group i + 2's wgmma is issued as soon
+        # as group i's partial is rescaled, so each rescale runs under the other partial's wgmma. Only the last
+        # rescale of an iteration is exposed: nothing may be in flight across the loop's back-edge, because ptxas
+        # cannot follow wgmma completion around a loop and then serializes every wgmma (warning C7514; found
+        # compiling this kernel offline). The iteration is unrolled at trace time (static_range).
+        acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout)
+        pa = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
+        pb = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
+        for g in range(0, n_steps, UNROLL):    # UNROLL divides the number of groups (unroll_for)
+            acc, pa, pb = _groups(g, UNROLL, n_steps, acc, pa, pb, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs,
+                                  bars, off_m, off_n, STAGES)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+
+    # epilogue, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n])); out through shared memory and a
+    # TMA store (it clips the ragged edges: no masks, one bulk copy instead of a store per element pair)
+    ws = gl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+    acc = acc * ws[None, :]
+    if HAS_BIAS:
+        b = gl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32)
+        acc = acc + b[None, :]
+    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+    c_smem.store(acc.to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+    tma.store_wait(pendings=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# host side
+
+_GL_DTYPE = {torch.int8: gl.int8, torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+_SIG_DTYPE = {torch.int8: "i8", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def smem_layout(rows: int, cols: int = BLOCK_K, dtype: torch.dtype = torch.int8):
+    """The NVMMA shared layout of a [rows, cols] TMA box (the widest swizzle that fits)."""
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], _GL_DTYPE[dtype])
+
+
+def desc_type(rows: int, cols: int = BLOCK_K, dtype: torch.dtype = torch.int8) -> str:
+    """The kernel signature's type of a TMA descriptor argument (for offline compiles: kernels/aot.py)."""
+    return f"tensordesc<{_SIG_DTYPE[dtype]}[{rows}, {cols}],{smem_layout(rows, cols, dtype)!r}>"
+
+
+def supported(k: int, ga: int, expanded: bool, n: int = 0, out_dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """Why this kernel cannot run a call (None: it can): int8-expanded weights, K a multiple of 128, group 128
+    with an even number of groups, or per-token; an output TMA can address (16-byte rows: N·e a multiple of 16)."""
+    if out_dtype not in _GL_DTYPE or out_dtype == torch.int8:
+        return f"output dtype {out_dtype}: only bf16, fp16, fp32"
+    if n * torch.empty((), dtype=out_dtype).element_size() % 16:
+        return f"N={n} rows of {out_dtype} are not a multiple of 16 bytes (the TMA store)"
+    if not expanded:
+        return "needs int8-expanded weights (kernels/expand.py)"
+    if k % BLOCK_K:
+        return f"K={k} is not a multiple of {BLOCK_K}"
+    if ga != k and ga != BLOCK_K:
+        return f"activation group {ga}: only {BLOCK_K} or per-token (K)"
+    if ga == BLOCK_K and (k // BLOCK_K) % 2:
+        return f"K={k} has an odd number of 128-groups (the group loop runs two at a time)"
+    return None
+
+
+def use_gluon() -> bool:
+    """Opt-in (``DVDQ_GLUON=1``) until a GPU has measured it; the Triton kernel stays the default."""
+    return os.environ.get("DVDQ_GLUON", "0") == "1" and torch.cuda.is_available()
+
+
+def unroll_for(n_groups: int) -> int:
+    """Groups per loop iteration for ``n_groups`` (even): the largest of :data:`UNROLLS` that divides it."""
+    return next(u for u in UNROLLS if n_groups % u == 0)
+
+
+def gluon_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
+                  out: torch.Tensor, per_token: bool) -> torch.Tensor:
+    """``out`` [M, N] = the W4A8 GEMM of int8 codes ``a`` [M, K] with fp32 scales ``s`` [M, K/128] (per-token
+    [M, 1]) and int8-expanded weights ``w`` [N, K], Δ ``ws`` [N] fp32, optional ``bias`` [N]. CUDA only; the
+    caller checks :func:`supported`."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    m, k = a.shape
+    n = w.shape[0]
+    if per_token:
+        bm, bn, warps, stages, unroll = PER_TOKEN_TILE
+    else:
+        bm, bn, warps, stages, _ = GROUPED_TILES[0]
+        unroll = unroll_for(k // BLOCK_K)
+    a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
+    w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
+    c_desc = TensorDescriptor.from_tensor(out, [bm, bn], smem_layout(bm, bn, out.dtype))
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, m, n, k,
+                                s.stride(0), PER_TOKEN=per_token, HAS_BIAS=bias is not None,
+                                UNROLL=unroll, GROUP_M=8, STAGES=stages,
+                                num_warps=warps)
+    return out
