@@ -155,6 +155,7 @@ ROWS = [
     Row("torchao fp8 row-wise", "torchao_fp8", cuda_only=True),
     Row("dvdquant W4A8", "dvdquant", {"act_bits": 8}, profile=True),
     Row("dvdquant W4A8 per-token", "dvdquant", {"act_bits": 8, "act_scale": "token"}),   # the fastest GEMM measured
+    Row("dvdquant W4A8 fuse_attn", "dvdquant", {"act_bits": 8, "fuse_attn": "on"}),   # to_out's codes from attention
     Row("dvdquant W4A4", "dvdquant", {"act_bits": 4}),
     Row("dvdquant W4A8 free_weights", "dvdquant", {"act_bits": 8, "free_weights": True}),
     Row("dvdquant W4A8 + CUDA graphs", "dvdquant", {"act_bits": 8}, mode="reduce-overhead", cuda_only=True),

@@ -75,6 +75,9 @@ ALLOWED: dict[str, str] = {
     "fuse_gelu": f"one of {FUSE_NORM}; 'auto' = on with Triton kernels on CUDA: quantize the FFN-down's input in the "
                  "FFN-up GEMM's epilogue (GELU -> rotate -> quantize) when the FFN-up is a quantized linear read only "
                  "by the GELU",
+    "fuse_attn": f"one of {FUSE_NORM}; default 'off' (its speed is not measured yet); 'on' quantizes to_out's input in "
+                 "the epilogue of the project's attention kernel, which then replaces the graph's scaled-dot-product "
+                 "attention; 'auto' = on with Triton kernels on CUDA",
     "free_weights": "bool: release the 16-bit storage of quantized weights after their first compiled call "
                     "(eager use then raises; dvdq_compile.restore_weights brings them back)",
     **CACHE_ALLOWED,
@@ -117,6 +120,7 @@ class QuantConfig:
     free_weights: bool = False
     fuse_norm: str = "auto"
     fuse_gelu: str = "auto"
+    fuse_attn: str = "off"
     # step caching (runtime/step_cache.py): reuse the model's prediction on steps the rule says change little
     cache: str = "off"
     cache_threshold: float = 0.1
@@ -246,6 +250,8 @@ class QuantConfig:
             _fail("fuse_norm", self.fuse_norm)
         if self.fuse_gelu not in FUSE_NORM:
             _fail("fuse_gelu", self.fuse_gelu)
+        if self.fuse_attn not in FUSE_NORM:
+            _fail("fuse_attn", self.fuse_attn)
         if self.act_scale == "channel" and self.kernels == "triton":
             raise OptionError("dvdquant option act_scale='channel' is a fake-quant ablation that runs on the "
                               "reference path only; it cannot be combined with kernels='triton'")

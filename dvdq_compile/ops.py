@@ -10,6 +10,9 @@ Ops (shapes: ``x`` [..., K], weights [N, ·], M = prod(leading dims)):
 - ``dvdq::norm_act_quant(x, mult, shift, eps, out_dtype, bits, group, rotate, sign_seed, impl) -> (codes,
   scales)``: ``act_quant`` of ``(layer_norm(x.float(), eps)·mult + shift).to(out_dtype)`` (quantization at its
   producer, inserted by ``passes/producer.py``)
+- ``dvdq::attn_act_quant(q, k, v, scale?, out_dtype, bits, group, rotate, sign_seed, impl) -> (codes int8
+  [B, Sq, H·D], scales fp32 [B, Sq, H·D/group])``: ``act_quant`` of the attention with its heads merged (to_out's
+  input; ``quant/attn.py``, inserted by ``passes/producer.py``)
 - ``dvdq::qlinear(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, impl) -> y [..., N] out_dtype``
 - ``dvdq::qlinear_gelu_quant(codes, scales, packed, wscale, wzero, bias?, wbits, out_dtype, approximate, bits, group,
   rotate, sign_seed, impl) -> (codes int8 [..., N], scales fp32 [..., N/group])``: ``act_quant`` of
@@ -86,6 +89,25 @@ def norm_act_quant(x: Tensor, mult: Tensor, shift: Tensor, eps: float, out_dtype
 @norm_act_quant.register_fake
 def _(x, mult, shift, eps, out_dtype, bits, group, rotate, sign_seed, impl):
     return _codes_like(x, group)
+
+
+@torch.library.custom_op("dvdq::attn_act_quant", mutates_args=())
+def attn_act_quant(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float], out_dtype: torch.dtype, bits: int,
+                   group: int, rotate: int, sign_seed: int, impl: str) -> tuple[Tensor, Tensor]:
+    """``act_quant(sdpa(q, k, v).transpose(1, 2).flatten(2).to(out_dtype), ...)`` in one op: to_out's input quantized
+    in the attention kernel's epilogue (``quant/attn.py``, ``kernels/attn_quant.py``)."""
+    _check_x(q, "attn_act_quant")
+    _check_impl(impl)
+    if impl == "triton":
+        from .kernels.attn_quant import attn_act_quant as kernel
+        return kernel(q, k, v, scale, out_dtype, bits, group, rotate, sign_seed)
+    return quant.attn_quant_ref(q, k, v, scale, out_dtype, bits, group, rotate, sign_seed)
+
+
+@attn_act_quant.register_fake
+def _(q, k, v, scale, out_dtype, bits, group, rotate, sign_seed, impl):
+    b, h, sq, d = q.shape
+    return (q.new_empty((b, sq, h * d), dtype=torch.int8), q.new_empty((b, sq, h * d // group), dtype=torch.float32))
 
 
 @torch.library.custom_op("dvdq::qlinear", mutates_args=())

@@ -47,7 +47,7 @@ class LayerPlan:
     act_kernel: str  # what runs act_quant: triton | reference | -
     op: str  # qlinear | dq_linear (16-bit activations) | dq_channel (per-channel fake-quant) | fp
     fused: frozenset = frozenset()  # the activation variants (bits) that run fused_qlinear instead of the split pair
-    producer: object = None  # passes.producer.NormModulate / GeluOfLinear: the activation is quantized where it is made
+    producer: object = None  # passes.producer.NormModulate / GeluOfLinear / AttentionOut: quantized where it is made
     epilogue: str = ""  # an FFN-up whose GEMM epilogue writes this FFN-down's input codes (passes/producer.py)
 
     @property
@@ -210,4 +210,5 @@ def plan_layers(sites: list[LinearSite], cfg: QuantConfig, recipe, artifacts: li
     if products.smoothing is None and products.extras is None:   # their layers rescale x before quantizing
         layers = producer.assign(layers, cfg.fuse_norm)
         layers = producer.assign_gelu(layers, cfg.fuse_gelu)
+        layers = producer.assign_attention(layers, cfg.fuse_attn)
     return Plan(layers, products, impl, impl_reason, cfg.act_variants)

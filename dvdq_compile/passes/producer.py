@@ -17,6 +17,12 @@ twice and read twice before its codes exist. When the FFN-up is a quantized line
 only by the FFN-down, :func:`assign_gelu` moves the FFN-down's quantization into the FFN-up GEMM's epilogue: the
 FFN-up plan gets ``epilogue`` (the FFN-down's name) and emits ``dvdq::qlinear_gelu_quant`` (``kernels/gelu_quant.py``)
 whose codes the FFN-down reads; the FFN-up's own output, the GELU and the identity dropout leave the graph.
+
+to_out's input is the attention output with its heads merged, ``sdpa(q, k, v).permute(0, 2, 1, 3).flatten(2, 3)``
+cast to the model's dtype (diffusers' processors, native attention backend). When to_out is a quantized linear and
+the only reader, :func:`assign_attention` (option ``fuse_attn``) replaces the chain with ``dvdq::attn_act_quant``
+(``kernels/attn_quant.py``: the project's attention kernel, quantizing in its epilogue); the SDPA call and the
+reshapes leave the graph.
 """
 from __future__ import annotations
 
@@ -55,6 +61,19 @@ class GeluOfLinear:
 
 
 _GELU = (F.gelu, torch._C._nn.gelu)
+_SDPA = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
+
+
+@dataclass(frozen=True)
+class AttentionOut:
+    """``sdpa(q, k, v, scale=scale)`` with its heads merged and cast to ``out_dtype``, found in the graph; ``chain``:
+    the nodes from the SDPA call to the linear's input, in order (each read only by the next)."""
+    q: fx.Node
+    k: fx.Node
+    v: fx.Node
+    scale: float | None
+    out_dtype: torch.dtype
+    chain: tuple
 
 
 def _val(n):
@@ -189,6 +208,102 @@ def match_gelu(x: fx.Node) -> GeluOfLinear | None:
     if _dtype(y) != _dtype(x):
         return None
     return GeluOfLinear(y, tuple(chain), approx if isinstance(approx, str) else "none")
+
+
+def _sdpa_args(n: fx.Node) -> tuple | None:
+    """(q, k, v, scale) of a plain ``scaled_dot_product_attention`` call (no mask, no dropout, not causal, no GQA)."""
+    if n.op != "call_function" or n.target not in _SDPA:
+        return None
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    a = dict(zip(names, n.args)) | dict(n.kwargs)
+    if a.get("attn_mask") is not None or a.get("dropout_p", 0.0) != 0 or a.get("is_causal", False) \
+            or a.get("enable_gqa", False):
+        return None
+    scale = a.get("scale")
+    if not all(isinstance(a.get(k), fx.Node) for k in names[:3]) or not (scale is None or isinstance(scale, float)):
+        return None
+    return a["query"], a["key"], a["value"], scale
+
+
+def _merge_heads(n) -> fx.Node | None:
+    """The [B, H, S, D] input of ``t.permute(0, 2, 1, 3).flatten(2, 3)`` (or ``transpose(1, 2)`` / ``flatten(2)``)."""
+    if not (isinstance(n, fx.Node) and n.op == "call_method" and n.target == "flatten" and not n.kwargs
+            and tuple(n.args[1:]) in ((2, 3), (2,), (2, -1))):
+        return None
+    t = n.args[0]
+    if isinstance(t, fx.Node) and t.op == "call_method" and not t.kwargs and (
+            (t.target == "permute" and tuple(t.args[1:]) in ((0, 2, 1, 3), ((0, 2, 1, 3),)))
+            or (t.target == "transpose" and tuple(t.args[1:]) in ((1, 2), (2, 1)))):
+        return t
+    return None
+
+
+def match_attention(x: fx.Node) -> AttentionOut | None:
+    """The SDPA → merge heads (→ cast) chain that produces ``x`` (to_out's input), each node read only by the next,
+    or None."""
+    out_dtype = _dtype(x)
+    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return None
+    casts = []
+    n = x
+    while isinstance(n, fx.Node) and _is_cast(n):
+        casts.append(n)
+        n = n.args[0]
+    perm = _merge_heads(n)
+    if perm is None or not isinstance(perm.args[0], fx.Node):
+        return None
+    sdpa = perm.args[0]
+    args = _sdpa_args(sdpa)
+    if args is None:
+        return None
+    q, k, v, scale = args
+    qv, xv = _val(q), _val(x)
+    if not isinstance(qv, torch.Tensor) or qv.dim() != 4 or xv is None or xv.dim() != 3 \
+            or xv.shape[-1] != qv.shape[1] * qv.shape[3]:
+        return None
+    chain = (sdpa, perm, n, *reversed(casts))
+    for a, b in zip(chain, chain[1:]):
+        if set(a.users) != {b}:
+            return None
+    return AttentionOut(q, k, v, scale, out_dtype, chain)
+
+
+def assign_attention(layers: list, mode: str) -> list:
+    """``layers`` with to_out's input quantized in the attention kernel's epilogue where the graph and the plans
+    allow (``producer`` an :class:`AttentionOut`); the reasons say so, or why a quantized linear fed by attention was
+    not. ``mode``: the validated ``fuse_attn`` option."""
+    if mode == "off":
+        return layers
+    from ..kernels.attn_quant import unsupported_reason
+
+    out = {}
+    for p in layers:
+        if p.decision != "quantize" or p.op != "qlinear" or p.site.x is None:
+            continue
+        m = match_attention(p.site.x)
+        if m is None:
+            continue
+        triton = p.act_kernel == "triton"
+        if mode == "auto" and not (triton and p.site.device is not None and p.site.device.type == "cuda"):
+            continue   # auto: only where the kernel runs compiled (Triton on CUDA); fuse_attn="on" forces it
+        why = None
+        q, k, v = (_val(t) for t in (m.q, m.k, m.v))
+        if set(p.site.x.users) != {p.site.node}:
+            why = "the merged attention output has other readers"
+        elif p.fused or p.producer is not None:
+            why = "it quantizes its input in a fused kernel already"
+        elif p.act_group == p.k:
+            why = "a per-token activation scale spans the heads (the epilogue holds one head's channels)"
+        else:
+            why = unsupported_reason(tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, m.out_dtype,
+                                     p.act_group, p.rotate)
+        if why:
+            out[p.name] = dataclasses.replace(p, reason=f"{p.reason}; attention producer not fused: {why}")
+        else:
+            out[p.name] = dataclasses.replace(
+                p, producer=m, reason=f"{p.reason}; activation quantized in its producer (the attention kernel's "
+                                      "epilogue, dvdq::attn_act_quant)")
+    return [out.get(p.name, p) for p in layers]
 
 
 def assign_gelu(layers: list, mode: str) -> list:

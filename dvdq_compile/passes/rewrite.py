@@ -23,7 +23,7 @@ from ..quant.pack import packed_shape
 from ..quant.qweight import WeightSpec
 from .linear_ops import GraphBuilder, act_codes, emit, emit_extras
 from .plan import Plan
-from .producer import GeluOfLinear, NormModulate, chain_op
+from .producer import AttentionOut, GeluOfLinear, NormModulate, chain_op
 from .smooth import scale_key
 
 
@@ -147,6 +147,14 @@ def _norm_act_quant(b: GraphBuilder, p, val_map: dict, bits: int, seed: int):
     return b.item(aq, 0), b.item(aq, 1)
 
 
+def _attn_act_quant(b: GraphBuilder, p, val_map: dict, variant: int, seed: int):
+    """(codes, scales) of to_out's input from the attention itself (``passes/producer.py::assign_attention``)."""
+    m = p.producer
+    aq = b.call(torch.ops.dvdq.attn_act_quant.default, val_map[m.q], val_map[m.k], val_map[m.v], m.scale,
+                m.out_dtype, p.abits(variant), p.act_group, p.rotate, seed, p.act_kernel)
+    return b.item(aq, 0), b.item(aq, 1)
+
+
 def _gelu_quant(b: GraphBuilder, up, down, x, weight: tuple, bias, variant: int, seed: int, shared: dict):
     """(codes, scales) of ``down``'s input from ``up``'s GEMM (``passes/producer.py::assign_gelu``): one
     ``dvdq::qlinear_gelu_quant`` on ``up``'s input codes (shared with the other readers of ``x``)."""
@@ -229,6 +237,8 @@ def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: Qua
             sm = smoothing.by_x.get(s.x) if smoothing is not None and p.decision == "quantize" else None
             if isinstance(p.producer, NormModulate) and x not in shared:
                 shared[x] = _norm_act_quant(b, p, val_map, variant, cfg.seed)
+            if isinstance(p.producer, AttentionOut):
+                shared[x] = _attn_act_quant(b, p, val_map, variant, cfg.seed)
             if p.epilogue:   # an FFN-up that writes the FFN-down's codes: its own output goes with the GELU
                 down = by_name[p.epilogue]
                 shared[val_map[down.site.x]] = _gelu_quant(b, p, down, x, wnodes[s.w_index], bias, variant,
@@ -242,6 +252,12 @@ def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: Qua
     for p in plan.quantized():
         if isinstance(p.producer, NormModulate):
             _erase_unused_chain(g, val_map[p.site.x], stop=val_map[p.producer.x])
+        elif isinstance(p.producer, AttentionOut):   # the casts, the head merge, then the SDPA call itself
+            for n in [val_map[c] for c in reversed(p.producer.chain)]:
+                if n.users:
+                    raise AssertionError(f"dvdquant: {n} (attention chain of {p.name}) still has readers "
+                                         f"{list(n.users)} after the rewrite")
+                g.erase_node(n)
         elif isinstance(p.producer, GeluOfLinear):   # dropout, GELU, then the FFN-up linear itself
             for n in [val_map[c] for c in reversed(p.producer.chain)] + [val_map[p.producer.y]]:
                 if n.users:

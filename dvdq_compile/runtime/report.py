@@ -30,15 +30,18 @@ class LayerReport:
     mse_minmax: float | None = None  # MinMax weight MSE on the same rotated weight
     freed: bool = False  # free_weights released its 16-bit storage
     # where its activation is quantized when not by a separate act_quant (passes/producer.py): "norm_modulate" (the
-    # norm's kernel), "ffn_up_epilogue" (the FFN-up GEMM's epilogue); an FFN-up doing that says "writes <layer>"
+    # norm's kernel), "ffn_up_epilogue" (the FFN-up GEMM's epilogue), "attention_epilogue" (the attention kernel's);
+    # an FFN-up doing that says "writes <layer>"
     act_producer: str = ""
 
 
 def _producer_label(p) -> str:
-    from ..passes.producer import GeluOfLinear, NormModulate
+    from ..passes.producer import AttentionOut, GeluOfLinear, NormModulate
 
     if isinstance(p.producer, NormModulate):
         return "norm_modulate"
+    if isinstance(p.producer, AttentionOut):
+        return "attention_epilogue"
     if isinstance(p.producer, GeluOfLinear):
         return "ffn_up_epilogue"
     return f"writes {p.epilogue}" if p.epilogue else ""

@@ -24,6 +24,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dvdq_compile.kernels import act_quant as A  # noqa: E402
+from dvdq_compile.kernels import attn_quant as AT  # noqa: E402
 from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import bgr as B  # noqa: E402
 from dvdq_compile.kernels import expand as E  # noqa: E402
@@ -123,6 +124,19 @@ def norm_specs():
         yield "norm_quant bf16 g128 r128", NQ._norm_quant_kernel, sig, const, c.num_warps, c.num_stages
 
 
+def attn_specs():
+    """The attention kernel that quantizes in its epilogue, bf16 D = 128, at each GPU tile."""
+    sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32",
+           "Sq": "i32", "Skv": "i32", "H": "i32", "qk_scale": "fp32",
+           **{f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhs"}, "stride_cb": "i32", "stride_cs": "i32",
+           "stride_csb": "i32", "stride_css": "i32"}
+    for c in AT._gpu_configs():
+        const = dict(D=128, IEEE=False, IN=2, OUT=2, QMAX=127, GROUP=128, ROT=128, ROT_MODE=T.ROT_PM1,
+                     ROT_SCALE=128 ** -0.5, USE_RINT=True, **c.kwargs)
+        yield f"attn_quant bf16 d128 {c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}", AT._attn_quant_kernel, sig, const, \
+            c.num_warps, c.num_stages
+
+
 def gluon_specs():
     """The Gluon W4A8 kernel at every tile its dispatch uses (kernels/gluon_qlinear.py)."""
     for bm, bn, w, st, u in GQL.TILES:
@@ -147,7 +161,7 @@ def main(argv=None) -> int:
     assert not T.INTERPRET and T.USE_RINT, "run without TRITON_INTERPRET"
     ok = True
     for spec in (*act_specs(), *qlinear_specs(all_configs), *fused_specs(all_configs), *bgr_specs(),
-                 *expand_specs(), *norm_specs(), *gluon_specs()):
+                 *expand_specs(), *norm_specs(), *gluon_specs(), *attn_specs()):
         rec = compile_one(*spec)
         ok &= rec["ok"]
         print(json.dumps(rec), flush=True)

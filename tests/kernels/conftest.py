@@ -23,6 +23,7 @@ ENTRY_POINTS = {
     "dvdq_compile.kernels.expand": ("expand_weight",),
     "dvdq_compile.kernels.gelu_quant": ("qlinear_gelu_quant",),
     "dvdq_compile.kernels.norm_quant": ("norm_act_quant",),
+    "dvdq_compile.kernels.attn_quant": ("attn_act_quant",),
     "dvdq_compile.kernels.bgr": ("bgr_rows",),
 }
 

@@ -34,3 +34,5 @@ def test_kernels_compile_for_hopper():
     # no spill, and ptxas kept wgmmas in flight under the rescale (it rewrites every wait to depth 0 when it
     # serializes them, warning C7514)
     assert all(r.get("stack", 0) == 0 and r["wgmma"] > 0 and r["async_waits"] > 0 for r in gluon), gluon
+    attn = [r for r in recs if r["name"].startswith("attn_quant")]
+    assert len(attn) == 2 and all(r["wgmma"] > 0 and r.get("stack", 0) == 0 for r in attn), attn

@@ -230,3 +230,18 @@ def test_gluon_qlinear_matches_the_triton_kernel(k, group):
     gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token)
     assert torch.equal(y, y_triton)
     assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, bias, 4, torch.bfloat16), torch.bfloat16)
+
+
+@pytest.mark.parametrize("sq,skv", [(4133, 4133), (1000, 512)])
+def test_attn_quant_bf16_vs_reference(sq, skv):
+    """The attention kernel quantizing in its epilogue (kernels/attn_quant.py), bf16 Wan-sized heads (D = 128, group
+    and Hadamard block 128) as permuted views, ragged lengths, self- and cross-attention: scales within one bf16 ulp
+    of the fp32 reference's, codes within one (the kernel rounds P to bf16 before P·V, as flash kernels do)."""
+    from dvdq_compile.kernels.attn_quant import attn_act_quant
+    g = _gen(21)
+    q, k, v = (torch.randn(1, n, 4, 128, generator=g).to(torch.bfloat16).permute(0, 2, 1, 3)
+               for n in (sq, skv, skv))
+    c, s = attn_act_quant(q.to(DEV), k.to(DEV), v.to(DEV), None, torch.bfloat16, 8, 128, 128, 5)
+    rc, rs = quant.attn_quant_ref(q, k, v, None, torch.bfloat16, 8, 128, 128, 5)
+    torch.testing.assert_close(s.cpu(), rs, rtol=2.0**-7, atol=0)
+    assert int((c.cpu().int() - rc.int()).abs().max()) <= 1
