@@ -61,6 +61,7 @@ def plan() -> dict:
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
         "gluon_qlinear group-128 and per-token": 2,
+        "attn_quant (the attention step: SDPA, SDPA + act_quant, the fused kernel)": 1,
         "expand": 1,
         "act_quant (one config)": 1,
         "norm_quant (autotune set of 3)": 3,
@@ -316,6 +317,23 @@ def render(data: dict) -> str:
     out += ["", "Autotuned vs forced config and packed vs expanded loop on the same inputs, max |difference| of the "
             f"outputs: {sorted({v for a in agree for v in a.values() if isinstance(v, float)})} "
             "(integer partials are exact, so any config and loop must agree to the bit)."]
+    if any("gluon_g128" in r["times"] for r in steps):
+        out += ["", "The Gluon kernel (kernels/gluon_qlinear.py: the rescale under the next wgmma) beside the Triton "
+                "loop, ms (TOPS), and whether its output equals the Triton kernel's bit for bit:", "",
+                "| N x K | Triton g128 | Gluon g128 | bit-exact | Triton per-token | Gluon per-token | bit-exact |",
+                "|---|---|---|---|---|---|---|"]
+        for r in steps:
+            out.append(f"| {r['N']}x{r['K']} | {cell(r, 'w4a8_auto')} | {cell(r, 'gluon_g128')} | "
+                       f"{r.get('gluon_g128_bit_exact', '-')} | {cell(r, 'w4a8_per_token')} | "
+                       f"{cell(r, 'gluon_per_token')} | {r.get('gluon_per_token_bit_exact', '-')} |")
+    att = data["steps"].get("attention")
+    if isinstance(att, dict) and "times" in att:
+        ms = {k: v.get("ms") for k, v in att["times"].items()}
+        tf = {k: f"{v:.3f} ({att['flop'] / v / 1e9:.0f})" if v else "error" for k, v in ms.items()}
+        out += ["", f"Attention {att['shape']} (B, H, S, D) {att['dtype']}, ms (TFLOP/s): the graph's SDPA "
+                f"{tf.get('sdpa')}, SDPA + act_quant of to_out's input {tf.get('sdpa_then_act_quant')}, the attention "
+                f"kernel quantizing in its epilogue (fuse_attn) {tf.get('attn_act_quant')}; its codes against the "
+                f"split path's: {att.get('agreement')}."]
     return "\n".join(out) + "\n"
 
 
@@ -329,6 +347,37 @@ def agreement(ql, q, codes, scales, packed, ws, wz, bias, xdt) -> dict:
     y_auto = ql.qlinear(codes, scales, packed, ws, wz, bias, 4, xdt, expand=True).float()
     return {"forced_vs_auto_max_abs": float((q(FORCED[0]).float() - y_auto).abs().max()),
             "packed_vs_expanded_max_abs": float((q(FORCED[0], False).float() - y_auto).abs().max())}
+
+
+def attention_step(run: Run, dev: str, rep_ms: int) -> None:
+    """Wan 2.1-1.3B self-attention (12 heads of 128, 32,760 tokens, bf16): the graph's SDPA, SDPA then the separate
+    act_quant of to_out's input, and the project's attention kernel that quantizes in its epilogue
+    (kernels/attn_quant.py, option fuse_attn), with how far its codes are from the split path's."""
+    import torch
+    import torch.nn.functional as F
+
+    from dvdq_compile.kernels import act_quant as aq
+    from dvdq_compile.kernels.attn_quant import attn_act_quant
+
+    b, h, s, d = (1, 12, M_TOKENS, 128) if dev == "cuda" else (1, 2, 40, 64)
+    dt = torch.bfloat16 if dev == "cuda" else torch.float32
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(b, s, h, d, generator=g, device=dev, dtype=dt).permute(0, 2, 1, 3) for _ in range(3))
+    t = timer(dev, rep_ms)
+    merged = lambda: F.scaled_dot_product_attention(q, k, v).permute(0, 2, 1, 3).flatten(2, 3)  # noqa: E731
+    r = {"shape": [b, h, s, d], "dtype": str(dt), "flop": 4 * b * h * s * s * d, "times": {}}
+    r["times"]["sdpa"] = t(merged)
+    r["times"]["sdpa_then_act_quant"] = t(lambda: aq.act_quant(merged(), 8, d, d, 0))
+    r["times"]["attn_act_quant"] = t(lambda: attn_act_quant(q, k, v, None, dt, 8, d, d, 0))
+
+    def agreement():
+        c, sc = attn_act_quant(q, k, v, None, dt, 8, d, d, 0)
+        rc, rs = aq.act_quant(merged(), 8, d, d, 0)
+        diff = (c.int() - rc.int()).abs()
+        return {"max_code_diff": int(diff.max()), "codes_differing": float((diff > 0).float().mean()),
+                "max_scale_rel": float(((sc - rs).abs() / rs.abs().clamp_min(1e-30)).max())}
+    r["agreement"] = safe(agreement)()
+    run.step("attention", r)
 
 
 def ncu_step(run: Run, out: Path) -> None:
@@ -402,6 +451,7 @@ def main(argv=None) -> int:
         gemm_shapes(run, dev, ((n, k),), m, a.rep)
         return 0
     gemm_shapes(run, dev, shapes, m, a.rep)
+    safe(attention_step)(run, dev, a.rep)
     if dev == "cuda":
         run.data["steps"]["environment"]["smi_after"] = smi()
         if "ncu" not in a.skip:

@@ -189,6 +189,12 @@ def analyse(spec: Spec) -> dict:
                by_class={c: st.by_class.get(c, 0) for c in CLASS_ORDER if st.by_class.get(c, 0)},
                pipe_cycles=st.pipe_cycles, wait_depth=st.wait_depth, gmma=sorted(set(map(tuple, st.gmma))),
                macs=st.macs, smem_bytes=st.smem_bytes, local_mem=st.local_mem)
+    if spec.kernel == "gluon_qlinear":   # persistent: its tile loop holds the K loop
+        hot = SM.hot_loop(instrs)
+        outer = SM.enclosing_loop(instrs, hot) if hot else None
+        if outer:
+            last_exit = max(i for i, ins in enumerate(instrs) if ins.base == "EXIT")
+            rec.update(tile_loop_instructions=outer[1] - outer[0] + 1, kernel_instructions=last_exit + 1)
     if spec.k_iter:
         if spec.kernel == "gluon_qlinear":   # K per loop iteration from its wgmmas (ptxas may unroll the loop)
             spec.k_iter = st.macs.get("int8", 0) * max(spec.warps // 4, 1) // (spec.bm * spec.bn) or spec.k_iter
@@ -270,6 +276,13 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             if r["kernel"] == "gluon_qlinear" and s.group and (k // 128) % s.const["UNROLL"]:
                 continue   # the compiled loop only (a K whose groups it does not divide adds a two-group tail)
             outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
+            if "tile_loop_instructions" in r:   # persistent: per tile its tile loop around the K loop, once per CTA
+                # the rest (up to the EXIT; the try-wait retry blocks after it run only while a load is late)
+                tiles = -(-m // bm) * -(-n // bn)
+                per_cta = tiles / min(tiles, SM.SMS * r["ctas_per_sm"])
+                outside = (r["tile_loop_instructions"] - r["loop_instructions"]
+                           + (r["kernel_instructions"] - r["tile_loop_instructions"]) / per_cta) \
+                    * r["warps"] / SM.SMSP / r["ctas_per_sm"]
             if r["kernel"] == "gelu_quant":   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
                 outside += bm * bn * s.const["ROT"] / SM.MAC_PER_CLK["fp16"]
             comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,
@@ -289,11 +302,16 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                    "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3)}
             if "int8" in r["variant"]:
                 row["expand_us"] = round(expand * 1e6, 1)
-            if r["kernel"] == "qlinear" and best_act:
+            gemm = r["kernel"] in ("qlinear", "gluon_qlinear")
+            if gemm and best_act:
                 row["act_quant_us"] = round(best_act[0] * 1e6, 1)
                 row["act_share"] = round(best_act[0] / est, 3)
                 row["act_bytes_share"] = round(act_bytes(m, k) / by, 3)
-            if r["kernel"] == "qlinear" and best_nq is not None and k in (1536, 5120):
+            if gemm and n == k:
+                # to_out (N = K = model dim): quantized in the attention kernel's epilogue (fuse_attn), it writes
+                # codes and scales instead of the 16-bit attention output, and no separate pass reads it
+                row["attn_fused_bytes_share"] = round((m * k + 4 * m * k / 128 - 2 * m * k) / by, 3)
+            if gemm and best_nq is not None and k in (1536, 5120):
                 # when the producer is a norm (q/k/v and FFN-up): the fused kernel replaces norm + act_quant; it
                 # adds (1 + 4/g − 2)·M·K < 0 bytes, and this much time beyond the norm's own HBM floor
                 row["norm_quant_us"] = round(best_nq * 1e6, 1)
@@ -314,7 +332,7 @@ def _ffn_producer(rows: list[dict], m: int) -> list[dict]:
             continue
         k = down[1]
         for r in rows:
-            if (r["N"], r["K"]) == down and r["kernel"] == "qlinear":
+            if (r["N"], r["K"]) == down and r["kernel"] in ("qlinear", "gluon_qlinear"):
                 by = gemm_bytes(m, r["N"], k, 128, 1.0)
                 r["ffn_epilogue_us"] = g["est_us"]
                 r["ffn_epilogue_added_share"] = round(max(0.0, g["est_us"] - plain["est_us"]) / r["est_us"], 3)
@@ -366,19 +384,23 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
               "epilogue = the FFN-up GEMM whose epilogue applies GELU, rotates and quantizes (`kernels/gelu_quant.py`; "
               "its rows are at the FFN-up shapes): on the FFN-down rows (K = FFN hidden), its time beyond the plain "
               "FFN-up GEMM and its bytes (codes + scales instead of the bf16 output, no separate pass: negative) as "
-              "shares of the FFN-down GEMM. to_out (the attention output, shapes 1536x1536 / 5120x5120) still takes "
-              "the separate act_quant pass (act/GEMM columns).", "",
+              "shares of the FFN-down GEMM. to_out (the attention output, shapes 1536x1536 / 5120x5120): with "
+              "`fuse_attn` the attention kernel quantizes in its epilogue (`kernels/attn_quant.py`), writing codes "
+              "and scales instead of the 16-bit output (attention-fused added bytes, negative); without it, the "
+              "separate act_quant pass (act/GEMM columns).", "",
               "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
               "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
-              "FFN-up epilogue µs | epilogue-fused added time | epilogue-fused added bytes |",
-              "|" + "---|" * 19]
+              "FFN-up epilogue µs | epilogue-fused added time | epilogue-fused added bytes | attention-fused added "
+              "bytes (to_out) |",
+              "|" + "---|" * 20]
     for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
         lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
                      f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
                      f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | "
                      f"{r.get('act_bytes_share', '-')} | {r.get('norm_quant_us', '-')} | "
                      f"{r.get('norm_fused_added_share', '-')} | {r.get('ffn_epilogue_us', '-')} | "
-                     f"{r.get('ffn_epilogue_added_share', '-')} | {r.get('ffn_epilogue_bytes_share', '-')} |")
+                     f"{r.get('ffn_epilogue_added_share', '-')} | {r.get('ffn_epilogue_bytes_share', '-')} | "
+                     f"{r.get('attn_fused_bytes_share', '-')} |")
     lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
               "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
               "MMA + issue when every wgmma is waited to depth 0: co-resident CTAs hide none of it, as measured); "

@@ -45,66 +45,87 @@ UNROLLS = (12, 10, 6, 4, 2)     # groups per loop iteration, the largest that di
 # Per-token: 128x128 / 8 warps (one partial, 122 registers).
 GROUPED_TILES = tuple((128, 64, 8, 8, u) for u in UNROLLS)
 PER_TOKEN_TILE = (128, 128, 8, 4, 1)
+STAGES_MAX = 8
 TILES = (PER_TOKEN_TILE, *GROUPED_TILES)
 
 
 @gluon.jit
-def _load(step, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, pred, STAGES: gl.constexpr):
-    # predicated, not branched (a branch in the K loop is one more thing ptxas's wgmma analysis must see through)
-    slot = step % STAGES
-    mbarrier.expect(bars.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(a_desc, [off_m, step * a_desc.block_type.shape[1]], bars.index(slot),
-                                    a_bufs.index(slot), pred=pred)
-    tma.async_copy_global_to_shared(w_desc, [off_n, step * w_desc.block_type.shape[1]], bars.index(slot),
-                                    w_bufs.index(slot), pred=pred)
+def _tile(t, pid, nprog, grid_m, grid_n, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP_M: gl.constexpr):
+    """(off_m, off_n) of this program's t-th tile: tile ``pid + t·nprog`` in tl_common.swizzle's grouped order (L2
+    reuse of the activation rows)."""
+    tile = pid + t * nprog
+    width = GROUP_M * grid_n
+    first_m = (tile // width) * GROUP_M
+    rows = gl.minimum(grid_m - first_m, GROUP_M)
+    return (first_m + (tile % width) % rows) * BLOCK_M, ((tile % width) // rows) * BLOCK_N
 
 
 @gluon.jit
-def _issue(step, a_bufs, w_bufs, bars, acc, use_acc, STAGES: gl.constexpr):
-    """Wait for step ``step``'s operands, then start its wgmma (async) into ``acc``."""
-    slot = step % STAGES
-    mbarrier.wait(bars.index(slot), (step // STAGES) & 1)
+def _load(k, off_m, off_n, pred, g, a_desc, w_desc, a_bufs, w_bufs, bars, STAGES: gl.constexpr):
+    """Load K step ``k`` of the tile at (off_m, off_n) into ring slot g % STAGES (``g``: the program's running step
+    count), if ``pred``. Predicated, not branched (a branch in the K loop is one more thing ptxas's wgmma analysis
+    must see through)."""
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    slot = g % STAGES
+    mbarrier.expect(bars.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bars.index(slot), a_bufs.index(slot), pred=pred)
+    tma.async_copy_global_to_shared(w_desc, [off_n, k * BK], bars.index(slot), w_bufs.index(slot), pred=pred)
+
+
+@gluon.jit
+def _refill(g, k, ring, STAGES: gl.constexpr):
+    """Step ``g`` (the tile's K step ``k``) has completed: its slot takes step g + STAGES, which is K step
+    k + STAGES of this tile or, past its end, of the program's next tile (n_steps >= STAGES: supported()); no
+    division in the K loop, the next tile's corner is computed once per tile."""
+    total, n_steps, off_m, off_n, nxt_m, nxt_n, a_desc, w_desc, a_bufs, w_bufs, bars = ring
+    kk = k + STAGES
+    nxt = (kk >= n_steps).to(gl.int32)
+    _load(kk - n_steps * nxt, off_m + (nxt_m - off_m) * nxt, off_n + (nxt_n - off_n) * nxt, g + STAGES < total,
+          g + STAGES, a_desc, w_desc, a_bufs, w_bufs, bars, STAGES)
+
+
+@gluon.jit
+def _issue(g, a_bufs, w_bufs, bars, acc, use_acc, STAGES: gl.constexpr):
+    """Wait for step ``g``'s operands, then start its wgmma (async) into ``acc``."""
+    slot = g % STAGES
+    mbarrier.wait(bars.index(slot), (g // STAGES) & 1)
     return warpgroup_mma(a_bufs.index(slot), w_bufs.index(slot).permute((1, 0)), acc, use_acc=use_acc,
                          is_async=True)
 
 
 @gluon.jit
-def _retire(p, done, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n,
-            STAGES: gl.constexpr):
-    """Step ``done``'s wgmma has completed (its partial ``p``): refill its slot with step ``done + STAGES`` and add
-    ``s[:, done] · float(p)`` to ``acc``."""
-    _load(done + STAGES, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, done + STAGES < n_steps, STAGES)
-    s = gl.load(s_rows + done, mask=mask_m, other=0.0)
+def _retire(p, base, k, acc, s_rows, mask_m, ring, STAGES: gl.constexpr):
+    """The tile's group ``k`` (ring step base + k) has completed with partial ``p``: refill its slot and add
+    ``s[:, k] · float(p)`` to ``acc``."""
+    _refill(base + k, k, ring, STAGES)
+    s = gl.load(s_rows + k, mask=mask_m, other=0.0)
     return acc + p.to(gl.float32) * s[:, None]
 
 
 @gluon.jit
-def _groups(g, UNROLL: gl.constexpr, n_steps, acc, pa, pb, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars,
-            off_m, off_n, STAGES: gl.constexpr):
-    """Groups ``g .. g + UNROLL − 1`` (UNROLL even), alternating between the int32 partials ``pa`` / ``pb``: group
-    i + 2's wgmma is issued as soon as group i's partial is rescaled, so each rescale runs under the other partial's
-    wgmma; only the last rescale is exposed. Everything is waited for before returning: nothing may be in flight
-    across a loop's back-edge, because ptxas cannot follow wgmma completion around a loop and then serializes every
-    wgmma (warning C7514; found compiling this kernel offline). Unrolled at trace time (static_range)."""
-    pa = _issue(g, a_bufs, w_bufs, bars, pa, False, STAGES)
-    pb = _issue(g + 1, a_bufs, w_bufs, bars, pb, False, STAGES)
+def _groups(base, g, UNROLL: gl.constexpr, acc, pa, pb, s_rows, mask_m, ring, STAGES: gl.constexpr):
+    """The tile's groups ``g .. g + UNROLL − 1`` (UNROLL even; ring steps ``base + g ..``), alternating between the
+    int32 partials ``pa`` / ``pb``: group i + 2's wgmma is issued as soon as group i's partial is rescaled, so each
+    rescale runs under the other partial's wgmma; only the last rescale is exposed. Everything is waited for before
+    returning: nothing may be in flight across a loop's back-edge, because ptxas cannot follow wgmma completion
+    around a loop and then serializes every wgmma (warning C7514; found compiling this kernel offline). Unrolled at
+    trace time (static_range)."""
+    a_bufs, w_bufs, bars = ring[8], ring[9], ring[10]
+    pa = _issue(base + g, a_bufs, w_bufs, bars, pa, False, STAGES)
+    pb = _issue(base + g + 1, a_bufs, w_bufs, bars, pb, False, STAGES)
     for i in gl.static_range(0, UNROLL - 2, 2):
         # acc goes through each wait too: it pins the previous rescale before the wait (else LLVM sinks it below
         # the last wait(0), where nothing overlaps it: seen in the SASS)
         pa, acc = warpgroup_mma_wait(1, deps=(pa, acc))
-        acc = _retire(pa, g + i, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n,
-                      STAGES)
-        pa = _issue(g + i + 2, a_bufs, w_bufs, bars, pa, False, STAGES)
+        acc = _retire(pa, base, g + i, acc, s_rows, mask_m, ring, STAGES)
+        pa = _issue(base + g + i + 2, a_bufs, w_bufs, bars, pa, False, STAGES)
         pb, acc = warpgroup_mma_wait(1, deps=(pb, acc))
-        acc = _retire(pb, g + i + 1, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m,
-                      off_n, STAGES)
-        pb = _issue(g + i + 3, a_bufs, w_bufs, bars, pb, False, STAGES)
+        acc = _retire(pb, base, g + i + 1, acc, s_rows, mask_m, ring, STAGES)
+        pb = _issue(base + g + i + 3, a_bufs, w_bufs, bars, pb, False, STAGES)
     pa, acc = warpgroup_mma_wait(1, deps=(pa, acc))
-    acc = _retire(pa, g + UNROLL - 2, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m,
-                  off_n, STAGES)
+    acc = _retire(pa, base, g + UNROLL - 2, acc, s_rows, mask_m, ring, STAGES)
     pb, acc = warpgroup_mma_wait(0, deps=(pb, acc))
-    acc = _retire(pb, g + UNROLL - 1, n_steps, acc, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs, bars, off_m,
-                  off_n, STAGES)
+    acc = _retire(pb, base, g + UNROLL - 1, acc, s_rows, mask_m, ring, STAGES)
     return acc, pa, pb
 
 
@@ -112,79 +133,79 @@ def _groups(g, UNROLL: gl.constexpr, n_steps, acc, pa, pb, s_rows, mask_m, a_des
 def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, M, N, K, stride_sm,
                           PER_TOKEN: gl.constexpr, HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr,
                           GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """Persistent: the grid is at most one program per SM; program ``pid`` takes tiles pid, pid + nprog, ... and
+    its operand ring runs on across them (``_load``), so a tile's prologue loads were issued during the previous
+    tile's K loop and its output's TMA store overlaps the next tile."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     # warps stacked along M (16 rows per warp, 64 per warpgroup); one instruction spans the tile's width
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                      instr_shape=[16, BLOCK_N, 32])
-
-    # the same grouped tile order as tl_common.swizzle (L2 reuse of the activation rows)
     pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
     grid_m = gl.cdiv(M, BLOCK_M)
     grid_n = gl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    first_m = (pid // width) * GROUP_M
-    rows = gl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % rows
-    pid_n = (pid % width) // rows
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    # 32-bit row offsets (M · K/128 scales stay far below 2^31; fewer live registers)
-    offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
-    offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    s_rows = s_ptr + offs_m * stride_sm
+    my_tiles = (grid_m * grid_n - pid + nprog - 1) // nprog
+    n_steps = K // BK
+    total = my_tiles * n_steps
 
     a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BK], w_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
-    n_steps = K // BK
-    for i in gl.static_range(STAGES):
-        _load(i, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, i < n_steps, STAGES)
+    off_m, off_n = _tile(0, pid, nprog, grid_m, grid_n, BLOCK_M, BLOCK_N, GROUP_M)
+    for i in gl.static_range(STAGES):   # the first tile's first STAGES steps (n_steps >= STAGES)
+        _load(i, off_m, off_n, i < total, i, a_desc, w_desc, a_bufs, w_bufs, bars, STAGES)
 
-    if PER_TOKEN:
-        # one int32 accumulator over all of K, one wgmma in flight (same-accumulator wgmmas chain in hardware)
-        p = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
-        for step in range(0, n_steps):
-            p = _issue(step, a_bufs, w_bufs, bars, p, step > 0, STAGES)
-            p = warpgroup_mma_wait(1, deps=(p, ))
-            # step − 1's wgmma is complete: its slot takes step − 1 + STAGES
-            prev = step - 1 + STAGES
-            _load(prev, a_desc, w_desc, a_bufs, w_bufs, bars, off_m, off_n, (step > 0) & (prev < n_steps), STAGES)
-        p = warpgroup_mma_wait(0, deps=(p, ))
-        s = gl.load(s_rows, mask=mask_m, other=0.0)
-        acc = p.to(gl.float32) * s[:, None]
-    else:
-        # UNROLL groups per iteration, alternating between two int32 partials: group i + 2's wgmma is issued as soon
-        # as group i's partial is rescaled, so each rescale runs under the other partial's wgmma. Only the last
-        # rescale of an iteration is exposed: nothing may be in flight across the loop's back-edge, because ptxas
-        # cannot follow wgmma completion around a loop and then serializes every wgmma (warning C7514; found
-        # compiling this kernel offline). The iteration is unrolled at trace time (static_range).
-        acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout)
-        pa = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
-        pb = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
-        for g in range(0, n_steps, UNROLL):    # UNROLL divides the number of groups (unroll_for)
-            acc, pa, pb = _groups(g, UNROLL, n_steps, acc, pa, pb, s_rows, mask_m, a_desc, w_desc, a_bufs, w_bufs,
-                                  bars, off_m, off_n, STAGES)
+    for t in range(0, my_tiles):
+        nxt_m, nxt_n = _tile(t + 1, pid, nprog, grid_m, grid_n, BLOCK_M, BLOCK_N, GROUP_M)
+        ring = (total, n_steps, off_m, off_n, nxt_m, nxt_n, a_desc, w_desc, a_bufs, w_bufs, bars)
+        # 32-bit row offsets (M · K/128 scales stay far below 2^31; fewer live registers)
+        offs_m = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, layout))
+        offs_n = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, layout))
+        mask_m = offs_m < M
+        mask_n = offs_n < N
+        s_rows = s_ptr + offs_m * stride_sm
+        base = t * n_steps
+        if PER_TOKEN:
+            # one int32 accumulator over all of K, one wgmma in flight (same-accumulator wgmmas chain in hardware)
+            p = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
+            p = _issue(base, a_bufs, w_bufs, bars, p, False, STAGES)
+            p = warpgroup_mma_wait(1, deps=(p, ))   # nothing older in flight: makes p a tensor for the loop
+            for k in range(1, n_steps):
+                p = _issue(base + k, a_bufs, w_bufs, bars, p, True, STAGES)
+                p = warpgroup_mma_wait(1, deps=(p, ))
+                _refill(base + k - 1, k - 1, ring, STAGES)    # step k − 1's wgmma is complete
+            p = warpgroup_mma_wait(0, deps=(p, ))
+            _refill(base + n_steps - 1, n_steps - 1, ring, STAGES)
+            s = gl.load(s_rows, mask=mask_m, other=0.0)
+            acc = p.to(gl.float32) * s[:, None]
+        else:
+            acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout)
+            pa = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
+            pb = gl.zeros((BLOCK_M, BLOCK_N), gl.int32, layout)
+            for g in range(0, n_steps, UNROLL):    # UNROLL divides the number of groups (unroll_for)
+                acc, pa, pb = _groups(base, g, UNROLL, acc, pa, pb, s_rows, mask_m, ring, STAGES)
+
+        # epilogue, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n])); out through shared memory
+        # and a TMA store (it clips the ragged edges: no masks, one bulk copy instead of a store per element pair),
+        # left in flight while the next tile runs
+        ws = gl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
+        acc = acc * ws[None, :]
+        if HAS_BIAS:
+            b = gl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32)
+            acc = acc + b[None, :]
+        tma.store_wait(pendings=0)      # the previous tile's store has read c_smem
+        c_smem.store(acc.to(c_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+        off_m, off_n = nxt_m, nxt_n
+    tma.store_wait(pendings=0)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(i))
-
-    # epilogue, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n])); out through shared memory and a
-    # TMA store (it clips the ragged edges: no masks, one bulk copy instead of a store per element pair)
-    ws = gl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
-    acc = acc * ws[None, :]
-    if HAS_BIAS:
-        b = gl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32)
-        acc = acc + b[None, :]
-    c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    c_smem.store(acc.to(c_desc.dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
-    tma.store_wait(pendings=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,12 +240,19 @@ def supported(k: int, ga: int, expanded: bool, n: int = 0, out_dtype: torch.dtyp
         return f"activation group {ga}: only {BLOCK_K} or per-token (K)"
     if ga == BLOCK_K and (k // BLOCK_K) % 2:
         return f"K={k} has an odd number of 128-groups (the group loop runs two at a time)"
+    if k < STAGES_MAX * BLOCK_K:
+        return f"K={k} < {STAGES_MAX * BLOCK_K}: fewer K steps than the operand ring's slots (a slot refill reaches " \
+               "at most one tile ahead)"
     return None
 
 
 def use_gluon() -> bool:
     """Opt-in (``DVDQ_GLUON=1``) until a GPU has measured it; the Triton kernel stays the default."""
     return os.environ.get("DVDQ_GLUON", "0") == "1" and torch.cuda.is_available()
+
+
+def _sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def unroll_for(n_groups: int) -> int:
@@ -249,7 +277,7 @@ def gluon_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.T
     a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
     w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
     c_desc = TensorDescriptor.from_tensor(out, [bm, bn], smem_layout(bm, bn, out.dtype))
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), _sms(a.device)),)   # persistent: one program per SM
     _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, m, n, k,
                                 s.stride(0), PER_TOKEN=per_token, HAS_BIAS=bias is not None,
                                 UNROLL=unroll, GROUP_M=8, STAGES=stages,

@@ -120,6 +120,13 @@ def hot_loop(instrs: list[Instr]) -> tuple[int, int] | None:
     return max(ls, key=lambda r: r[1] - r[0])
 
 
+def enclosing_loop(instrs: list[Instr], inner: tuple[int, int]) -> tuple[int, int] | None:
+    """The smallest loop strictly containing the loop ``inner`` (a persistent kernel's tile loop around its K loop),
+    else None."""
+    outer = [(a, b) for a, b in loops(instrs) if a <= inner[0] and inner[1] <= b and (a, b) != inner]
+    return min(outer, key=lambda r: r[1] - r[0]) if outer else None
+
+
 def _class(ins: Instr) -> str:
     if ins.uniform:
         return "uniform"

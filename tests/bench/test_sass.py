@@ -41,10 +41,10 @@ def test_committed_estimates_order_the_variants_as_measured():
 
 
 def test_committed_estimates_of_the_gluon_kernel():
-    """The Gluon kernel (rescale under the next wgmma; kernels/gluon_qlinear.py) against the Triton loop on the same
-    terms, per Wan shape (nothing measured yet): per-token reaches >= 70% of int8 peak on every shape, group 128 on
-    the K >= 5120 shapes only; at K = 1536 (12 groups per tile) the prologue and epilogue outside the K loop hold it
-    near 60%: the goal is open there, and this says so until a kernel meets it."""
+    """The Gluon kernel (rescale under the next wgmma, persistent; kernels/gluon_qlinear.py) against the Triton loop
+    on the same terms, per Wan shape (nothing measured yet): both group 128 and per-token reach >= 70% of int8 peak
+    on every shape in the model (the issue's goal for the estimate; the model was 1.2-1.5x optimistic for the Triton
+    loops, bench/results/sass_vs_h200.md)."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     for nk in {(r["N"], r["K"]) for r in rows}:
         best = {}
@@ -55,8 +55,7 @@ def test_committed_estimates_of_the_gluon_kernel():
         g, t = ("gluon_qlinear", "W4→int8 g128"), ("qlinear", "W4→int8 g128")
         pg, pt = ("gluon_qlinear", "W4→int8 per-token"), ("qlinear", "W4→int8 per-token")
         assert best[g] > best[t] * 1.3 and best[pg] > best[pt] * 1.15, (nk, best)
-        assert best[pg] >= 0.70, (nk, best)
-        assert (best[g] >= 0.70) == (nk[1] >= 5120), (nk, best)
+        assert best[pg] >= 0.70 and best[g] >= 0.70, (nk, best)
 
 
 def test_model_on_a_hand_written_loop():
@@ -88,8 +87,8 @@ def test_offline_compile_refuses_the_interpreter():
 
 
 def test_committed_activation_bytes_per_producer():
-    """Where the producer is fused (a norm for K = model dim, the FFN-up epilogue for the FFN-down) the activation
-    quantization adds no bytes; the FFN-up epilogue kernel compiles without spills at a tile where its K loop is as
+    """Where the producer is fused (a norm for K = model dim, the FFN-up epilogue for the FFN-down, the attention
+    kernel for to_out) the activation quantization adds no bytes; the FFN-up epilogue kernel compiles without spills at a tile where its K loop is as
     fast as the plain int8 loop's."""
     d = json.loads(RESULTS.read_text())
     rows = d["shapes"]
@@ -101,6 +100,9 @@ def test_committed_activation_bytes_per_producer():
              if (r["kernel"], r["variant"]) == ("qlinear", "W4→int8 g128") and r.get("ok")}
     # the epilogue leaves the K loop as fast as the plain int8 loop at the same tile, without spilling
     assert any(r["stack"] == 0 and r["fraction"] >= 0.95 * plain[r["tile"]] for r in gelu if r["tile"] in plain)
+    # to_out (N = K = model dim): the attention kernel's epilogue writes codes instead of the 16-bit output
+    outs = [r for r in rows if r["kernel"] in ("qlinear", "gluon_qlinear") and r["N"] == r["K"]]
+    assert len({(r["N"], r["K"]) for r in outs}) == 2 and all(r["attn_fused_bytes_share"] < 0 for r in outs)
 
 
 def test_model_counts_only_the_work_outside_the_wgmmas_in_flight():

@@ -20,6 +20,7 @@ from .helpers import assert_out_close, make_weight, make_x
     (1408, 128, True, 1536, torch.bfloat16, "odd number of 128-groups"),
     (1536, 128, True, 777, torch.bfloat16, "N=777"),
     (1536, 128, True, 1536, torch.int8, "output dtype"),
+    (768, 128, True, 1536, torch.bfloat16, "fewer K steps than the operand ring"),
 ])
 def test_supported_names_what_it_cannot_run(k, ga, expanded, n, dtype, why):
     assert why in gql.supported(k, ga, expanded, n, dtype)
