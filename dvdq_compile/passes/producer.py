@@ -210,6 +210,14 @@ def match_gelu(x: fx.Node) -> GeluOfLinear | None:
     return GeluOfLinear(y, tuple(chain), approx if isinstance(approx, str) else "none")
 
 
+def _fused(p, m, why: str | None, what: str, how: str):
+    """``p`` with ``producer = m`` and its reason saying ``how`` the activation is made, or, when ``why`` is set, only
+    its reason saying why the ``what`` producer was not fused."""
+    if why:
+        return dataclasses.replace(p, reason=f"{p.reason}; {what} producer not fused: {why}")
+    return dataclasses.replace(p, producer=m, reason=f"{p.reason}; activation quantized in its producer ({how})")
+
+
 def _sdpa_args(n: fx.Node) -> tuple | None:
     """(q, k, v, scale) of a plain ``scaled_dot_product_attention`` call (no mask, no dropout, not causal, no GQA)."""
     if n.op != "call_function" or n.target not in _SDPA:
@@ -297,12 +305,7 @@ def assign_attention(layers: list, mode: str) -> list:
         else:
             why = unsupported_reason(tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, m.out_dtype,
                                      p.act_group, p.rotate)
-        if why:
-            out[p.name] = dataclasses.replace(p, reason=f"{p.reason}; attention producer not fused: {why}")
-        else:
-            out[p.name] = dataclasses.replace(
-                p, producer=m, reason=f"{p.reason}; activation quantized in its producer (the attention kernel's "
-                                      "epilogue, dvdq::attn_act_quant)")
+        out[p.name] = _fused(p, m, why, "attention", "the attention kernel's epilogue, dvdq::attn_act_quant")
     return [out.get(p.name, p) for p in layers]
 
 
@@ -339,12 +342,10 @@ def assign_gelu(layers: list, mode: str) -> list:
             why = "a per-token activation scale spans the FFN-up's output tiles"
         elif triton and (r := unsupported_reason(up.n, p.act_group, p.rotate, up.site.dtype, m.approximate)):
             why = r
+        out[p.name] = _fused(p, m, why, "FFN-up epilogue",
+                             f"{up.name} GEMM epilogue: GELU → rotate → quantize, dvdq::qlinear_gelu_quant")
         if why:
-            out[p.name] = dataclasses.replace(p, reason=f"{p.reason}; FFN-up epilogue producer not fused: {why}")
             continue
-        out[p.name] = dataclasses.replace(
-            p, producer=m, reason=f"{p.reason}; activation quantized in its producer ({up.name} GEMM epilogue: GELU "
-                                  "→ rotate → quantize, dvdq::qlinear_gelu_quant)")
         out[up.name] = dataclasses.replace(
             up, epilogue=p.name, reason=f"{up.reason}; its epilogue applies GELU and quantizes {p.name}'s input "
                                         "(its own output is not written)")
@@ -383,10 +384,5 @@ def assign(layers: list, mode: str) -> list:
                 (r := unsupported_reason(m.k, group[0].act_group, group[0].rotate, m.out_dtype)):
             why = r
         for p in group:
-            if why:
-                out[p.name] = dataclasses.replace(p, reason=f"{p.reason}; norm→modulate producer not fused: {why}")
-            else:
-                out[p.name] = dataclasses.replace(
-                    p, producer=m, reason=f"{p.reason}; activation quantized in its producer (layer norm → "
-                                          "modulate → cast, dvdq::norm_act_quant)")
+            out[p.name] = _fused(p, m, why, "norm→modulate", "layer norm → modulate → cast, dvdq::norm_act_quant")
     return [out.get(p.name, p) for p in layers]
