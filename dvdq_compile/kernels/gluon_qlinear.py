@@ -56,7 +56,8 @@ def _tile(t, pid, nprog, grid_m, grid_n, BLOCK_M: gl.constexpr, BLOCK_N: gl.cons
     tile = pid + t * nprog
     width = GROUP_M * grid_n
     first_m = (tile // width) * GROUP_M
-    rows = gl.minimum(grid_m - first_m, GROUP_M)
+    # past the last tile (the corner a predicated-off refill is given) rows would be <= 0: keep the modulo defined
+    rows = gl.maximum(gl.minimum(grid_m - first_m, GROUP_M), 1)
     return (first_m + (tile % width) % rows) * BLOCK_M, ((tile % width) // rows) * BLOCK_N
 
 
