@@ -31,6 +31,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import re
 import statistics
@@ -144,6 +145,7 @@ class Row:
     loop: int = 0  # > 0: a denoising loop of this many steps (δ row)
     profile: bool = False
     cuda_only: bool = False
+    env: dict = field(default_factory=dict)   # environment variables set while the row runs (DVDQ_GLUON)
 
 
 CACHE = {"cache": "delta", "cache_threshold": 0.15, "cache_steps": 20}  # step caching rows (runtime/step_cache.py)
@@ -156,6 +158,9 @@ ROWS = [
     Row("dvdquant W4A8", "dvdquant", {"act_bits": 8}, profile=True),
     Row("dvdquant W4A8 per-token", "dvdquant", {"act_bits": 8, "act_scale": "token"}),   # the fastest GEMM measured
     Row("dvdquant W4A8 fuse_attn", "dvdquant", {"act_bits": 8, "fuse_attn": "on"}),   # to_out's codes from attention
+    Row("dvdquant W4A8 Gluon", "dvdquant", {"act_bits": 8}, env={"DVDQ_GLUON": "1"}, cuda_only=True),
+    Row("dvdquant W4A8 per-token Gluon", "dvdquant", {"act_bits": 8, "act_scale": "token"}, env={"DVDQ_GLUON": "1"},
+        cuda_only=True),
     Row("dvdquant W4A4", "dvdquant", {"act_bits": 4}),
     Row("dvdquant W4A8 free_weights", "dvdquant", {"act_bits": 8, "free_weights": True}),
     Row("dvdquant W4A8 + CUDA graphs", "dvdquant", {"act_bits": 8}, mode="reduce-overhead", cuda_only=True),
@@ -576,7 +581,16 @@ def main(argv=None) -> int:
     stem = args.stem or f"e2e_{args.config}_{slug}"
     for row in rows:
         print(f"[e2e] {row.label} ...", flush=True)
-        r = run_row(row, cfg, args, device)
+        saved = {k: os.environ.get(k) for k in row.env}
+        os.environ.update(row.env)
+        try:
+            r = run_row(row, cfg, args, device)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         res["rows"].append(r)
         print(f"[e2e] {row.label}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in r.items() if k not in ("traceback", "step_ms_all",

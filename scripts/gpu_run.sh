@@ -69,7 +69,7 @@ case "$STAGE" in
                     --rows "eager bf16" "inductor bf16" "inductor bf16 + CUDA graphs" "torchao int8 dynamic" \
                     "torchao fp8 row-wise" 2>&1 | tee "$OUT/e2e_base.log" ;;
   e2e-dvdq)       timeout 540 python3 bench/e2e.py --config wan1.3b --stem e2e_wan1.3b_dvdq --out "$OUT" \
-                    --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 per-token" "dvdquant W4A8 fuse_attn" "dvdquant W4A4" "dvdquant W4A8 free_weights" \
+                    --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 per-token" "dvdquant W4A8 fuse_attn" "dvdquant W4A8 Gluon" "dvdquant W4A8 per-token Gluon" "dvdquant W4A4" "dvdquant W4A8 free_weights" \
                     "dvdquant W4A8 + CUDA graphs" "dvdquant delta (A4/A8)" 2>&1 | tee "$OUT/e2e_dvdq.log" ;;
   e2e-14b)        timeout 540 python3 bench/e2e.py --config wan14b --layers 12 --stem e2e_wan14b_12blocks --out "$OUT" \
                     --rows "inductor bf16" "dvdquant W4A8" "dvdquant W4A8 free_weights" 2>&1 | tee "$OUT/e2e_14b.log" ;;
