@@ -34,6 +34,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 from dvdq_compile.kernels import act_quant as A  # noqa: E402
+from dvdq_compile.kernels import attn_quant as AQ  # noqa: E402
 from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import cost  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
@@ -64,6 +65,11 @@ GELU_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32",
             "stride_csm": "i32"}
 GLUON_SIG = {"s_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
              "stride_sm": "i32"}   # + the TMA descriptors a_desc, w_desc, c_desc (GQL.desc_type)
+ATTN_SIG = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32",
+            "Sq": "i32", "Skv": "i32", "H": "i32", "qk_scale": "fp32",
+            **{f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhs"}, "stride_cb": "i32", "stride_cs": "i32",
+            "stride_csb": "i32", "stride_css": "i32"}
+ATTN_VARIANT = "flash fwd bf16 d128 + A8 g128 r128 epilogue"
 # (FFN-up (N, K), its FFN-down (N, K)) on Wan 1.3B / 14B: the FFN-up GEMM's epilogue writes the FFN-down's codes
 FFN_PAIRS = (((8960, 1536), (1536, 8960)), ((13824, 5120), (5120, 13824)))
 GELU_VARIANT = "W4→int8 g128 +GELU→A8 g128 r128"
@@ -166,6 +172,12 @@ def act_specs() -> list[Spec]:
         # elems: one chunk of the normalize-quantize loop (the hot loop); the statistics loop is added per shape
         out.append(Spec("norm_quant", "LN+mod+A8 g128 r128 bf16", NQ._norm_quant_kernel, NORM_SIG, const, w,
                         c.num_stages, elems=bm * 256))
+    for c in AQ._gpu_configs():   # fuse_attn's kernel: one KV block per loop iteration
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        const = dict(D=128, IEEE=False, IN=2, OUT=2, QMAX=127, GROUP=128, ROT=128, ROT_MODE=T.ROT_PM1,
+                     ROT_SCALE=128 ** -0.5, USE_RINT=True, **c.kwargs)
+        out.append(Spec("attn_quant", ATTN_VARIANT, AQ._attn_quant_kernel, ATTN_SIG, const, c.num_warps, c.num_stages,
+                        elems=bm * bn, block=(bm, bn)))
     return out
 
 
@@ -200,6 +212,10 @@ def analyse(spec: Spec) -> dict:
             spec.k_iter = st.macs.get("int8", 0) * max(spec.warps // 4, 1) // (spec.bm * spec.bn) or spec.k_iter
         useful = spec.bm * spec.bn * spec.k_iter
         rec.update(k_iter=spec.k_iter, **SM.tile_cycles(st, spec.warps, ctas, useful))
+    elif spec.kernel == "attn_quant":   # QKᵀ and PV per KV block: its share of the 16-bit tensor peak
+        rec.update(elems=spec.elems, **SM.tile_cycles(st, spec.warps, ctas))
+        rec["bf16_useful"] = 2 * spec.bm * spec.bn * spec.const["D"] / SM.MAC_PER_CLK["fp16"]
+        rec["bf16_fraction"] = rec["bf16_useful"] / rec["cycles"]
     else:
         rec.update(elems=spec.elems, **SM.tile_cycles(st, spec.warps, ctas))
         rec["instructions_per_element"] = round(st.instructions * 32 * spec.warps / spec.elems, 2)
@@ -217,8 +233,11 @@ def remodel(rec: dict) -> dict:
     if not rec.get("ok"):
         return rec
     useful = rec["fraction"] * rec["cycles"]   # the int8 tensor clocks of the useful MACs (tile_cycles' numerator)
-    return {**rec, **SM.combine(rec["mma_cycles"], rec["smem_cycles"], rec["issue_cycles"], "serial_cycles" in rec,
-                                rec["ctas_per_sm"], useful, rec.get("exposed_cycles"))}
+    out = {**rec, **SM.combine(rec["mma_cycles"], rec["smem_cycles"], rec["issue_cycles"], "serial_cycles" in rec,
+                               rec["ctas_per_sm"], useful, rec.get("exposed_cycles"))}
+    if "bf16_useful" in rec:
+        out["bf16_fraction"] = rec["bf16_useful"] / out["cycles"]
+    return out
 
 
 def gemm_bytes(m, n, k, group, wbytes):
@@ -369,11 +388,15 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
             continue
         cls = " | ".join(str(r["by_class"].get(c, 0)) for c in CLASS_ORDER)
         ser = f"{r['serial_cycles']:.0f}" if "serial_cycles" in r else "-"
-        frac = f"{100 * r['fraction']:.0f}" if r.get("k_iter") else f"({r['instructions_per_element']} instr/elem)"
+        frac = f"{100 * r['fraction']:.0f}" if r.get("k_iter") else \
+            f"({100 * r['bf16_fraction']:.0f}% of bf16 peak)" if "bf16_fraction" in r else \
+            f"({r['instructions_per_element']} instr/elem)"
         lines.append(f"| {r['kernel']} | {r['variant']} | {r['tile']} | {r.get('regs', '?')} | {r.get('stack', '?')}"
                      f" | {r['shared'] / 1024:.0f} | {r['ctas_per_sm']} | {r['loop_instructions']} | {cls} | "
                      f"{r['wait_depth'] if r['wait_depth'] is not None else '-'} | {r['mma_cycles']:.0f} | "
                      f"{r['smem_cycles']:.0f} | {r['issue_cycles']:.0f} | {ser} | {r['bound']} | {frac} |")
+    lines += ["", "attn_quant (`fuse_attn`'s kernel): one KV block per loop iteration; in brackets the model's share of "
+              "the 16-bit tensor peak for its two GEMMs (QKᵀ and PV), the softmax waiting on them (serial)."]
     lines += ["", f"## Per Wan shape at M = {M_TOKENS}: best tile per variant (H100 SXM HBM {meta['hbm'] / 1e12} TB/s)",
               "", "est = max(compute from tile waves, HBM bytes floor); ideal = int8 peak MMA time; act_quant = the "
               "separate rotate+quantize pass (best tile), share of the GEMM's estimated time and bytes. norm_quant = "

@@ -123,3 +123,10 @@ def test_model_counts_only_the_work_outside_the_wgmmas_in_flight():
     # 8 warps = 2 per SMSP: MMA 512, issue max(38 x 2, 30 x 2 x 2) = 120, exposed max(13 x 2, 20 x 2) = 40
     assert c["mma_cycles"] == 512 and c["issue_cycles"] == 120 and c["exposed_cycles"] == 40
     assert c["bound"] == "serial" and c["cycles"] == 552
+
+
+def test_committed_attention_kernel_record():
+    """fuse_attn's kernel is in the instrument: compiled for sm_90 without spills at every GPU tile, with its share of
+    the 16-bit tensor peak (a model: the next GPU window times it against SDPA)."""
+    recs = [r for r in json.loads(RESULTS.read_text())["kernels"] if r["kernel"] == "attn_quant"]
+    assert len(recs) == 2 and all(r["ok"] and r["stack"] == 0 and 0 < r["bf16_fraction"] <= 1 for r in recs), recs
