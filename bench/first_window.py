@@ -54,13 +54,13 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "gluon_g128", "gluon_per_token", "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
+                 "gluon_g128", "gluon_per_token", "gluon_gelu_quant (FFN-up shapes)", "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
                  "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
     compiles = {
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
-        "gluon_qlinear group-128 and per-token": 2,
+        "gluon_qlinear group-128, per-token, and with the GELU epilogue": 3,
         "attn_quant (the attention step: SDPA, SDPA + act_quant, the fused kernel)": 1,
         "expand": 1,
         "act_quant (one config)": 1,
@@ -239,6 +239,13 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             gg = 128 if n % 128 == 0 else 32     # the dry run's small N
             r["times"]["gelu_quant"] = t(lambda: g(codes, scales, packed, ws, wz, bias, 4, xdt, "tanh", 8, gg, gg, 0,
                                                    expand=True, config=cfg))
+            if dev == "cuda":   # the Gluon GEMM with the same epilogue (kernels/gluon_qlinear.py)
+                from dvdq_compile.kernels.tl_common import hadamard_for
+                hm, _, rsc = hadamard_for(128, 0, torch.empty(0, dtype=xdt, device=dev))
+                gcodes = torch.empty(m, n, dtype=torch.int8, device=dev)
+                gscales = torch.empty(m, n // 128, dtype=torch.float32, device=dev)
+                r["times"]["gluon_gelu_quant"] = t(lambda: gql.gluon_gelu_quant(codes, scales, w8, ws1, bias, hm, gcodes,
+                                                                                gscales, False, rsc, 127))
             r["gelu_quant_config"] = str(cfg)
         gemm = cost.qlinear_cost(m, n, k, 128, 4)
         by = cost.evaluate(gemm["bytes"])
@@ -320,12 +327,14 @@ def render(data: dict) -> str:
     if any("gluon_g128" in r["times"] for r in steps):
         out += ["", "The Gluon kernel (kernels/gluon_qlinear.py: the rescale under the next wgmma) beside the Triton "
                 "loop, ms (TOPS), and whether its output equals the Triton kernel's bit for bit:", "",
-                "| N x K | Triton g128 | Gluon g128 | bit-exact | Triton per-token | Gluon per-token | bit-exact |",
-                "|---|---|---|---|---|---|---|"]
+                "| N x K | Triton g128 | Gluon g128 | bit-exact | Triton per-token | Gluon per-token | bit-exact | "
+                "Triton GEMM + GELU→A8 | Gluon GEMM + GELU→A8 |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for r in steps:
             out.append(f"| {r['N']}x{r['K']} | {cell(r, 'w4a8_auto')} | {cell(r, 'gluon_g128')} | "
                        f"{r.get('gluon_g128_bit_exact', '-')} | {cell(r, 'w4a8_per_token')} | "
-                       f"{cell(r, 'gluon_per_token')} | {r.get('gluon_per_token_bit_exact', '-')} |")
+                       f"{cell(r, 'gluon_per_token')} | {r.get('gluon_per_token_bit_exact', '-')} | "
+                       f"{cell(r, 'gelu_quant')} | {cell(r, 'gluon_gelu_quant')} |")
     att = data["steps"].get("attention")
     if isinstance(att, dict) and "times" in att:
         ms = {k: v.get("ms") for k, v in att["times"].items()}

@@ -63,8 +63,6 @@ GELU_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32",
             "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
             "M_BUCKET": "i32", "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32",
             "stride_csm": "i32"}
-GLUON_SIG = {"s_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-             "stride_sm": "i32"}   # + the TMA descriptors a_desc, w_desc, c_desc (GQL.desc_type)
 ATTN_SIG = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32",
             "Sq": "i32", "Skv": "i32", "H": "i32", "qk_scale": "fp32",
             **{f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhs"}, "stride_cb": "i32", "stride_cs": "i32",
@@ -107,7 +105,7 @@ class Spec:
     def tile(self) -> str:
         c = self.const
         if self.block or "BLOCK_N" in c:
-            unroll = f"/u{c['UNROLL']}" if c.get("UNROLL", 1) > 1 else ""
+            unroll = f"/u{c['UNROLL']}" if c.get("UNROLL", 1) > 1 else ""   # groups per loop iteration
             return f"{self.bm}x{self.bn}/{self.warps}w/{self.stages}s{unroll}"
         return f"{c['BLOCK_M']}x{c.get('T', '')}/{self.warps}w"
 
@@ -147,14 +145,14 @@ def gemm_specs(quick: bool) -> list[Spec]:
         const = dict(QMAX=127, GROUP_K=128, PER_TOKEN=False, PACK=2, ROT=128, ROT_MODE=T.ROT_PM1,
                      ROT_SCALE=128 ** -0.5, USE_RINT=True, HAS_BIAS=True, **kw)
         out.append(Spec("fused", "W4A8 g128 r128", F._fused_qlinear_kernel, FUSED_SIG, const, w, st, k_iter=128))
-    for bm, bn, w, st, u in GQL.TILES[:2] if quick else GQL.TILES:
-        sig = dict(GLUON_SIG, a_desc=GQL.desc_type(bm), w_desc=GQL.desc_type(bn),
-                   c_desc=GQL.desc_type(bm, bn, torch.bfloat16))
-        per_token = (bm, bn, w, st, u) == GQL.PER_TOKEN_TILE
-        const = dict(HAS_BIAS=True, GROUP_M=8, STAGES=st, num_warps=w, PER_TOKEN=per_token, UNROLL=u)
-        out.append(Spec("gluon_qlinear", "W4→int8 per-token" if per_token else "W4→int8 g128",
-                        GQL._gluon_qlinear_kernel, sig, const, w, st, k_iter=128 * u, wbytes=1.0,
-                        group=0 if per_token else 128, block=(bm, bn)))
+    for gelu, tiles in ((False, GQL.TILES[:2] if quick else GQL.TILES), (True, () if quick else GQL.GELU_TILES)):
+        for tile in tiles:
+            bm, bn, w, st, u = tile
+            sig, const = GQL.offline_spec(tile, gelu)
+            per_token = u == 1
+            variant = ("W4→int8 per-token" if per_token else "W4→int8 g128") + (" +GELU→A8 g128 r128" if gelu else "")
+            out.append(Spec("gluon_qlinear", variant, GQL._gluon_qlinear_kernel, sig, const, w, st,
+                            k_iter=128 * u, wbytes=1.0, group=0 if per_token else 128, block=(bm, bn)))
     return out
 
 
@@ -290,8 +288,9 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                 continue
             s = by_name[(r["kernel"], r["variant"], r["tile"])]
             bm, bn = s.bm, s.bn
-            if r["kernel"] == "gelu_quant" and (n, k) not in [up for up, _ in FFN_PAIRS]:
-                continue   # the epilogue kernel runs the FFN-up GEMMs only
+            epi = r["kernel"] == "gelu_quant" or "+GELU" in r["variant"]
+            if epi and (n, k) not in [up for up, _ in FFN_PAIRS]:
+                continue   # the epilogue kernels run the FFN-up GEMMs only
             if r["kernel"] == "gluon_qlinear" and s.group and (k // 128) % s.const["UNROLL"]:
                 continue   # the compiled loop only (a K whose groups it does not divide adds a two-group tail)
             outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
@@ -302,14 +301,14 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                 outside = (r["tile_loop_instructions"] - r["loop_instructions"]
                            + (r["kernel_instructions"] - r["tile_loop_instructions"]) / per_cta) \
                     * r["warps"] / SM.SMSP / r["ctas_per_sm"]
-            if r["kernel"] == "gelu_quant":   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
-                outside += bm * bn * s.const["ROT"] / SM.MAC_PER_CLK["fp16"]
+            if epi:   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
+                outside += bm * bn * s.const.get("ROT", 128) / SM.MAC_PER_CLK["fp16"]
             comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,
                                                   k_iter=r["k_iter"], ctas_per_sm=r["ctas_per_sm"], sms=SM.SMS,
                                                   outside=outside)) / SM.CLOCK_HZ
             xbytes = act_bytes(m, k) if r["kernel"] == "fused" else 0  # fused reads bf16 x instead of codes
             by = gemm_bytes(m, n, k, s.group, s.wbytes) + (xbytes - m * k - 4 * m * k / 128 if xbytes else 0)
-            if r["kernel"] == "gelu_quant":   # writes codes + scales instead of the bf16 output
+            if epi:   # writes codes + scales instead of the bf16 output
                 by += m * n + 4 * m * n / 128 - 2 * m * n
             mem = by / hbm
             est = max(comp, mem)
@@ -321,7 +320,7 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
                    "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3)}
             if "int8" in r["variant"]:
                 row["expand_us"] = round(expand * 1e6, 1)
-            gemm = r["kernel"] in ("qlinear", "gluon_qlinear")
+            gemm = r["kernel"] in ("qlinear", "gluon_qlinear") and not epi
             if gemm and best_act:
                 row["act_quant_us"] = round(best_act[0] * 1e6, 1)
                 row["act_share"] = round(best_act[0] / est, 3)

@@ -138,15 +138,13 @@ def attn_specs():
 
 
 def gluon_specs():
-    """The Gluon W4A8 kernel at every tile its dispatch uses (kernels/gluon_qlinear.py)."""
-    for bm, bn, w, st, u in GQL.TILES:
-        sig = {"a_desc": GQL.desc_type(bm), "w_desc": GQL.desc_type(bn), "c_desc": GQL.desc_type(bm, bn, GQL.torch.bfloat16),
-              
-               "s_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-               "stride_sm": "i32"}
-        per_token = (bm, bn, w, st, u) == GQL.PER_TOKEN_TILE
-        const = dict(PER_TOKEN=per_token, HAS_BIAS=True, UNROLL=u, GROUP_M=8, STAGES=st, num_warps=w)
-        yield f"gluon_qlinear {'per-token' if per_token else f'g128 u{u}'}", GQL._gluon_qlinear_kernel, sig, const, w, st
+    """The Gluon W4A8 kernel at every tile its dispatch uses, plain and with the FFN-up's GELU epilogue
+    (kernels/gluon_qlinear.py)."""
+    for gelu, tiles in ((False, GQL.TILES), (True, GQL.GELU_TILES)):
+        for tile in tiles:
+            sig, const = GQL.offline_spec(tile, gelu)
+            name = f"gluon_qlinear{' gelu' if gelu else ''} {'per-token' if tile[4] == 1 else f'g128 u{tile[4]}'}"
+            yield name, GQL._gluon_qlinear_kernel, sig, const, tile[2], tile[3]
 
 
 def expand_specs():

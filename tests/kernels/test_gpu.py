@@ -268,3 +268,28 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, bias, seed):
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
     gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token)
     assert torch.equal(y, y_triton)
+
+
+@pytest.mark.parametrize("in_group", [1536, 128])
+def test_gluon_gelu_quant_vs_reference(in_group, monkeypatch):
+    """The Gluon FFN-up kernel with the GELU → rotate → quantize epilogue (DVDQ_GLUON=1 through the op's own entry
+    point), per-token and group-128 FFN-up input, bf16, ragged M, N a multiple of 128 but not of 256: the same bounds
+    against qlinear_ref → F.gelu → quantize_act as the Triton epilogue kernel's test; how many codes differ from the
+    Triton kernel's is printed (another order of the rotation's fp32 sums may flip a tie)."""
+    from dvdq_compile.kernels import gluon_qlinear as gql
+    from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
+    from .test_gelu_quant import _compare
+    g = _gen(6)
+    m, n, k, dtype = 4133, 1152, 1536, torch.bfloat16
+    codes, scales = quant.quantize_act(make_x(m, k, gen=g), 8, in_group, 0)
+    packed, ws, wz = make_weight(n, k, 4, gen=g)
+    bias = torch.randn(n, generator=g).to(dtype)
+    args = [t.to(DEV) for t in (codes, scales, packed, ws * 4, wz, bias)]
+    ct, st_ = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
+    monkeypatch.setenv("DVDQ_GLUON", "1")
+    assert gql.use_gluon() and gql.supported_gelu(n, k, in_group, True, 128, 128, dtype, "tanh") is None
+    c, s = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
+    rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
+    _compare((m, n, k, in_group, 128, 128, 8, 4, dtype), c, s, rc, rs)
+    print("codes differing from the Triton kernel's:", float((c != ct).float().mean()),
+          "scales:", float((s != st_).float().mean()))
