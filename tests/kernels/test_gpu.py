@@ -4,6 +4,7 @@ Run with ``TRITON_INTERPRET=0 python -m pytest tests/kernels -m gpu`` (skipped o
 """
 import pytest
 import torch
+import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -249,7 +250,7 @@ def test_attn_quant_bf16_vs_reference(sq, skv):
     assert int((c.cpu().int() - rc.int()).abs().max()) <= 1
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(m=st.integers(1, 3000), n8=st.integers(1, 200), kg=st.sampled_from([8, 10, 12, 14, 20]),
        per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_gluon_qlinear_property(m, n8, kg, per_token, bias, seed):
@@ -263,7 +264,9 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, bias, seed):
     b = torch.randn(n, generator=_gen(seed + 2)).to(torch.bfloat16).to(DEV) if bias else None
     c, s = quant.quantize_act(x, 8, group)
     assert gql.supported(k, group, True, n) is None
-    y_triton = kernels.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True)
+    # one forced Triton tile (every tile gives the same bits; autotuning each drawn M bucket would cost the window)
+    cfg = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8}, num_warps=8, num_stages=3)
+    y_triton = ql_mod.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True, config=cfg)
     o = ql_mod.operands(c, s, packed, ws, wz, b, 4, True)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
     gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token)
