@@ -63,10 +63,6 @@ GELU_SIG = {"a_ptr": "*i8", "s_ptr": "*fp32", "w_ptr": "*i8", "ws_ptr": "*fp32",
             "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
             "M_BUCKET": "i32", "stride_am": "i32", "stride_sm": "i32", "stride_wn": "i32", "stride_cm": "i32",
             "stride_csm": "i32"}
-ATTN_SIG = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32",
-            "Sq": "i32", "Skv": "i32", "H": "i32", "qk_scale": "fp32",
-            **{f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhs"}, "stride_cb": "i32", "stride_cs": "i32",
-            "stride_csb": "i32", "stride_css": "i32"}
 ATTN_VARIANT = "flash fwd bf16 d128 + A8 g128 r128 epilogue"
 # (FFN-up (N, K), its FFN-down (N, K)) on Wan 1.3B / 14B: the FFN-up GEMM's epilogue writes the FFN-down's codes
 FFN_PAIRS = (((8960, 1536), (1536, 8960)), ((13824, 5120), (5120, 13824)))
@@ -172,9 +168,8 @@ def act_specs() -> list[Spec]:
                         c.num_stages, elems=bm * 256))
     for c in AQ._gpu_configs():   # fuse_attn's kernel: one KV block per loop iteration
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        const = dict(D=128, IEEE=False, IN=2, OUT=2, QMAX=127, GROUP=128, ROT=128, ROT_MODE=T.ROT_PM1,
-                     ROT_SCALE=128 ** -0.5, USE_RINT=True, **c.kwargs)
-        out.append(Spec("attn_quant", ATTN_VARIANT, AQ._attn_quant_kernel, ATTN_SIG, const, c.num_warps, c.num_stages,
+        sig, const = AQ.offline_spec(c)
+        out.append(Spec("attn_quant", ATTN_VARIANT, AQ._attn_quant_kernel, sig, const, c.num_warps, c.num_stages,
                         elems=bm * bn, block=(bm, bn)))
     return out
 

@@ -30,6 +30,7 @@ from ..quant.hadamard import NO_SIGNS
 from .tl_common import (
     FMA_DIV,
     OUT_CODES,
+    ROT_PM1,
     USE_RINT,
     configs,
     hadamard_for,
@@ -118,6 +119,18 @@ def _attn_quant_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 
+def offline_spec(config: triton.Config) -> tuple[dict, dict]:
+    """(signature, constexprs) of the kernel for bf16 heads of 128 with an A8, group-128, Hadamard-128 epilogue at
+    ``config``'s tile: the offline sm_90 compile (kernels/aot.py: tests/kernels/aot_sm90.py, bench/sass.py)."""
+    sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32",
+           "Sq": "i32", "Skv": "i32", "H": "i32", "qk_scale": "fp32",
+           **{f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhs"}, "stride_cb": "i32", "stride_cs": "i32",
+           "stride_csb": "i32", "stride_css": "i32"}
+    const = dict(D=128, IEEE=False, IN=OUT_CODES[torch.bfloat16], OUT=OUT_CODES[torch.bfloat16], QMAX=127,
+                 GROUP=128, ROT=128, ROT_MODE=ROT_PM1, ROT_SCALE=128 ** -0.5, USE_RINT=True, **config.kwargs)
+    return sig, const
+
+
 def unsupported_reason(q_shape: tuple, k_shape: tuple, v_shape: tuple, dtype: torch.dtype, out_dtype: torch.dtype,
                        group: int, rotate: int) -> str | None:
     """Why the kernel cannot produce this attention's codes (None: it can). q [B, H, Sq, D], k / v [B, H, Skv, D]."""
@@ -164,7 +177,7 @@ def attn_act_quant(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
         q, k, v, h, codes, scales, sq, skv, heads, qk_scale,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), codes.stride(0), codes.stride(1), scales.stride(0), scales.stride(1),
-        D=d, IEEE=q.dtype == torch.float32, IN=OUT_CODES[q.dtype], OUT=OUT_CODES[out_dtype], QMAX=qmax_for(bits), GROUP=group, ROT=rotate,
-        ROT_MODE=mode, ROT_SCALE=rscale, USE_RINT=USE_RINT,
+        D=d, IEEE=q.dtype == torch.float32, IN=OUT_CODES[q.dtype], OUT=OUT_CODES[out_dtype], QMAX=qmax_for(bits),
+        GROUP=group, ROT=rotate, ROT_MODE=mode, ROT_SCALE=rscale, USE_RINT=USE_RINT,
     )
     return codes, scales

@@ -10,13 +10,15 @@ reference's order, so it gives the Triton kernel's numbers to the bit on the sam
 Why Gluon: Triton's software pipeliner makes a ``wgmma`` asynchronous only when its accumulator is fp32 (rule
 2.1 of ``WGMMAPipeline.cpp``, Triton 3.6/3.7); an int8 ``tl.dot`` accumulates in int32, so every one is followed by
 ``wgmma.wait_group 0`` and the tensor core idles while the CUDA cores convert and rescale the group's partial sum
-(``bench/results/sass.md``: MMA + issue add up; 53% of int8 peak at best for group 128). Gluon exposes the wait:
-group ``g + 1``'s wgmma is issued into a second int32 accumulator before group ``g``'s partial is rescaled, and the
-wait keeps one group in flight (``warpgroup_mma_wait(1)``). The two accumulators alternate by unrolling the group
-loop by two (a loop-carried swap would make ptxas serialize), so the number of groups must be even (``K / 128``
-is on every Wan linear). Operands come through TMA into a ``STAGES``-deep shared-memory ring with one mbarrier
-per slot; a slot is refilled once the wgmma that read it is known complete. Per-token scales (one group of K)
-accumulate all K steps into one int32 accumulator with the same one-in-flight wait.
+(``bench/results/sass.md``: MMA + issue add up; 53% of int8 peak at best for group 128). Gluon exposes the wait.
+Group 128 (:func:`_groups`): two int32 partials alternate, group i + 2's wgmma is issued as soon as group i's partial
+is rescaled, so each rescale runs under the other partial's wgmma; an iteration covers 2-12 groups (the largest count
+dividing K/128, unrolled at trace time) and drains its wgmmas, because ptxas serializes every wgmma when a partial is
+read after a loop back-edge. Per-token scales accumulate all of K into one int32 accumulator with one wgmma in
+flight. Operands come through TMA into a ``STAGES``-deep shared-memory ring with one mbarrier per slot; a slot is
+refilled once the wgmma that read it is known complete. Persistent: one program per SM walks its tiles, the ring
+runs on across them, and the output leaves through shared memory and a TMA store under the next tile. With GELU the
+epilogue is the FFN-up's (:func:`_gelu_codes`, ``kernels/gelu_quant.py``'s twin): it writes the FFN-down's codes.
 
 Cost (as :mod:`.qlinear` on expanded weights): ``2·M·N·K`` int8 MACs, ``2·M·N·K/128`` fp32 ops for the rescale;
 bytes ``M·K`` codes + ``4·M·K/128`` scales + ``N·K`` weights + ``8·N`` + ``2·M·N`` out, each operand once.
@@ -40,17 +42,18 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 BLOCK_K = 128                  # one K step = one activation group (group 128) and one TMA box
 UNROLLS = (12, 10, 6, 4, 2)     # groups per loop iteration, the largest that divides K/128 (unroll_for)
-# (BLOCK_M, BLOCK_N, warps, stages, groups per iteration), compiled and modelled offline (bench/sass.py, sm_90).
-# Group 128: 128x64 / 8 warps (two int32 partials and the fp32 sum: 128-180 registers); at 128x128 the same code
-# takes 242 registers and ptxas then sinks the first rescale below the last wait, where nothing overlaps it.
-# Per-token: 128x128 / 8 warps (one partial, 122 registers).
+# (BLOCK_M, BLOCK_N, warps, stages, groups per iteration; 1: per-token), compiled and modelled offline
+# (tests/kernels/aot_sm90.py, bench/sass.py; sm_90). Group 128: 128x64 / 8 warps (two int32 partials and the fp32
+# sum); at 128x128 they take 242 registers and ptxas sinks the first rescale below the last wait. Per-token:
+# 128x128 / 8 warps (one partial).
 GROUPED_TILES = tuple((128, 64, 8, 8, u) for u in UNROLLS)
-PER_TOKEN_TILE = (128, 128, 8, 4, 1)   # groups per iteration 1: per-token
+PER_TOKEN_TILE = (128, 128, 8, 4, 1)
 STAGES_MAX = 8
 TILES = (PER_TOKEN_TILE, *GROUPED_TILES)
-# the FFN-up with the GELU → rotate → quantize epilogue (group = tile width = 128): per-token input, or group-128
-# input at 128x128 (two partials and the sum: ptxas sinks a rescale there, estimated ~64%)
-GELU_TILES = ((128, 128, 8, 4, 1), (128, 128, 8, 4, 12), (128, 128, 8, 4, 10))
+# the FFN-up with the GELU → rotate → quantize epilogue: 128x128 (a tile row is one group and one Hadamard block),
+# 4 stages (the ring, the codes tile and the Hadamard block fit 227 KiB); per-token input, or group-128 input
+GELU_STAGES = 4
+GELU_TILES = tuple((128, 128, 8, GELU_STAGES, u) for u in (1, *UNROLLS))
 
 
 @gluon.jit
@@ -289,7 +292,7 @@ def supported(k: int, ga: int, expanded: bool, n: int = 0, out_dtype: torch.dtyp
     with an even number of groups, or per-token; an output TMA can address (16-byte rows: N·e a multiple of 16)."""
     if out_dtype not in _GL_DTYPE or out_dtype == torch.int8:
         return f"output dtype {out_dtype}: only bf16, fp16, fp32"
-    if n * torch.empty((), dtype=out_dtype).element_size() % 16:
+    if n * out_dtype.itemsize % 16:
         return f"N={n} rows of {out_dtype} are not a multiple of 16 bytes (the TMA store)"
     if not expanded:
         return "needs int8-expanded weights (kernels/expand.py)"
@@ -332,31 +335,32 @@ def unroll_for(n_groups: int) -> int:
     return next(u for u in UNROLLS if n_groups % u == 0)
 
 
+def _launch(a, s, w, ws, bias, out, h, cs, tile, gelu: bool, qmax: int = 1, rot_scale: float = 1.0) -> None:
+    """Descriptors, the persistent grid and the launch at ``tile`` (its fifth field: groups per iteration; 1 runs
+    the per-token path). ``h`` / ``cs``: the GELU epilogue's Hadamard block and scales (read only with ``gelu``)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    bm, bn, warps, stages, unroll = tile
+    m, k = a.shape
+    n = w.shape[0]
+    a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
+    w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
+    c_desc = TensorDescriptor.from_tensor(out, [bm, bn], smem_layout(bm, bn, out.dtype))
+    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), _sms(a.device)),)   # persistent: one program per SM
+    _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, h, cs, m, n, k,
+                                s.stride(0), cs.stride(0), PER_TOKEN=unroll == 1, HAS_BIAS=bias is not None,
+                                UNROLL=unroll, GELU=gelu, QMAX=qmax, ROT_SCALE=rot_scale, GROUP_M=8, STAGES=stages,
+                                num_warps=warps)
+
+
 def gluon_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
                   out: torch.Tensor, per_token: bool) -> torch.Tensor:
     """``out`` [M, N] = the W4A8 GEMM of int8 codes ``a`` [M, K] with fp32 scales ``s`` [M, K/128] (per-token
     [M, 1]) and int8-expanded weights ``w`` [N, K], Δ ``ws`` [N] fp32, optional ``bias`` [N]. CUDA only; the
     caller checks :func:`supported`."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    m, k = a.shape
-    n = w.shape[0]
-    if per_token:
-        bm, bn, warps, stages, unroll = PER_TOKEN_TILE
-    else:
-        bm, bn, warps, stages, _ = GROUPED_TILES[0]
-        unroll = unroll_for(k // BLOCK_K)
-    a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
-    w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
-    c_desc = TensorDescriptor.from_tensor(out, [bm, bn], smem_layout(bm, bn, out.dtype))
-    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), _sms(a.device)),)   # persistent: one program per SM
-    _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, ws, ws, m, n, k,
-                                s.stride(0), 0, PER_TOKEN=per_token, HAS_BIAS=bias is not None, UNROLL=unroll,
-                                GELU=False, QMAX=1, ROT_SCALE=1.0, GROUP_M=8, STAGES=stages, num_warps=warps)
+    tile = PER_TOKEN_TILE if per_token else (*GROUPED_TILES[0][:4], unroll_for(a.shape[1] // BLOCK_K))
+    _launch(a, s, w, ws, bias, out, ws, s, tile, gelu=False)
     return out
-
-
-GELU_STAGES = 4   # 128x128 tiles: the ring (4 x 32 KiB), the codes tile and the Hadamard block fit 227 KiB
 
 
 def supported_gelu(n: int, k: int, ga: int, expanded: bool, group: int, rotate: int, out_dtype: torch.dtype,
@@ -370,8 +374,6 @@ def supported_gelu(n: int, k: int, ga: int, expanded: bool, group: int, rotate: 
         return f"GELU {approximate!r} with a {out_dtype} output: tanh-GELU in 16 bits only"
     if group != 128 or rotate != 128 or n % 128:
         return f"group {group}, Hadamard block {rotate}, N={n}: 128, 128 and a multiple of 128"
-    if k < GELU_STAGES * BLOCK_K:
-        return f"K={k} < {GELU_STAGES * BLOCK_K}"
     return None
 
 
@@ -382,17 +384,6 @@ def gluon_gelu_quant(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torc
     and scales ``scales`` fp32 [M, N/128]: GELU (tanh) of the output in ``h``'s dtype, rotated by the ±1 block ``h``
     [128, 128] times ``rot_scale``, quantized per 128-group (``kernels/gelu_quant.py`` is the Triton twin). CUDA
     only; the caller checks :func:`supported_gelu`."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    m, k = a.shape
-    n = w.shape[0]
-    bm, bn, warps = 128, 128, 8
-    unroll = 1 if per_token else unroll_for(k // BLOCK_K)
-    a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
-    w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
-    c_desc = TensorDescriptor.from_tensor(codes, [bm, bn], smem_layout(bm, bn, torch.int8))
-    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), _sms(a.device)),)
-    _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, h, scales, m, n, k,
-                                s.stride(0), scales.stride(0), PER_TOKEN=per_token, HAS_BIAS=bias is not None,
-                                UNROLL=unroll, GELU=True, QMAX=qmax, ROT_SCALE=rot_scale, GROUP_M=8,
-                                STAGES=GELU_STAGES, num_warps=warps)
+    unroll = 1 if per_token else unroll_for(a.shape[1] // BLOCK_K)
+    _launch(a, s, w, ws, bias, codes, h, scales, (*GELU_TILES[0][:4], unroll), gelu=True, qmax=qmax,
+            rot_scale=rot_scale)

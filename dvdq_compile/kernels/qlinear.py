@@ -36,8 +36,8 @@ import triton
 import triton.language as tl
 
 from . import capability
-from .capability import pack_factor
 from . import gluon_qlinear as GQL
+from .capability import pack_factor
 from .expand import expand_weight
 from .tl_common import (
     INTERPRET,

@@ -9,11 +9,12 @@ kernel: instruction counts by class, the ``wgmma`` wait depth, and cycles per lo
 - **issue**: per SM sub-partition (4 per SM, one warp instruction dispatched per clock), the larger of the dispatch
   count and the busiest pipe (:data:`PIPE_CYCLES`: the 16-lane INT and FMA-heavy pipes take 2 clocks per warp
   instruction, the XU conversions / MUFU 8);
-- **serialization**: when every ``wgmma`` is waited to depth 0 before the loop's other work, MMA and issue add up
-  within a CTA. Other CTAs on the SM could hide that (``1/ctas`` if they overlapped perfectly); measured on an H200
+- **serialization**: when the loop waits its ``wgmma``\ s to depth 0, the instructions issued with no wgmma in
+  flight (after that wait, before the next wgmma: all of them in a Triton int8 loop, only an iteration's last
+  rescale in the Gluon kernel) add to the MMA time within a CTA. Other CTAs on the SM could hide that (``1/ctas`` if they overlapped perfectly); measured on an H200
   (``bench/results/sass_vs_h200.md``) two co-resident 4-warp CTAs hid none of it: with full overlap the model was
   2.6-3.4x optimistic at those tiles and ranked them first, without it 1.4-1.8x, near the 1-CTA tiles' 1.2-1.4x. So
-  :data:`CTA_OVERLAP` = 0: ``serial = (mma + issue) / (1 + CTA_OVERLAP·(ctas − 1))``.
+  :data:`CTA_OVERLAP` = 0: ``serial = (mma + exposed issue) / (1 + CTA_OVERLAP·(ctas − 1))``.
 
 ``cycles = max(mma, smem, issue, serial if serialized)``; ``fraction of peak = mma_useful / cycles``.
 It is a model: latency, bank conflicts, L2 and TMA behaviour are not in it; what it is good for is comparing the
@@ -181,12 +182,11 @@ def loop_stats(instrs: list[Instr]) -> LoopStats:
             st.exposed_instructions += 1
             if pipe:
                 st.exposed_pipe_cycles[pipe] = st.exposed_pipe_cycles.get(pipe, 0) + cyc
-        if _GMMA.match(ins.op):
-            in_flight = True
         if ins.base in ("LDL", "STL"):
             st.local_mem += 1
         m = _GMMA.match(ins.op)
         if m:
+            in_flight = True
             kind, mm, nn, kk, _ = m.groups()
             mm, nn, kk = int(mm), int(nn), int(kk)
             st.gmma.append((mm, nn, kk))

@@ -180,6 +180,14 @@ def _erase_unused_chain(g: fx.Graph, node: fx.Node, stop: fx.Node) -> None:
         todo += inputs
 
 
+def _erase_chain(g: fx.Graph, nodes: list, what: str) -> None:
+    """Erase a producer chain a fused op replaced, last node first; each must have lost all its readers."""
+    for n in nodes:
+        if n.users:
+            raise AssertionError(f"dvdquant: {n} ({what}) still has readers {list(n.users)} after the rewrite")
+        g.erase_node(n)
+
+
 def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: QuantConfig, variant: int,
             timestep_index: int | None = None) -> fx.GraphModule:
     """A new GraphModule with ``plan``'s quantized layers at ``variant``-bit activations (where the plan does not
@@ -253,17 +261,10 @@ def rewrite(gm: fx.GraphModule, plan: Plan, weights: list[WeightInput], cfg: Qua
         if isinstance(p.producer, NormModulate):
             _erase_unused_chain(g, val_map[p.site.x], stop=val_map[p.producer.x])
         elif isinstance(p.producer, AttentionOut):   # the casts, the head merge, then the SDPA call itself
-            for n in [val_map[c] for c in reversed(p.producer.chain)]:
-                if n.users:
-                    raise AssertionError(f"dvdquant: {n} (attention chain of {p.name}) still has readers "
-                                         f"{list(n.users)} after the rewrite")
-                g.erase_node(n)
+            _erase_chain(g, [val_map[c] for c in reversed(p.producer.chain)], f"attention chain of {p.name}")
         elif isinstance(p.producer, GeluOfLinear):   # dropout, GELU, then the FFN-up linear itself
-            for n in [val_map[c] for c in reversed(p.producer.chain)] + [val_map[p.producer.y]]:
-                if n.users:
-                    raise AssertionError(f"dvdquant: {n} (FFN-up → GELU chain of {p.name}) still has readers "
-                                         f"{list(n.users)} after the rewrite")
-                g.erase_node(n)
+            _erase_chain(g, [val_map[c] for c in reversed(p.producer.chain)] + [val_map[p.producer.y]],
+                         f"FFN-up → GELU chain of {p.name}")
     g.lint()
     new.recompile()
     return new

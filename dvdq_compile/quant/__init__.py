@@ -13,7 +13,8 @@ from .qweight import QuantizedWeight, WeightSpec, quantize_weight, quantized_byt
 from .smooth import smooth_factors, weight_absmax
 
 __all__ = [
-    "NO_SIGNS", "QuantizedWeight", "WeightSpec", "attention", "attn_out", "attn_quant_ref", "bgr", "bgr_rows", "dequant_linear_ref", "dequantize",
+    "NO_SIGNS", "QuantizedWeight", "WeightSpec", "attention", "attn_out", "attn_quant_ref", "bgr", "bgr_rows",
+    "dequant_linear_ref", "dequantize",
     "dequantize_act", "fake_quant_per_channel", "gelu_quant_ref", "hadamard_matrix", "int_partials", "minmax", "norm_modulate", "offset_qweight",
     "pack", "pack_int3",
     "pack_int4", "qlinear_ref", "qmax_for", "quantize_act", "quantize_weight", "quantized_bytes", "rotate",

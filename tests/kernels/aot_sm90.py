@@ -126,13 +126,8 @@ def norm_specs():
 
 def attn_specs():
     """The attention kernel that quantizes in its epilogue, bf16 D = 128, at each GPU tile."""
-    sig = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "h_ptr": "*bf16", "c_ptr": "*i8", "cs_ptr": "*fp32",
-           "Sq": "i32", "Skv": "i32", "H": "i32", "qk_scale": "fp32",
-           **{f"stride_{t}{a}": "i32" for t in "qkv" for a in "bhs"}, "stride_cb": "i32", "stride_cs": "i32",
-           "stride_csb": "i32", "stride_css": "i32"}
     for c in AT._gpu_configs():
-        const = dict(D=128, IEEE=False, IN=2, OUT=2, QMAX=127, GROUP=128, ROT=128, ROT_MODE=T.ROT_PM1,
-                     ROT_SCALE=128 ** -0.5, USE_RINT=True, **c.kwargs)
+        sig, const = AT.offline_spec(c)
         yield f"attn_quant bf16 d128 {c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}", AT._attn_quant_kernel, sig, const, \
             c.num_warps, c.num_stages
 

@@ -89,3 +89,12 @@ def test_unsupported_says_why(q, k, dtype, group, rotate, why):
         with pytest.raises(ValueError, match="Triton attn_act_quant"):
             attn_act_quant(torch.zeros(q, dtype=dtype), torch.zeros(k, dtype=dtype), torch.zeros(k, dtype=dtype),
                            None, torch.float32, 8, group, rotate)
+
+
+def test_inputs_it_cannot_take_say_why():
+    """q, k, v of different dtypes, and a softmax over no keys, are refused by name (no NaN output)."""
+    q = torch.zeros(1, 2, 8, 32)
+    with pytest.raises(ValueError, match="q, k, v dtypes torch.float32, torch.float16, torch.float32 differ"):
+        attn_act_quant(q, q.half(), q, None, torch.float32, 8, 32)
+    with pytest.raises(ValueError, match=r"no keys \(Skv = 0\)"):
+        attn_act_quant(q, q[:, :, :0], q[:, :, :0], None, torch.float32, 8, 32)
