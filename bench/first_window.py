@@ -60,7 +60,8 @@ def plan() -> dict:
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
-        "gluon_qlinear group-128, per-token, and with the GELU epilogue": 3,
+        "gluon_qlinear group-128 and per-token": 2,
+        "gluon_ffn_up (warp-specialized FFN-up with the GELU epilogue)": 1,
         "attn_quant (the attention step: SDPA, SDPA + act_quant, the fused kernel)": 1,
         "expand": 1,
         "act_quant (one config)": 1,
@@ -239,13 +240,14 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             gg = 128 if n % 128 == 0 else 32     # the dry run's small N
             r["times"]["gelu_quant"] = t(lambda: g(codes, scales, packed, ws, wz, bias, 4, xdt, "tanh", 8, gg, gg, 0,
                                                    expand=True, config=cfg))
-            if dev == "cuda":   # the Gluon GEMM with the same epilogue (kernels/gluon_qlinear.py)
+            if dev == "cuda":   # the warp-specialized Gluon FFN-up with the same epilogue (kernels/gluon_ffn_up.py)
+                from dvdq_compile.kernels import gluon_ffn_up as gfu
                 from dvdq_compile.kernels.tl_common import hadamard_for
                 hm, _, rsc = hadamard_for(128, 0, torch.empty(0, dtype=xdt, device=dev))
                 gcodes = torch.empty(m, n, dtype=torch.int8, device=dev)
                 gscales = torch.empty(m, n // 128, dtype=torch.float32, device=dev)
-                r["times"]["gluon_gelu_quant"] = t(lambda: gql.gluon_gelu_quant(codes, scales, w8, ws1, bias, hm, gcodes,
-                                                                                gscales, False, rsc, 127))
+                r["times"]["gluon_gelu_quant"] = t(lambda: gfu.ffn_up_gelu_quant(codes, scales, w8, ws1, bias, hm,
+                                                                                 gcodes, gscales, False, rsc, 127))
             r["gelu_quant_config"] = str(cfg)
         gemm = cost.qlinear_cost(m, n, k, 128, 4)
         by = cost.evaluate(gemm["bytes"])
@@ -328,7 +330,7 @@ def render(data: dict) -> str:
         out += ["", "The Gluon kernel (kernels/gluon_qlinear.py: the rescale under the next wgmma) beside the Triton "
                 "loop, ms (TOPS), and whether its output equals the Triton kernel's bit for bit:", "",
                 "| N x K | Triton g128 | Gluon g128 | bit-exact | Triton per-token | Gluon per-token | bit-exact | "
-                "Triton GEMM + GELU→A8 | Gluon GEMM + GELU→A8 |",
+                "Triton GEMM + GELU→A8 | Gluon warp-specialized GEMM + GELU→A8 |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in steps:
             out.append(f"| {r['N']}x{r['K']} | {cell(r, 'w4a8_auto')} | {cell(r, 'gluon_g128')} | "

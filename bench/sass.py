@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)   # real JITFunctions (before triton is imported)
@@ -39,6 +39,7 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import cost  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
 from dvdq_compile.kernels import gelu_quant as GQ  # noqa: E402
+from dvdq_compile.kernels import gluon_ffn_up as GFU  # noqa: E402
 from dvdq_compile.kernels import gluon_qlinear as GQL  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
@@ -88,6 +89,7 @@ class Spec:
     wbytes: float = 0.5
     group: int = 128
     block: tuple | None = None    # (BLOCK_M, BLOCK_N) where they are not constexprs (Gluon: the TMA boxes)
+    maxnreg: int | None = None    # the launch's register cap (warp-specialized: setmaxnreg splits it)
 
     @property
     def bm(self) -> int:
@@ -102,7 +104,9 @@ class Spec:
         c = self.const
         if self.block or "BLOCK_N" in c:
             unroll = f"/u{c['UNROLL']}" if c.get("UNROLL", 1) > 1 else ""   # groups per loop iteration
-            return f"{self.bm}x{self.bn}/{self.warps}w/{self.stages}s{unroll}"
+            # warp-specialized: two consumer warpgroups of `warps` warps and a loader warp
+            warps = f"2x{self.warps}w+1w" if self.kernel == "gluon_ffn_up" else f"{self.warps}w"
+            return f"{self.bm}x{self.bn}/{warps}/{self.stages}s{unroll}"
         return f"{c['BLOCK_M']}x{c.get('T', '')}/{self.warps}w"
 
 
@@ -141,15 +145,34 @@ def gemm_specs(quick: bool) -> list[Spec]:
         const = dict(QMAX=127, GROUP_K=128, PER_TOKEN=False, PACK=2, ROT=128, ROT_MODE=T.ROT_PM1,
                      ROT_SCALE=128 ** -0.5, USE_RINT=True, HAS_BIAS=True, **kw)
         out.append(Spec("fused", "W4A8 g128 r128", F._fused_qlinear_kernel, FUSED_SIG, const, w, st, k_iter=128))
-    for gelu, tiles in ((False, GQL.TILES[:2] if quick else GQL.TILES), (True, () if quick else GQL.GELU_TILES)):
-        for tile in tiles:
-            bm, bn, w, st, u = tile
-            sig, const = GQL.offline_spec(tile, gelu)
-            per_token = u == 1
-            variant = ("W4→int8 per-token" if per_token else "W4→int8 g128") + (" +GELU→A8 g128 r128" if gelu else "")
-            out.append(Spec("gluon_qlinear", variant, GQL._gluon_qlinear_kernel, sig, const, w, st,
-                            k_iter=128 * u, wbytes=1.0, group=0 if per_token else 128, block=(bm, bn)))
+    for tile in GQL.TILES[:2] if quick else GQL.TILES:
+        bm, bn, w, st, u = tile
+        sig, const = GQL.offline_spec(tile)
+        variant = "W4→int8 per-token" if u == 1 else "W4→int8 g128"
+        out.append(Spec("gluon_qlinear", variant, GQL._gluon_qlinear_kernel, sig, const, w, st, k_iter=128 * u,
+                        wbytes=1.0, group=0 if u == 1 else 128, block=(bm, bn)))
+    for u in () if quick else GFU.UNROLLS:   # the FFN-up with the GELU epilogue, warp-specialized
+        sig, const = GFU.offline_spec(u)
+        variant = ("W4→int8 per-token" if u == 1 else "W4→int8 g128") + " +GELU→A8 g128 r128"
+        out.append(Spec("gluon_ffn_up", variant, GFU._ffn_up_kernel, sig, const, GFU.CONSUMER_WARPS, GFU.STAGES,
+                        k_iter=128 * u, wbytes=1.0, group=0 if u == 1 else 128, block=(GFU.BLOCK_M, GFU.BLOCK_N),
+                        maxnreg=GFU.LAUNCH_REGS))
     return out
+
+
+def pingpong_ref_k(unroll: int) -> int:
+    """The K at which the per-kernel table shows a warp-specialized variant's per-tile estimate: the Wan FFN-up K
+    whose groups its unroll count divides (1536: Wan 1.3B; 5120: 14B)."""
+    return 1536 if 12 % unroll == 0 else 5120
+
+
+def pingpong_tile(rec: dict, k: int) -> dict:
+    """A warp-specialized record's bounds per output tile at ``k`` (``sass_model.pingpong_cycles``): its K-loop
+    iterations from the MACs (a K step the compiler peeled out of the loop counts in the epilogue's)."""
+    loop, epi, loader = (SM.LoopStats(**rec["pingpong"][p]) for p in ("loop", "epilogue", "loader"))
+    total = rec["block"][0] * rec["block"][1] * k
+    iters = (total - epi.macs.get("int8", 0)) / loop.macs["int8"]
+    return SM.pingpong_cycles(loop, iters, epi, loader, k // 128, total)
 
 
 def act_specs() -> list[Spec]:
@@ -181,7 +204,7 @@ def analyse(spec: Spec) -> dict:
     rec = {"kernel": spec.kernel, "variant": spec.variant, "tile": spec.tile, "warps": spec.warps,
            "stages": spec.stages}
     try:
-        k = aot.compile_sm90(spec.fn, spec.sig, spec.const, spec.warps, spec.stages)
+        k = aot.compile_sm90(spec.fn, spec.sig, spec.const, spec.warps, spec.stages, maxnreg=spec.maxnreg)
     except Exception as e:  # a variant that does not compile is a row, not a crash
         rec.update(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
         return rec
@@ -200,6 +223,13 @@ def analyse(spec: Spec) -> dict:
         if outer:
             last_exit = max(i for i, ins in enumerate(instrs) if ins.base == "EXIT")
             rec.update(tile_loop_instructions=outer[1] - outer[0] + 1, kernel_instructions=last_exit + 1)
+    if spec.kernel == "gluon_ffn_up":   # warp-specialized: per output tile, at the reference K
+        parts = SM.pingpong_parts(instrs)
+        rec.update(pingpong={p: asdict(st) for p, st in zip(("loop", "epilogue", "loader"), parts)},
+                   block=[spec.bm, spec.bn], k_ref=pingpong_ref_k(spec.const["UNROLL"]), k_iter=spec.k_iter,
+                   ctas_per_sm=1)
+        rec.update(pingpong_tile(rec, rec["k_ref"]))
+        return rec
     if spec.k_iter:
         if spec.kernel == "gluon_qlinear":   # K per loop iteration from its wgmmas (ptxas may unroll the loop)
             spec.k_iter = st.macs.get("int8", 0) * max(spec.warps // 4, 1) // (spec.bm * spec.bn) or spec.k_iter
@@ -225,6 +255,8 @@ def remodel(rec: dict) -> dict:
     memory and issue cycles are properties of the SASS; how they combine is the model's."""
     if not rec.get("ok"):
         return rec
+    if "pingpong" in rec:
+        return {**rec, **pingpong_tile(rec, rec["k_ref"])}
     useful = rec["fraction"] * rec["cycles"]   # the int8 tensor clocks of the useful MACs (tile_cycles' numerator)
     out = {**rec, **SM.combine(rec["mma_cycles"], rec["smem_cycles"], rec["issue_cycles"], "serial_cycles" in rec,
                                rec["ctas_per_sm"], useful, rec.get("exposed_cycles"))}
@@ -286,21 +318,25 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             epi = r["kernel"] == "gelu_quant" or "+GELU" in r["variant"]
             if epi and (n, k) not in [up for up, _ in FFN_PAIRS]:
                 continue   # the epilogue kernels run the FFN-up GEMMs only
-            if r["kernel"] == "gluon_qlinear" and s.group and (k // 128) % s.const["UNROLL"]:
+            if r["kernel"].startswith("gluon") and s.group and (k // 128) % s.const["UNROLL"]:
                 continue   # the compiled loop only (a K whose groups it does not divide adds a two-group tail)
-            outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
-            if "tile_loop_instructions" in r:   # persistent: per tile its tile loop around the K loop, once per CTA
-                # the rest (up to the EXIT; the try-wait retry blocks after it run only while a load is late)
-                tiles = -(-m // bm) * -(-n // bn)
-                per_cta = tiles / min(tiles, SM.SMS * r["ctas_per_sm"])
-                outside = (r["tile_loop_instructions"] - r["loop_instructions"]
-                           + (r["kernel_instructions"] - r["tile_loop_instructions"]) / per_cta) \
-                    * r["warps"] / SM.SMSP / r["ctas_per_sm"]
-            if epi:   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
-                outside += bm * bn * s.const.get("ROT", 128) / SM.MAC_PER_CLK["fp16"]
-            comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,
-                                                  k_iter=r["k_iter"], ctas_per_sm=r["ctas_per_sm"], sms=SM.SMS,
-                                                  outside=outside)) / SM.CLOCK_HZ
+            if "pingpong" in r:   # per tile from the three partitions' code (per-CTA set-up not counted)
+                comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=pingpong_tile(r, k)["cycles"],
+                                                      block_m=bm, block_n=bn, k_iter=k, sms=SM.SMS)) / SM.CLOCK_HZ
+            else:
+                outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
+                if "tile_loop_instructions" in r:   # persistent: per tile its tile loop around the K loop, once per CTA
+                    # the rest (up to the EXIT; the try-wait retry blocks after it run only while a load is late)
+                    tiles = -(-m // bm) * -(-n // bn)
+                    per_cta = tiles / min(tiles, SM.SMS * r["ctas_per_sm"])
+                    outside = (r["tile_loop_instructions"] - r["loop_instructions"]
+                               + (r["kernel_instructions"] - r["tile_loop_instructions"]) / per_cta) \
+                        * r["warps"] / SM.SMSP / r["ctas_per_sm"]
+                if epi:   # + the epilogue's Hadamard: a [BM·BN/r, r] @ [r, r] 16-bit MMA per tile
+                    outside += bm * bn * s.const.get("ROT", 128) / SM.MAC_PER_CLK["fp16"]
+                comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=r["cycles"], block_m=bm, block_n=bn,
+                                                      k_iter=r["k_iter"], ctas_per_sm=r["ctas_per_sm"], sms=SM.SMS,
+                                                      outside=outside)) / SM.CLOCK_HZ
             xbytes = act_bytes(m, k) if r["kernel"] == "fused" else 0  # fused reads bf16 x instead of codes
             by = gemm_bytes(m, n, k, s.group, s.wbytes) + (xbytes - m * k - 4 * m * k / 128 if xbytes else 0)
             if epi:   # writes codes + scales instead of the bf16 output
@@ -335,21 +371,24 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
 
 def _ffn_producer(rows: list[dict], m: int) -> list[dict]:
     """On the FFN-down rows: what quantizing its input in the FFN-up GEMM's epilogue adds — the epilogue kernel's
-    time beyond the plain FFN-up GEMM (same loop variant, best tiles) as a share of this GEMM, and its bytes: codes and
-    scales written instead of the 16-bit output (and no separate pass reading it), negative."""
+    time beyond the plain FFN-up GEMM (same loop variant, best tiles; the Triton pair on the Triton rows, the
+    warp-specialized Gluon FFN-up against the plain Gluon GEMM on the Gluon rows) as a share of this GEMM, and its
+    bytes: codes and scales written instead of the 16-bit output (and no separate pass reading it), negative."""
     best = {(r["N"], r["K"], r["kernel"], r["variant"]): r for r in best_per_variant(rows)}
     for up, down in FFN_PAIRS:
-        g = best.get((*up, "gelu_quant", GELU_VARIANT))
-        plain = best.get((*up, "qlinear", "W4→int8 g128"))
-        if g is None or plain is None:
-            continue
+        pairs = {"qlinear": (best.get((*up, "gelu_quant", GELU_VARIANT)), best.get((*up, "qlinear", "W4→int8 g128"))),
+                 "gluon_qlinear": (best.get((*up, "gluon_ffn_up", GELU_VARIANT)),
+                                   best.get((*up, "gluon_qlinear", "W4→int8 g128")))}
         k = down[1]
         for r in rows:
-            if (r["N"], r["K"]) == down and r["kernel"] in ("qlinear", "gluon_qlinear"):
-                by = gemm_bytes(m, r["N"], k, 128, 1.0)
-                r["ffn_epilogue_us"] = g["est_us"]
-                r["ffn_epilogue_added_share"] = round(max(0.0, g["est_us"] - plain["est_us"]) / r["est_us"], 3)
-                r["ffn_epilogue_bytes_share"] = round((m * k + 4 * m * k / 128 - 2 * m * k) / by, 3)
+            g, plain = pairs.get(r["kernel"], (None, None)) if (r["N"], r["K"]) == down else (None, None)
+            if g is None or plain is None:
+                continue
+            by = gemm_bytes(m, r["N"], k, 128, 1.0)
+            r["ffn_epilogue_kernel"] = g["kernel"]
+            r["ffn_epilogue_us"] = g["est_us"]
+            r["ffn_epilogue_added_share"] = round(max(0.0, g["est_us"] - plain["est_us"]) / r["est_us"], 3)
+            r["ffn_epilogue_bytes_share"] = round((m * k + 4 * m * k / 128 - 2 * m * k) / by, 3)
     return rows
 
 
@@ -381,7 +420,8 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
             lines.append(f"| {r['kernel']} | {r['variant']} | {r['tile']} | compile failed: {r['error'][:80]} |")
             continue
         cls = " | ".join(str(r["by_class"].get(c, 0)) for c in CLASS_ORDER)
-        ser = f"{r['serial_cycles']:.0f}" if "serial_cycles" in r else "-"
+        ser = f"{r['serial_cycles']:.0f}" if "serial_cycles" in r else \
+            f"{r['chain_cycles']:.0f} (chain)" if "chain_cycles" in r else "-"
         frac = f"{100 * r['fraction']:.0f}" if r.get("k_iter") else \
             f"({100 * r['bf16_fraction']:.0f}% of bf16 peak)" if "bf16_fraction" in r else \
             f"({r['instructions_per_element']} instr/elem)"
@@ -389,6 +429,12 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
                      f" | {r['shared'] / 1024:.0f} | {r['ctas_per_sm']} | {r['loop_instructions']} | {cls} | "
                      f"{r['wait_depth'] if r['wait_depth'] is not None else '-'} | {r['mma_cycles']:.0f} | "
                      f"{r['smem_cycles']:.0f} | {r['issue_cycles']:.0f} | {ser} | {r['bound']} | {frac} |")
+    lines += ["", "gluon_ffn_up (warp-specialized: two consumer warpgroups take alternate 64x128 tiles, a loader warp "
+              "feeds both; `kernels/gluon_ffn_up.py`): the class counts are one consumer's K-loop iteration, the "
+              "bounds are per output tile at the Wan FFN-up K its unroll count divides (1536, or 5120 for u10): "
+              "tensor (the K loop's and the epilogue's wgmmas), shared memory, issue (one consumer warp's K loop and "
+              "epilogue plus the loader's steps per sub-partition), and in the serial column the chain (one "
+              "consumer's K loop then its epilogue, halved: two consumers in flight), `sass_model.pingpong_cycles`."]
     lines += ["", "attn_quant (`fuse_attn`'s kernel): one KV block per loop iteration; in brackets the model's share of "
               "the 16-bit tensor peak for its two GEMMs (QKᵀ and PV), the softmax waiting on them (serial)."]
     lines += ["", f"## Per Wan shape at M = {M_TOKENS}: best tile per variant (H100 SXM HBM {meta['hbm'] / 1e12} TB/s)",
@@ -430,10 +476,11 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
 
 
 # what tests/bench/test_sass.py recompiles and holds to the committed estimates: the loop before (packed), the
-# two int8-native loops after, at the tiles the instrument ranks best
+# two int8-native loops after, at the tiles the instrument ranks best, the Gluon kernels
 CHECK = (("qlinear", "W4 g128", "128x128/8w/3s"), ("qlinear", "W4→int8 g128", "128x64/4w/4s"),
          ("qlinear", "W4→int8 per-token", "64x128/4w/4s"), ("qlinear", "W4→int8 g128", "128x128/8w/3s"),
-         ("gluon_qlinear", "W4→int8 per-token", "128x128/8w/4s"), ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"))
+         ("gluon_qlinear", "W4→int8 per-token", "128x128/8w/4s"), ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"),
+         ("gluon_ffn_up", GELU_VARIANT, "64x128/2x4w+1w/6s/u12"))
 
 
 def check(committed: Path) -> int:

@@ -27,11 +27,12 @@ def available() -> bool:
     return PTXAS.exists() and CUOBJDUMP.exists()
 
 
-def compile_sm90(fn, sig: dict, const: dict, num_warps: int, num_stages: int):
+def compile_sm90(fn, sig: dict, const: dict, num_warps: int, num_stages: int, maxnreg: int | None = None):
     """``triton.compile`` of the JITFunction ``fn`` (or an ``Autotuner``: its ``.fn``) for sm_90.
 
     ``sig`` maps non-constexpr arguments to Triton types (``"*i8"``, ``"i32"``, ...), ``const`` the constexprs.
-    Pointers, strides and ``K`` get the 16-divisibility the launcher specializes on at run time.
+    Pointers, strides and ``K`` get the 16-divisibility the launcher specializes on at run time. ``maxnreg``: the
+    launch's register cap per thread (a warp-specialized kernel's ``setmaxnreg`` budget is split from it).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -48,7 +49,8 @@ def compile_sm90(fn, sig: dict, const: dict, num_warps: int, num_stages: int):
     source = (GluonASTSource if getattr(fn, "is_gluon", lambda: False)() else ASTSource)(fn, full, constexprs=const,
                                                                                          attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", SM90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages,
+                                   **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
 def _cuobjdump(cubin: bytes, *flags: str) -> str:

@@ -17,8 +17,8 @@ dividing K/128, unrolled at trace time) and drains its wgmmas, because ptxas ser
 read after a loop back-edge. Per-token scales accumulate all of K into one int32 accumulator with one wgmma in
 flight. Operands come through TMA into a ``STAGES``-deep shared-memory ring with one mbarrier per slot; a slot is
 refilled once the wgmma that read it is known complete. Persistent: one program per SM walks its tiles, the ring
-runs on across them, and the output leaves through shared memory and a TMA store under the next tile. With GELU the
-epilogue is the FFN-up's (:func:`_gelu_codes`, ``kernels/gelu_quant.py``'s twin): it writes the FFN-down's codes.
+runs on across them, and the output leaves through shared memory and a TMA store under the next tile. The FFN-up
+with its GELU → rotate → quantize epilogue is a warp-specialized kernel on the same K loop: :mod:`.gluon_ffn_up`.
 
 Cost (as :mod:`.qlinear` on expanded weights): ``2·M·N·K`` int8 MACs, ``2·M·N·K/128`` fp32 ops for the rescale;
 bytes ``M·K`` codes + ``4·M·K/128`` scales + ``N·K`` weights + ``8·N`` + ``2·M·N`` out, each operand once.
@@ -30,7 +30,6 @@ confirmed it (``use_gluon``).
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -50,10 +49,6 @@ GROUPED_TILES = tuple((128, 64, 8, 8, u) for u in UNROLLS)
 PER_TOKEN_TILE = (128, 128, 8, 4, 1)
 STAGES_MAX = 8
 TILES = (PER_TOKEN_TILE, *GROUPED_TILES)
-# the FFN-up with the GELU → rotate → quantize epilogue: 128x128 (a tile row is one group and one Hadamard block),
-# 4 stages (the ring, the codes tile and the Hadamard block fit 227 KiB); per-token input, or group-128 input
-GELU_STAGES = 4
-GELU_TILES = tuple((128, 128, 8, GELU_STAGES, u) for u in (1, *UNROLLS))
 
 
 @gluon.jit
@@ -138,50 +133,12 @@ def _groups(base, g, UNROLL: gl.constexpr, acc, pa, pb, s_rows, mask_m, ring, ST
 
 
 @gluon.jit
-def _gelu_codes(y, h_smem, DT: gl.constexpr, QMAX: gl.constexpr, ROT_SCALE: gl.constexpr, BLOCK_M: gl.constexpr,
-                BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
-    """The FFN-down's codes from the FFN-up output tile ``y`` (fp32, Δ and bias applied), as
-    ``kernels/gelu_quant.py`` makes them (``quant.gelu_quant_ref``): cast to DT, tanh-GELU in fp32 (tl_common.gelu's
-    formula), cast to DT, rotate by the ±1 block in ``h_smem`` on the tensor cores (exact products, fp32 sums) times
-    ROT_SCALE, then one group per row (BLOCK_N = group = Hadamard block): ``s = absmax / qmax`` (NaN if the group
-    holds one), codes ``round(x / s)`` (the correctly rounded quotient, ties to even) clamped to ±qmax, 0 where ``s`` is 0 or not
-    finite. Returns (int8 codes [BLOCK_M, BLOCK_N], fp32 scales [BLOCK_M])."""
-    yf = y.to(DT).to(gl.float32)
-    y2 = yf * yf
-    a = (yf / (1.0 + gl.exp2(yf * (-2.302208198144325 - 0.1029432395800235 * y2)))).to(DT)
-    rl: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                 instr_shape=[16, BLOCK_N, 16])
-    a_op = gl.convert_layout(a, gl.DotOperandLayout(operand_index=0, parent=rl, k_width=2))
-    r = warpgroup_mma(a_op, h_smem, gl.zeros((BLOCK_M, BLOCK_N), gl.float32, rl)) * ROT_SCALE
-    amax = gl.max(gl.abs(r), axis=1)
-    nan = gl.max((r != r).to(gl.int32), axis=1)      # a plain max drops NaN; torch's amax keeps it
-    amax = gl.where(nan > 0, math.nan, amax)
-    sc = gl.div_rn(amax, gl.full(amax.shape, QMAX, gl.float32, amax.type.layout))
-    ok = ((sc - sc) == 0.0) & (sc > 0.0)
-    safe = gl.where(ok, sc, 1.0)
-    # RN(r / s) as tl_common.quotient computes it on a GPU (Markstein: one correctly rounded reciprocal per row, an
-    # FMA-corrected product per element; inputs scaled by 2^64 when s < 2^-64), the Triton epilogue's numbers
-    kk = gl.where(safe < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)
-    sk = (safe * kk)[:, None]
-    xk = r * kk[:, None]
-    rc = gl.div_rn(gl.full(sk.shape, 1.0, gl.float32, sk.type.layout), sk)
-    q = xk * rc
-    q = gl.fma(gl.fma(-q, sk, xk), rc, q)
-    c = (q + 12582912.0) - 12582912.0      # round half to even (|q| <= qmax·(1 + 2^-23), far below 2^22)
-    c = gl.minimum(gl.maximum(c, -QMAX), QMAX)
-    c = gl.where(ok[:, None], c, 0.0)
-    return c.to(gl.int8), sc
-
-
-@gluon.jit
-def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M, N, K, stride_sm,
-                          stride_csm, PER_TOKEN: gl.constexpr, HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr,
-                          GELU: gl.constexpr, QMAX: gl.constexpr, ROT_SCALE: gl.constexpr, GROUP_M: gl.constexpr,
-                          STAGES: gl.constexpr, num_warps: gl.constexpr):
+def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, M, N, K, stride_sm,
+                          PER_TOKEN: gl.constexpr, HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr,
+                          GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """Persistent: the grid is at most one program per SM; program ``pid`` takes tiles pid, pid + nprog, ... and
     its operand ring runs on across them (``_load``), so a tile's prologue loads were issued during the previous
-    tile's K loop and its output's TMA store overlaps the next tile. GELU: the FFN-up's epilogue (:func:`_gelu_codes`)
-    writes int8 codes through ``c_desc`` and one scale per row and tile at ``cs_ptr`` instead of the output."""
+    tile's K loop and its output's TMA store overlaps the next tile."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
@@ -200,16 +157,6 @@ def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr
     w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_N, BK], w_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
-    if GELU:   # the ±1 Hadamard block [BLOCK_N, BLOCK_N] (row-major, the FFN-down's 16-bit dtype), once per program
-        hl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-        hr = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, hl))
-        hc = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, hl))
-        hv = gl.load(h_ptr + hr[:, None] * BLOCK_N + hc[None, :])
-        h_smem = gl.allocate_shared_memory(h_ptr.dtype.element_ty, [BLOCK_N, BLOCK_N],
-                                           gl.NVMMASharedLayout.get_default_for([BLOCK_N, BLOCK_N],
-                                                                                h_ptr.dtype.element_ty), hv)
-    else:
-        h_smem = c_smem   # never read
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
     off_m, off_n = _tile(0, pid, nprog, grid_m, grid_n, BLOCK_M, BLOCK_N, GROUP_M)
@@ -255,13 +202,7 @@ def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr
             b = gl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32)
             acc = acc + b[None, :]
         tma.store_wait(pendings=0)      # the previous tile's store has read c_smem
-        if GELU:
-            codes, sc = _gelu_codes(acc, h_smem, h_ptr.dtype.element_ty, QMAX, ROT_SCALE, BLOCK_M, BLOCK_N, num_warps)
-            c_smem.store(codes)
-            gl.store(cs_ptr + offs_m.to(gl.int64) * stride_csm + off_n // BLOCK_N,
-                     gl.convert_layout(sc, gl.SliceLayout(1, layout)), mask=mask_m)
-        else:
-            c_smem.store(acc.to(c_desc.dtype))
+        c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
         tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
         off_m, off_n = nxt_m, nxt_n
@@ -313,20 +254,18 @@ def use_gluon() -> bool:
     return os.environ.get("DVDQ_GLUON", "0") == "1" and torch.cuda.is_available()
 
 
-def offline_spec(tile: tuple, gelu: bool = False) -> tuple[dict, dict]:
+def offline_spec(tile: tuple) -> tuple[dict, dict]:
     """(signature, constexprs) of the kernel at ``tile`` = (BLOCK_M, BLOCK_N, warps, stages, groups per iteration;
     1: per-token) for an offline sm_90 compile (kernels/aot.py: tests/kernels/aot_sm90.py, bench/sass.py)."""
     bm, bn, warps, stages, unroll = tile
-    out = torch.int8 if gelu else torch.bfloat16
-    sig = {"a_desc": desc_type(bm), "w_desc": desc_type(bn), "c_desc": desc_type(bm, bn, out), "s_ptr": "*fp32",
-           "ws_ptr": "*fp32", "bias_ptr": "*bf16", "h_ptr": "*bf16", "cs_ptr": "*fp32", "M": "i32", "N": "i32",
-           "K": "i32", "stride_sm": "i32", "stride_csm": "i32"}
-    const = dict(PER_TOKEN=unroll == 1, HAS_BIAS=True, UNROLL=unroll, GELU=gelu, QMAX=127 if gelu else 1,
-                 ROT_SCALE=128 ** -0.5 if gelu else 1.0, GROUP_M=8, STAGES=stages, num_warps=warps)
+    sig = {"a_desc": desc_type(bm), "w_desc": desc_type(bn), "c_desc": desc_type(bm, bn, torch.bfloat16),
+           "s_ptr": "*fp32", "ws_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+           "stride_sm": "i32"}
+    const = dict(PER_TOKEN=unroll == 1, HAS_BIAS=True, UNROLL=unroll, GROUP_M=8, STAGES=stages, num_warps=warps)
     return sig, const
 
 
-def _sms(device) -> int:
+def sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
@@ -335,55 +274,22 @@ def unroll_for(n_groups: int) -> int:
     return next(u for u in UNROLLS if n_groups % u == 0)
 
 
-def _launch(a, s, w, ws, bias, out, h, cs, tile, gelu: bool, qmax: int = 1, rot_scale: float = 1.0) -> None:
-    """Descriptors, the persistent grid and the launch at ``tile`` (its fifth field: groups per iteration; 1 runs
-    the per-token path). ``h`` / ``cs``: the GELU epilogue's Hadamard block and scales (read only with ``gelu``)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    bm, bn, warps, stages, unroll = tile
-    m, k = a.shape
-    n = w.shape[0]
-    a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
-    w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
-    c_desc = TensorDescriptor.from_tensor(out, [bm, bn], smem_layout(bm, bn, out.dtype))
-    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), _sms(a.device)),)   # persistent: one program per SM
-    _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, h, cs, m, n, k,
-                                s.stride(0), cs.stride(0), PER_TOKEN=unroll == 1, HAS_BIAS=bias is not None,
-                                UNROLL=unroll, GELU=gelu, QMAX=qmax, ROT_SCALE=rot_scale, GROUP_M=8, STAGES=stages,
-                                num_warps=warps)
-
-
 def gluon_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
                   out: torch.Tensor, per_token: bool) -> torch.Tensor:
     """``out`` [M, N] = the W4A8 GEMM of int8 codes ``a`` [M, K] with fp32 scales ``s`` [M, K/128] (per-token
     [M, 1]) and int8-expanded weights ``w`` [N, K], Δ ``ws`` [N] fp32, optional ``bias`` [N]. CUDA only; the
     caller checks :func:`supported`."""
-    tile = PER_TOKEN_TILE if per_token else (*GROUPED_TILES[0][:4], unroll_for(a.shape[1] // BLOCK_K))
-    _launch(a, s, w, ws, bias, out, ws, s, tile, gelu=False)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    bm, bn, warps, stages, unroll = PER_TOKEN_TILE if per_token else \
+        (*GROUPED_TILES[0][:4], unroll_for(a.shape[1] // BLOCK_K))
+    m, k = a.shape
+    n = w.shape[0]
+    a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))
+    w_desc = TensorDescriptor.from_tensor(w, [bn, BLOCK_K], smem_layout(bn))
+    c_desc = TensorDescriptor.from_tensor(out, [bm, bn], smem_layout(bm, bn, out.dtype))
+    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), sms(a.device)),)   # persistent: one program per SM
+    _gluon_qlinear_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, m, n, k,
+                                s.stride(0), PER_TOKEN=unroll == 1, HAS_BIAS=bias is not None, UNROLL=unroll,
+                                GROUP_M=8, STAGES=stages, num_warps=warps)
     return out
-
-
-def supported_gelu(n: int, k: int, ga: int, expanded: bool, group: int, rotate: int, out_dtype: torch.dtype,
-                   approximate: str) -> str | None:
-    """Why the Gluon FFN-up kernel cannot make this FFN-down's codes (None: it can): tanh-GELU, a 16-bit FFN-up
-    output, group = Hadamard block = 128 (the tile width), N a multiple of 128, and the GEMM's own conditions."""
-    why = supported(k, ga, expanded, n, out_dtype)
-    if why:
-        return why
-    if approximate != "tanh" or out_dtype not in (torch.bfloat16, torch.float16):
-        return f"GELU {approximate!r} with a {out_dtype} output: tanh-GELU in 16 bits only"
-    if group != 128 or rotate != 128 or n % 128:
-        return f"group {group}, Hadamard block {rotate}, N={n}: 128, 128 and a multiple of 128"
-    return None
-
-
-def gluon_gelu_quant(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
-                     h: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, per_token: bool, rot_scale: float,
-                     qmax: int) -> None:
-    """The FFN-up GEMM (as :func:`gluon_qlinear`) whose epilogue writes the FFN-down's codes ``codes`` int8 [M, N]
-    and scales ``scales`` fp32 [M, N/128]: GELU (tanh) of the output in ``h``'s dtype, rotated by the ±1 block ``h``
-    [128, 128] times ``rot_scale``, quantized per 128-group (``kernels/gelu_quant.py`` is the Triton twin). CUDA
-    only; the caller checks :func:`supported_gelu`."""
-    unroll = 1 if per_token else unroll_for(a.shape[1] // BLOCK_K)
-    _launch(a, s, w, ws, bias, codes, h, scales, (*GELU_TILES[0][:4], unroll), gelu=True, qmax=qmax,
-            rot_scale=rot_scale)

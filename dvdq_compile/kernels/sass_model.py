@@ -9,14 +9,16 @@ kernel: instruction counts by class, the ``wgmma`` wait depth, and cycles per lo
 - **issue**: per SM sub-partition (4 per SM, one warp instruction dispatched per clock), the larger of the dispatch
   count and the busiest pipe (:data:`PIPE_CYCLES`: the 16-lane INT and FMA-heavy pipes take 2 clocks per warp
   instruction, the XU conversions / MUFU 8);
-- **serialization**: when the loop waits its ``wgmma``\ s to depth 0, the instructions issued with no wgmma in
+- **serialization**: when the loop waits its ``wgmma``\\ s to depth 0, the instructions issued with no wgmma in
   flight (after that wait, before the next wgmma: all of them in a Triton int8 loop, only an iteration's last
   rescale in the Gluon kernel) add to the MMA time within a CTA. Other CTAs on the SM could hide that (``1/ctas`` if they overlapped perfectly); measured on an H200
   (``bench/results/sass_vs_h200.md``) two co-resident 4-warp CTAs hid none of it: with full overlap the model was
   2.6-3.4x optimistic at those tiles and ranked them first, without it 1.4-1.8x, near the 1-CTA tiles' 1.2-1.4x. So
   :data:`CTA_OVERLAP` = 0: ``serial = (mma + exposed issue) / (1 + CTA_OVERLAP·(ctas − 1))``.
 
-``cycles = max(mma, smem, issue, serial if serialized)``; ``fraction of peak = mma_useful / cycles``.
+``cycles = max(mma, smem, issue, serial if serialized)``; ``fraction of peak = mma_useful / cycles``. A
+warp-specialized kernel (two consumer warpgroups taking alternate tiles, a loader warp) is modelled per output tile
+from its three partitions' code instead (:func:`pingpong_parts`, :func:`pingpong_cycles`).
 It is a model: latency, bank conflicts, L2 and TMA behaviour are not in it; what it is good for is comparing the
 code of two kernel versions on the same terms, without a GPU. The constants are H100 SXM5's (NVIDIA's published
 peak: 1979 dense int8 TOPS at 132 SMs and 1830 MHz; CUDA programming guide, arithmetic throughput of cc 9.0).
@@ -167,9 +169,14 @@ class LoopStats:
 
 
 def loop_stats(instrs: list[Instr]) -> LoopStats:
+    """Counts for one iteration of the hot loop (:func:`hot_loop`), or the whole listing without one."""
     rng = hot_loop(instrs)
-    body = instrs[rng[0]:rng[1] + 1] if rng else instrs
-    st = LoopStats(loop=rng is not None, instructions=len(body))
+    return block_stats(instrs[rng[0]:rng[1] + 1] if rng else instrs, rng is not None)
+
+
+def block_stats(body: list[Instr], loop: bool = False) -> LoopStats:
+    """Counts for one pass over the instructions ``body`` (a loop body or a straight region)."""
+    st = LoopStats(loop=loop, instructions=len(body))
     waits = []
     in_flight = False            # a loop with a wait to depth 0 drains every wgmma once per iteration
     for ins in body:
@@ -247,3 +254,80 @@ def combine(mma: float, smem: float, issue: float, serialized: bool, ctas: int, 
     if serialized and exposed is not None:
         out["exposed_cycles"] = exposed
     return out
+
+
+def warp_issue(st: LoopStats) -> float:
+    """Clocks one warp's pass over ``st`` occupies its SM sub-partition: the larger of its non-uniform dispatches and
+    its busiest pipe (module docstring)."""
+    return max(st.instructions - st.by_class.get("uniform", 0), max(st.pipe_cycles.values(), default=0))
+
+
+def pingpong_cycles(loop: LoopStats, iters: float, epi: LoopStats, loader: LoopStats, steps: int,
+                    useful_macs: int) -> dict:
+    """SM cycles per output tile of a warp-specialized "ping-pong" kernel (``kernels/gluon_ffn_up.py``): two consumer
+    warpgroups (one warp per SM sub-partition each) take alternate tiles, each running ``iters`` iterations of its K
+    loop ``loop`` then its epilogue ``epi``; a loader warp runs ``loader`` (one K step) ``steps`` times per tile. The
+    bounds, per tile:
+
+    - **tensor**: the K loop's wgmmas and the epilogue's (int8 and 16-bit at their rates), one tensor core;
+    - **shared memory**: the bytes those wgmmas read;
+    - **issue**: per sub-partition, the two consumers' warps take turns (one tile each per two tiles), so a tile
+      costs one consumer warp's K loop and epilogue, plus the loader warp's steps on the sub-partition it shares;
+    - **chain**: one consumer's own tile, its K loop (each iteration as :func:`combine` bounds it for one warpgroup,
+      its last rescale exposed where it waits to depth 0) then its epilogue, which waits on its own rotation wgmma
+      (its issue plus that MMA): two consumers in flight, so half of it per tile.
+
+    ``fraction``: the int8 tensor time of ``useful_macs`` over the largest bound."""
+    def mma(st):
+        return sum(v / MAC_PER_CLK[dt] for dt, v in st.macs.items())
+
+    tensor = iters * mma(loop) + mma(epi)
+    smem = (iters * loop.smem_bytes + epi.smem_bytes) / SMEM_BYTES_PER_CLK
+    dispatch = {}
+    for st, times in ((loop, iters), (epi, 1), (loader, steps)):
+        for pipe, cyc in st.pipe_cycles.items():
+            dispatch[pipe] = dispatch.get(pipe, 0) + times * cyc
+    slots = sum(times * (st.instructions - st.by_class.get("uniform", 0))
+                for st, times in ((loop, iters), (epi, 1), (loader, steps)))
+    issue = max(slots, max(dispatch.values(), default=0))
+    exposed = warp_issue(LoopStats(loop=True, instructions=loop.exposed_instructions,
+                                   pipe_cycles=loop.exposed_pipe_cycles))
+    per_iter = combine(mma(loop), loop.smem_bytes / SMEM_BYTES_PER_CLK, warp_issue(loop), loop.wait_depth == 0, 1,
+                       0.0, exposed)["cycles"]
+    chain = (iters * per_iter + warp_issue(epi) + mma(epi)) / 2
+    bounds = {"mma": tensor, "smem": smem, "issue": issue, "chain": chain}
+    cycles = max(bounds.values())
+    return {"cycles": cycles, "bound": max(bounds, key=bounds.get),
+            "fraction": useful_macs / MAC_PER_CLK["int8"] / cycles if cycles else 0.0,
+            **{f"{k}_cycles": v for k, v in bounds.items()}}
+
+
+def pingpong_ranges(instrs: list[Instr]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Index ranges (K loop, tile loop, loader step) in a warp-specialized kernel's listing: the first consumer's K
+    loop (the innermost loop holding wgmmas; the two consumers' copies are the same code), its tile loop (the
+    smallest loop around it), and the innermost loop that issues TMA loads and no wgmma (the loader's K step)."""
+    hot = hot_loop(instrs)
+    outer = enclosing_loop(instrs, hot) if hot else None
+    if not outer:
+        raise ValueError("no K loop inside a tile loop: not a persistent warp-specialized GEMM")
+    tma = [(a, b) for a, b in loops(instrs) if any(i.base == "UTMALDG" for i in instrs[a:b + 1])
+           and not any(_class(i) == "mma" for i in instrs[a:b + 1])]
+    if not tma:
+        raise ValueError("no loop issuing TMA loads without wgmmas: no loader partition")
+    return hot, outer, min(tma, key=lambda r: r[1] - r[0])
+
+
+def pingpong_parts(instrs: list[Instr]) -> tuple[LoopStats, LoopStats, LoopStats]:
+    """(K loop, epilogue, loader step) stats of a warp-specialized kernel (:func:`pingpong_ranges`): the epilogue is
+    the rest of the tile loop around the K loop (with the tile's set-up and any K step peeled out of the loop)."""
+    hot, outer, ld = pingpong_ranges(instrs)
+    return (block_stats(instrs[hot[0]:hot[1] + 1], True),
+            block_stats(instrs[outer[0]:hot[0]] + instrs[hot[1] + 1:outer[1] + 1]),
+            block_stats(instrs[ld[0]:ld[1] + 1], True))
+
+
+def registers_named(instrs: list[Instr]) -> int:
+    """1 + the highest general register any of ``instrs`` names (2 for a 64-bit pair): the registers that code needs
+    (in a warp-specialized kernel the launch's count is not any partition's: ``setmaxnreg`` moves them)."""
+    named = [int(r) + (2 if wide else 1) for i in instrs for r, wide in re.findall(r"\bR(\d+)\b(\.64)?", i.args)]
+    return max(named, default=0)

@@ -9,8 +9,8 @@ Run in a process WITHOUT ``TRITON_INTERPRET`` (the kernels must be real ``JITFun
 
     env -u TRITON_INTERPRET python tests/kernels/aot_sm90.py [--all]
 
-Prints one JSON line per specialization: name, ok, error, registers, stack (spill) bytes, shared memory, and the
-number of wgmma instructions in the PTX.
+Prints one JSON line per specialization: name, ok, error, registers, stack (spill) bytes, shared memory, the
+number of wgmma instructions in the PTX, and for a warp-specialized kernel the registers each partition names.
 """
 from __future__ import annotations
 
@@ -29,18 +29,20 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import bgr as B  # noqa: E402
 from dvdq_compile.kernels import expand as E  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
+from dvdq_compile.kernels import gluon_ffn_up as GFU  # noqa: E402
 from dvdq_compile.kernels import gluon_qlinear as GQL  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
+from dvdq_compile.kernels import sass_model as SM  # noqa: E402
 from dvdq_compile.kernels import tl_common as T  # noqa: E402
 
 
 
-def compile_one(name, autotuned, sig, const, num_warps, num_stages):
+def compile_one(name, autotuned, sig, const, num_warps, num_stages, maxnreg=None):
     rec = {"name": name, "warps": num_warps, "stages": num_stages, **{k: v for k, v in const.items()
                                                                        if k.startswith("BLOCK")}}
     try:
-        k = aot.compile_sm90(autotuned, sig, const, num_warps, num_stages)
+        k = aot.compile_sm90(autotuned, sig, const, num_warps, num_stages, maxnreg=maxnreg)
     except Exception as e:  # report, do not stop
         rec.update(ok=False, error=f"{type(e).__name__}: {str(e)[:400]}")
         return rec
@@ -50,6 +52,11 @@ def compile_one(name, autotuned, sig, const, num_warps, num_stages):
         # wgmma waits ptxas kept at depth >= 1 (it rewrites them all to 0 when it serializes the wgmmas)
         rec["async_waits"] = sum(int(d, 16) > 0 for d in re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x([0-9a-f]+)",
                                                                     aot.sass(k)))
+        if maxnreg:   # warp-specialized: the registers each partition's code names (setmaxnreg gives its budget)
+            instrs = SM.parse(aot.sass(k))
+            _, tiles, loader = SM.pingpong_ranges(instrs)
+            rec["consumer_regs"] = SM.registers_named(instrs[tiles[0]:tiles[1] + 1])
+            rec["loader_regs"] = SM.registers_named(instrs[loader[0]:loader[1] + 1])
     return rec
 
 
@@ -133,13 +140,16 @@ def attn_specs():
 
 
 def gluon_specs():
-    """The Gluon W4A8 kernel at every tile its dispatch uses, plain and with the FFN-up's GELU epilogue
-    (kernels/gluon_qlinear.py)."""
-    for gelu, tiles in ((False, GQL.TILES), (True, GQL.GELU_TILES)):
-        for tile in tiles:
-            sig, const = GQL.offline_spec(tile, gelu)
-            name = f"gluon_qlinear{' gelu' if gelu else ''} {'per-token' if tile[4] == 1 else f'g128 u{tile[4]}'}"
-            yield name, GQL._gluon_qlinear_kernel, sig, const, tile[2], tile[3]
+    """The Gluon W4A8 kernel at every tile its dispatch uses (kernels/gluon_qlinear.py), and the warp-specialized
+    FFN-up with the GELU epilogue at every groups-per-iteration count (kernels/gluon_ffn_up.py)."""
+    for tile in GQL.TILES:
+        sig, const = GQL.offline_spec(tile)
+        name = f"gluon_qlinear {'per-token' if tile[4] == 1 else f'g128 u{tile[4]}'}"
+        yield name, GQL._gluon_qlinear_kernel, sig, const, tile[2], tile[3]
+    for u in GFU.UNROLLS:
+        sig, const = GFU.offline_spec(u)
+        yield f"gluon_ffn_up {'per-token' if u == 1 else f'g128 u{u}'}", GFU._ffn_up_kernel, sig, const, \
+            GFU.CONSUMER_WARPS, GFU.STAGES, GFU.LAUNCH_REGS
 
 
 def expand_specs():

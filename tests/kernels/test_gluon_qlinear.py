@@ -51,17 +51,3 @@ def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
     c, s = quant.quantize_act(x, 8, 128)
     y = kernels.qlinear(c, s, packed, ws, wz, None, 4, torch.float32, expand=True)
     assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, None, 4, torch.float32), torch.float32)
-
-
-@pytest.mark.parametrize("kw,why", [
-    ({"approximate": "none"}, "tanh-GELU in 16 bits"),
-    ({"out_dtype": torch.float32}, "tanh-GELU in 16 bits"),
-    ({"group": 64, "rotate": 64}, "group 64"),
-    ({"n": 1536 + 64}, "N=1600"),
-    ({"expanded": False}, "int8-expanded"),
-])
-def test_supported_gelu_names_what_it_cannot_run(kw, why):
-    wan = dict(n=1536, k=1536, ga=128, expanded=True, group=128, rotate=128, out_dtype=torch.bfloat16,
-               approximate="tanh")
-    assert gql.supported_gelu(**wan) is None
-    assert why in gql.supported_gelu(**(wan | kw))

@@ -273,26 +273,73 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, bias, seed):
     assert torch.equal(y, y_triton)
 
 
-@pytest.mark.parametrize("in_group", [1536, 128])
-def test_gluon_gelu_quant_vs_reference(in_group, monkeypatch):
-    """The Gluon FFN-up kernel with the GELU → rotate → quantize epilogue (DVDQ_GLUON=1 through the op's own entry
-    point), per-token and group-128 FFN-up input, bf16, ragged M, N a multiple of 128 but not of 256: the same bounds
+@pytest.mark.parametrize("in_group,k", [(1536, 1536), (128, 1536), (128, 1280), (128, 256), (256, 256)])
+def test_gluon_ffn_up_vs_reference(in_group, k, monkeypatch):
+    """The warp-specialized Gluon FFN-up with the GELU → rotate → quantize epilogue (kernels/gluon_ffn_up.py;
+    through the op's own entry point under DVDQ_GLUON=1), per-token and group-128 input, 12, 10 and 2 groups per K loop
+    iteration, bf16, ragged M, N a multiple of 128 but not of 256 (an odd tile count per consumer): the same bounds
     against qlinear_ref → F.gelu → quantize_act as the Triton epilogue kernel's test; how many codes differ from the
     Triton kernel's is printed (another order of the rotation's fp32 sums may flip a tie)."""
+    from dvdq_compile.kernels import gluon_ffn_up as gfu
     from dvdq_compile.kernels import gluon_qlinear as gql
     from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
     from .test_gelu_quant import _compare
     g = _gen(6)
-    m, n, k, dtype = 4133, 1152, 1536, torch.bfloat16
+    m, n, dtype = 4133, 1152, torch.bfloat16
     codes, scales = quant.quantize_act(make_x(m, k, gen=g), 8, in_group, 0)
     packed, ws, wz = make_weight(n, k, 4, gen=g)
     bias = torch.randn(n, generator=g).to(dtype)
     args = [t.to(DEV) for t in (codes, scales, packed, ws * 4, wz, bias)]
     ct, st_ = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
     monkeypatch.setenv("DVDQ_GLUON", "1")
-    assert gql.use_gluon() and gql.supported_gelu(n, k, in_group, True, 128, 128, dtype, "tanh") is None
+    assert gql.use_gluon() and gfu.supported(n, k, in_group, True, 128, 128, dtype, "tanh") is None
     c, s = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
     rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
     _compare((m, n, k, in_group, 128, 128, 8, 4, dtype), c, s, rc, rs)
     print("codes differing from the Triton kernel's:", float((c != ct).float().mean()),
           "scales:", float((s != st_).float().mean()))
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 2000), n128=st.integers(1, 24), kg=st.sampled_from([2, 4, 6, 10, 12, 14]),
+       per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gluon_ffn_up_property(m, n128, kg, per_token, bias, seed):
+    """The Gluon FFN-up on drawn shapes (ragged M down to one row, so a program may hold one tile and consumer 1
+    none; N any multiple of 128; K = 128·kg so every groups-per-iteration count runs) against the reference, with
+    the Triton epilogue kernel's bounds."""
+    from dvdq_compile.kernels import gluon_ffn_up as gfu
+    from dvdq_compile.kernels import qlinear as ql_mod
+    from dvdq_compile.kernels.tl_common import hadamard_for
+    from .test_gelu_quant import _compare
+    n, k, dtype = 128 * n128, 128 * kg, torch.bfloat16
+    group = k if per_token else 128
+    codes, scales = quant.quantize_act(make_x(m, k, gen=_gen(seed)), 8, group, 0)
+    packed, ws, wz = make_weight(n, k, 4, gen=_gen(seed + 1))
+    b = torch.randn(n, generator=_gen(seed + 2)).to(dtype) if bias else None
+    args = [t.to(DEV) if t is not None else None for t in (codes, scales, packed, ws * 4, wz, b)]
+    o = ql_mod.operands(*args, 4, True)
+    h, _, rscale = hadamard_for(128, 9, torch.empty(0, dtype=dtype, device=DEV))
+    c = torch.empty(m, n, dtype=torch.int8, device=DEV)
+    s = torch.empty(m, n // 128, dtype=torch.float32, device=DEV)
+    assert gfu.supported(n, k, group, True, 128, 128, dtype, "tanh") is None
+    gfu.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias else None, h, c, s, o.per_token, rscale, 127)
+    rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
+    _compare((m, n, k, group, 128, 128, 8, 4, dtype), c, s, rc, rs)
+
+
+def test_gluon_ffn_up_special_groups(monkeypatch):
+    """Rows whose FFN-up output is all zero (bias 0, zero codes) give scale 0 and codes 0, never NaN; the kernel's
+    NaN-propagating absmax keeps a NaN scale where the reference's has one (a NaN activation scale)."""
+    from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
+    g = _gen(7)
+    m, n, k, dtype = 300, 256, 1536, torch.bfloat16
+    codes, scales = quant.quantize_act(make_x(m, k, gen=g), 8, 128, 0)
+    codes[:5] = 0
+    scales[5, 3] = float("nan")
+    packed, ws, wz = make_weight(n, k, 4, gen=g)
+    args = [t.to(DEV) for t in (codes, scales, packed, ws, wz)]
+    monkeypatch.setenv("DVDQ_GLUON", "1")
+    c, s = qlinear_gelu_quant(*args, None, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
+    rc, rs = quant.gelu_quant_ref(*args, None, 4, dtype, "tanh", 8, 128, 128, 9)
+    assert torch.equal(s[:5].cpu(), torch.zeros(5, n // 128)) and not c[:5].any()
+    assert torch.equal(s.cpu().isnan(), rs.cpu().isnan()) and not c[5].any()

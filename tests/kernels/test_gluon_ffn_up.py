@@ -1,0 +1,113 @@
+"""The warp-specialized Gluon FFN-up (kernels/gluon_ffn_up.py) on the CPU machine: what it refuses, its register and
+shared-memory budget, the dispatch without a GPU, and the arithmetic identities its epilogue relies on.
+
+The kernel itself only runs on a GPU (Gluon has no interpreter): ``test_gpu.py`` compares it with the reference,
+``test_aot_sm90.py`` compiles it for sm_90 here (no spill, wgmmas in flight, each partition within its registers),
+and ``bench/sass.py`` models it."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dvdq_compile import quant
+from dvdq_compile.kernels import gluon_ffn_up as gfu
+from dvdq_compile.kernels import gluon_qlinear as gql
+from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
+
+from .helpers import make_weight, make_x
+
+WAN = dict(n=8960, k=1536, ga=128, expanded=True, group=128, rotate=128, out_dtype=torch.bfloat16,
+           approximate="tanh")
+
+
+@pytest.mark.parametrize("kw,why", [
+    ({"approximate": "none"}, "tanh-GELU in 16 bits"),
+    ({"out_dtype": torch.float32}, "tanh-GELU in 16 bits"),
+    ({"group": 64, "rotate": 64}, "group 64"),
+    ({"n": 1536 + 64}, "N=1600"),
+    ({"expanded": False}, "int8-expanded"),
+    ({"k": 1600, "ga": 1600}, "not a multiple of 128"),
+    ({"ga": 64}, "activation group 64"),
+    ({"k": 1408}, "odd number of 128-groups"),
+])
+def test_supported_names_what_it_cannot_run(kw, why):
+    assert gfu.supported(**WAN) is None
+    assert why in gfu.supported(**(WAN | kw))
+
+
+@pytest.mark.parametrize("n,k,ga", [(8960, 1536, 128), (13824, 5120, 128), (8960, 1536, 1536), (13824, 5120, 5120),
+                                    (256, 256, 128)])
+def test_supported_on_the_wan_ffn_ups_and_short_k(n, k, ga):
+    """Both Wan FFN-ups, either input scale; and K = 256: the loader is its own warp, so (unlike the single-warpgroup
+    GEMM's in-place refills) the ring needs no minimum K."""
+    assert gfu.supported(**(WAN | dict(n=n, k=k, ga=ga))) is None
+
+
+def test_register_and_shared_memory_budget():
+    """setmaxnreg can only move what the launch allocated: 12 warps at LAUNCH_REGS hold the two consumer warpgroups'
+    and the loader warpgroup's budgets (a budget is per warpgroup, multiples of 8, 24-256); the ring, the ±1 block
+    and the two codes tiles fit the 227 KiB a CTA may use."""
+    warpgroups = 3
+    assert warpgroups * 4 * 32 * gfu.LAUNCH_REGS <= 65536
+    assert 2 * gfu.CONSUMER_REGS + gfu.LOADER_REGS <= warpgroups * gfu.LAUNCH_REGS
+    assert all(r % 8 == 0 and 24 <= r <= 256 for r in (gfu.CONSUMER_REGS, gfu.LOADER_REGS))
+    ring = gfu.STAGES * (gfu.BLOCK_M + gfu.BLOCK_N) * gql.BLOCK_K
+    smem = ring + gfu.BLOCK_N * gfu.BLOCK_N * 2 + 2 * gfu.BLOCK_M * gfu.BLOCK_N + 2 * gfu.STAGES * 8
+    assert smem <= 227 * 1024, smem
+    sig, const = gfu.offline_spec(12)
+    assert sig["a_desc"].startswith("tensordesc<i8[64, 128],") and sig["c_desc"].startswith("tensordesc<i8[64, 128],")
+    assert const["STAGES"] == gfu.STAGES and const["num_warps"] == gfu.CONSUMER_WARPS and const["UNROLL"] == 12
+    assert set(gfu.UNROLLS) == {1, *gql.UNROLLS}
+
+
+def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
+    """DVDQ_GLUON=1 asks for the Gluon kernel; without CUDA qlinear_gelu_quant runs the Triton epilogue kernel and
+    gives its numbers."""
+    g = torch.Generator().manual_seed(5)
+    codes, scales = quant.quantize_act(make_x(37, 256, gen=g), 8, 128, 0)
+    packed, ws, wz = make_weight(128, 256, 4, gen=g)
+    args = (codes, scales, packed, ws, wz, None, 4, torch.bfloat16, "tanh", 8, 128, 128, 3)
+    c0, s0 = qlinear_gelu_quant(*args, expand=True)
+    monkeypatch.setenv("DVDQ_GLUON", "1")
+    assert not gql.use_gluon()
+    c1, s1 = qlinear_gelu_quant(*args, expand=True)
+    assert torch.equal(c0, c1) and torch.equal(s0, s1)
+
+
+def _epilogue_codes(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The epilogue's quantizer as _gelu_codes computes it, in fp32 torch ops (each correctly rounded, as the
+    kernel's Markstein quotient is): s = RN(absmax / qmax), t = RN(RN(x / s) + 1.5·2^23) clamped to 1.5·2^23 ±
+    qmax, the code the low byte of t's bits, 0 where s is not finite or not > 0."""
+    s = x.abs().amax(dim=-1, keepdim=True) / qmax
+    t = (x / s + 12582912.0).clamp(12582912.0 - qmax, 12582912.0 + qmax)
+    ok = torch.isfinite(s) & (s > 0)
+    c = torch.where(ok, t.view(torch.int32), 0).to(torch.int8)   # int32 → int8 keeps the low byte
+    return c, s.squeeze(-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([127, 7]),
+       st.sampled_from([1e-43, 1e-38, 1e-30, 1e-12, 1.0, 3e4, 1e30]))
+def test_quantizer_identities_the_epilogue_relies_on(seed, qmax, magnitude):
+    """The Gluon epilogue reads the code from the bits of the clamped rounding sum instead of rounding, clamping
+    and converting: the same codes on fresh random groups of every magnitude, subnormal scales included (where
+    the clamp binds). Independent reference: quantize_act's round-half-even and clamp."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 128, generator=g) * magnitude
+    x[::7] *= 1e3    # groups with one large outlier
+    x[3, 5] = x[3].abs().max() * 1.0000001    # the max element itself
+    c, s = _epilogue_codes(x, qmax)
+    ref = torch.round(x / s[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    assert torch.equal(c, ref)
+    assert int(c.abs().max()) == qmax
+
+
+def test_quantizer_identities_on_special_groups():
+    """All-zero group: scale 0, codes 0 (never NaN); a NaN or an infinity in a group: codes 0, the scale NaN or inf
+    (torch's amax keeps the NaN; the kernel's max.NaN reduction does the same)."""
+    x = torch.zeros(3, 128)
+    x[1, 3] = float("nan")
+    x[2, 9] = float("inf")
+    x[1:, 10] = 2.0
+    c, s = _epilogue_codes(x, 127)
+    assert torch.equal(c, torch.zeros_like(c)) and s[0] == 0 and s[1].isnan() and s[2].isinf()
