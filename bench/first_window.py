@@ -54,13 +54,14 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "gluon_g128", "gluon_per_token", "gluon_gelu_quant (FFN-up shapes)", "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
+                 "gluon_g128", "gluon_per_token", "gluon_per_token_128x128", "gluon_gelu_quant (FFN-up shapes)",
+                 "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
                  "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
     compiles = {
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
-        "gluon_qlinear group-128 and per-token": 2,
+        "gluon_qlinear group-128 and per-token (256x128 and 128x128)": 3,
         "gluon_ffn_up (warp-specialized FFN-up with the GELU epilogue)": 1,
         "attn_quant (the attention step: SDPA, SDPA + act_quant, the fused kernel)": 1,
         "expand": 1,
@@ -221,10 +222,13 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             from dvdq_compile.kernels import gluon_qlinear as gql
             ws1 = ws.reshape(-1).float().contiguous()
             gl_out = torch.empty(m, n, device=dev, dtype=xdt)
-            for name, sc, pt in (("gluon_g128", scales, False), ("gluon_per_token", s_tok, True)):
-                r["times"][name] = t(lambda sc=sc, pt=pt: gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out, pt))
-                r[f"{name}_bit_exact"] = safe(lambda sc=sc, pt=pt: torch.equal(
-                    gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out, pt),
+            # per-token also at 128x128: a third more L2 bytes per MAC than 256x128 (the L2 table: is L2 the ceiling?)
+            for name, sc, pt, tl_ in (("gluon_g128", scales, False, None), ("gluon_per_token", s_tok, True, None),
+                                      ("gluon_per_token_128x128", s_tok, True, gql.PER_TOKEN_TILE_SQUARE)):
+                r["times"][name] = t(lambda sc=sc, pt=pt, tl_=tl_: gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out,
+                                                                                   pt, tl_))
+                r[f"{name}_bit_exact"] = safe(lambda sc=sc, pt=pt, tl_=tl_: torch.equal(
+                    gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out, pt, tl_),
                     ql.qlinear(codes, sc, packed, ws, wz, bias, 4, xdt, expand=True)))()
         r["times"]["w4a8_packed"] = t(lambda: q(FORCED[0], False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
@@ -270,6 +274,9 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             else:
                 v["TOPS"] = round(2 * m * n * k / sec / 1e12, 1)
                 v["GB/s"] = round((by_exp if "packed" not in name else by) / sec / 1e9, 1)
+            bt = l2_tile(name, r)
+            if bt:   # what its tiles read from L2 into shared memory (each its K strips of codes and int8 weights)
+                v["L2_TB/s"] = round(-(-m // bt[0]) * -(-n // bt[1]) * k * (bt[0] + bt[1]) / sec / 1e12, 2)
             if h200:
                 b = 1.5 * n * k if name == "expand" else by_exp
                 v["h100_ms_upper"] = round(v["ms"] + b * (1 / HBM_H100 - 1 / HBM_H200) * 1e3, 4)
@@ -278,6 +285,23 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                                    + r["times"]["act_quant"]["ms"]), 3) if ok else None
         rows.append(r)
         run.step(f"gemm {n}x{k}", r)
+
+
+def l2_tile(name: str, r: dict) -> tuple[int, int] | None:
+    """(BLOCK_M, BLOCK_N) of a timed int8-native GEMM whose tile is known (forced, the autotune winner, the Gluon
+    kernels'), None otherwise: for its L2 → shared-memory traffic. The instrument has no L2 bound; these rates say
+    whether the small Gluon tiles are held back by L2 (bench/results/sass.md, the L2→SM column)."""
+    from dvdq_compile.kernels import gluon_ffn_up as gfu
+    from dvdq_compile.kernels import gluon_qlinear as gql
+    known = {f"w4a8_forced_{c[0]}x{c[1]}": c[:2] for c in FORCED}
+    known.update(gluon_g128=gql.GROUPED_TILES[0][:2], gluon_per_token=gql.PER_TOKEN_TILE[:2],
+                 gluon_per_token_128x128=gql.PER_TOKEN_TILE_SQUARE[:2],
+                 gluon_gelu_quant=(gfu.BLOCK_M, gfu.BLOCK_N), gelu_quant=GELU_CONFIG[:2])
+    if name == "w4a8_auto" and r.get("w4a8_auto_config"):
+        import re
+        dims = re.findall(r"BLOCK_[MN]: (\d+)", r["w4a8_auto_config"])
+        return (int(dims[0]), int(dims[1])) if len(dims) == 2 else None
+    return known.get(name)
 
 
 def render(data: dict) -> str:
@@ -330,13 +354,24 @@ def render(data: dict) -> str:
         out += ["", "The Gluon kernel (kernels/gluon_qlinear.py: the rescale under the next wgmma) beside the Triton "
                 "loop, ms (TOPS), and whether its output equals the Triton kernel's bit for bit:", "",
                 "| N x K | Triton g128 | Gluon g128 | bit-exact | Triton per-token | Gluon per-token | bit-exact | "
-                "Triton GEMM + GELU→A8 | Gluon warp-specialized GEMM + GELU→A8 |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "Gluon per-token 128x128 | bit-exact | Triton GEMM + GELU→A8 | "
+                "Gluon warp-specialized GEMM + GELU→A8 |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in steps:
             out.append(f"| {r['N']}x{r['K']} | {cell(r, 'w4a8_auto')} | {cell(r, 'gluon_g128')} | "
                        f"{r.get('gluon_g128_bit_exact', '-')} | {cell(r, 'w4a8_per_token')} | "
                        f"{cell(r, 'gluon_per_token')} | {r.get('gluon_per_token_bit_exact', '-')} | "
+                       f"{cell(r, 'gluon_per_token_128x128')} | {r.get('gluon_per_token_128x128_bit_exact', '-')} | "
                        f"{cell(r, 'gelu_quant')} | {cell(r, 'gluon_gelu_quant')} |")
+    l2 = [(r, {c: v["L2_TB/s"] for c, v in r["times"].items() if "L2_TB/s" in v}) for r in steps]
+    if any(d for _, d in l2):
+        cols = sorted({c for _, d in l2 for c in d})
+        out += ["", "L2 → shared-memory traffic of the GEMMs whose tile is known, TB/s at the measured time (each "
+                "tile reads its K strips of codes and int8 weights; the instrument has no L2 bound: the same rate across "
+                "tiles and shapes would be L2's ceiling):", "", "| N x K | " + " | ".join(cols) + " |",
+                "|" + "---|" * (len(cols) + 1)]
+        for r, d in l2:
+            out.append(f"| {r['N']}x{r['K']} | " + " | ".join(str(d.get(c, "-")) for c in cols) + " |")
     att = data["steps"].get("attention")
     if isinstance(att, dict) and "times" in att:
         ms = {k: v.get("ms") for k, v in att["times"].items()}

@@ -346,9 +346,13 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             if "int8" in r["variant"]:   # the per-call expansion (kernels/expand.py), a separate memory-bound pass
                 expand = (0.5 + 1.0) * n * k / hbm
                 est += expand
+            # what the tiles pull from L2 into shared memory (each tile reads its K strips of both operands; the
+            # model has no L2 bound): TB/s at the estimated time
+            l2 = -(-m // bm) * -(-n // bn) * k * (bm * (2 if r["kernel"] == "fused" else 1) + bn * s.wbytes)
             row = {"N": n, "K": k, "M": m, "kernel": r["kernel"], "variant": r["variant"], "tile": r["tile"],
                    "est_us": round(est * 1e6, 1), "compute_us": round(comp * 1e6, 1), "hbm_us": round(mem * 1e6, 1),
-                   "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3)}
+                   "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3),
+                   "l2_tbs": round(l2 / est / 1e12, 1)}
             if "int8" in r["variant"]:
                 row["expand_us"] = round(expand * 1e6, 1)
             gemm = r["kernel"] in ("qlinear", "gluon_qlinear") and not epi
@@ -450,15 +454,23 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
               "shares of the FFN-down GEMM. to_out (the attention output, shapes 1536x1536 / 5120x5120): with "
               "`fuse_attn` the attention kernel quantizes in its epilogue (`kernels/attn_quant.py`), writing codes "
               "and scales instead of the 16-bit output (attention-fused added bytes, negative); without it, the "
-              "separate act_quant pass (act/GEMM columns).", "",
+              "separate act_quant pass (act/GEMM columns). L2→SM TB/s = the bytes the tiles read from L2 into "
+              "shared memory (each tile its K strips of both operands) per second at the estimate: the model has no "
+              "L2 bound. On the H200 the Triton per-token loop at 128x128 (`first_window_h200.md`: 0.97 / 1.90 / "
+              "5.35 ms on 1536x8960 / 5120x5120 / 13824x5120) pulled 7.3 / 7.1 / 6.8 TB/s, the same on three "
+              "shapes: at least what L2 delivers, perhaps its ceiling. Rows far above ~7 TB/s may be L2-bound "
+              "rather than as estimated; a 64-row or 64-column tile reads 1.5x the bytes per MAC of a 128x128 "
+              "one, 2x those of 128x256.", "",
               "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
+              "L2→SM TB/s | "
               "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
               "FFN-up epilogue µs | epilogue-fused added time | epilogue-fused added bytes | attention-fused added "
               "bytes (to_out) |",
-              "|" + "---|" * 20]
+              "|" + "---|" * 21]
     for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
         lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
                      f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
+                     f"{r.get('l2_tbs', '-')} | "
                      f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | "
                      f"{r.get('act_bytes_share', '-')} | {r.get('norm_quant_us', '-')} | "
                      f"{r.get('norm_fused_added_share', '-')} | {r.get('ffn_epilogue_us', '-')} | "
@@ -479,7 +491,8 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
 # two int8-native loops after, at the tiles the instrument ranks best, the Gluon kernels
 CHECK = (("qlinear", "W4 g128", "128x128/8w/3s"), ("qlinear", "W4→int8 g128", "128x64/4w/4s"),
          ("qlinear", "W4→int8 per-token", "64x128/4w/4s"), ("qlinear", "W4→int8 g128", "128x128/8w/3s"),
-         ("gluon_qlinear", "W4→int8 per-token", "128x128/8w/4s"), ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"),
+         ("gluon_qlinear", "W4→int8 per-token", "256x128/8w/3s"),
+         ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"),
          ("gluon_ffn_up", GELU_VARIANT, "64x128/2x4w+1w/6s/u12"))
 
 

@@ -43,12 +43,17 @@ BLOCK_K = 128                  # one K step = one activation group (group 128) a
 UNROLLS = (12, 10, 6, 4, 2)     # groups per loop iteration, the largest that divides K/128 (unroll_for)
 # (BLOCK_M, BLOCK_N, warps, stages, groups per iteration; 1: per-token), compiled and modelled offline
 # (tests/kernels/aot_sm90.py, bench/sass.py; sm_90). Group 128: 128x64 / 8 warps (two int32 partials and the fp32
-# sum); at 128x128 they take 242 registers and ptxas sinks the first rescale below the last wait. Per-token:
-# 128x128 / 8 warps (one partial).
+# sum); at 128x128 they take 242 registers and ptxas sinks the first rescale below the last wait. Per-token (one
+# partial): 256x128 / 8 warps, a 128x128 int32 accumulator per warpgroup (254 registers); 128x128 also compiles.
 GROUPED_TILES = tuple((128, 64, 8, 8, u) for u in UNROLLS)
-PER_TOKEN_TILE = (128, 128, 8, 4, 1)
+# 256x128 reads a quarter fewer L2 bytes per MAC than 128x128 (the model has no L2 bound, and the Gluon tiles' L2
+# rates are its largest blind spot: docs/architecture.md §6) and is modelled 2-8 points faster on every Wan shape
+# (fewer tiles, the same MMA-bound loop); bench/first_window.py times both. 128x256 does not compile (Triton
+# 3.7.1's NVGPU lowering fails on it).
+PER_TOKEN_TILE = (256, 128, 8, 3, 1)
+PER_TOKEN_TILE_SQUARE = (128, 128, 8, 4, 1)
 STAGES_MAX = 8
-TILES = (PER_TOKEN_TILE, *GROUPED_TILES)
+TILES = (PER_TOKEN_TILE, PER_TOKEN_TILE_SQUARE, *GROUPED_TILES)
 
 
 @gluon.jit
@@ -275,14 +280,17 @@ def unroll_for(n_groups: int) -> int:
 
 
 def gluon_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
-                  out: torch.Tensor, per_token: bool) -> torch.Tensor:
+                  out: torch.Tensor, per_token: bool, tile: tuple | None = None) -> torch.Tensor:
     """``out`` [M, N] = the W4A8 GEMM of int8 codes ``a`` [M, K] with fp32 scales ``s`` [M, K/128] (per-token
-    [M, 1]) and int8-expanded weights ``w`` [N, K], Δ ``ws`` [N] fp32, optional ``bias`` [N]. CUDA only; the
-    caller checks :func:`supported`."""
+    [M, 1]) and int8-expanded weights ``w`` [N, K], Δ ``ws`` [N] fp32, optional ``bias`` [N]. ``tile``: one of
+    the per-token :data:`TILES` (benchmarks and tests; default :data:`PER_TOKEN_TILE`). CUDA only; the caller
+    checks :func:`supported`."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    bm, bn, warps, stages, unroll = PER_TOKEN_TILE if per_token else \
-        (*GROUPED_TILES[0][:4], unroll_for(a.shape[1] // BLOCK_K))
+    if tile is not None and (tile not in TILES or (tile[4] == 1) != per_token):
+        raise ValueError(f"tile {tile}: one of {[t for t in TILES if (t[4] == 1) == per_token]}")
+    bm, bn, warps, stages, unroll = tile or (PER_TOKEN_TILE if per_token else
+                                             (*GROUPED_TILES[0][:4], unroll_for(a.shape[1] // BLOCK_K)))
     m, k = a.shape
     n = w.shape[0]
     a_desc = TensorDescriptor.from_tensor(a, [bm, BLOCK_K], smem_layout(bm))

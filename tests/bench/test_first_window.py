@@ -28,8 +28,10 @@ def test_dry_run(tmp_path):
     assert not [k for k, v in att["times"].items() if "error" in v] and att["agreement"]["max_code_diff"] <= 1
     assert d["steps"]["interpreter_tests"]["rc"] == 0
     assert "done" in d["steps"]
-    md = (tmp_path / "first_window_dry.md").read_text()   # the markdown report, one row per shape in both tables
-    assert md.count("| 64x256 |") == 2 and md.count("| 96x128 |") == 2
+    md = (tmp_path / "first_window_dry.md").read_text()   # the markdown report, one row per shape in each table
+    # three tables: times, shares, and the L2 → shared-memory traffic of the GEMMs whose tile is known
+    assert md.count("| 64x256 |") == 3 and md.count("| 96x128 |") == 3 and "L2 → shared-memory traffic" in md
+    assert all(any("L2_TB/s" in v for v in g["times"].values()) for g in gemms)
 
 
 def test_a_failing_measurement_is_recorded_and_the_run_goes_on():

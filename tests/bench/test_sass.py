@@ -74,6 +74,20 @@ def test_committed_estimates_of_the_ffn_up_epilogue():
                          for r in downs)
 
 
+def test_committed_l2_traffic_column():
+    """Every GEMM row says what its tiles read from L2 at the estimate (the model has no L2 bound): e.g. the Gluon
+    group-128 tile (128x64) on 8960x1536 reads 256·140 tiles x 1536 x (128 + 64) bytes, and the small Gluon tiles
+    need about twice the rate of the Triton loops' 128x256 tiles (bench/results/sass.md: the risk the next GPU
+    window measures)."""
+    rows = json.loads(RESULTS.read_text())["shapes"]
+    assert all(r["l2_tbs"] > 0 for r in rows)
+    best = {(r["N"], r["K"], r["kernel"], r["variant"], r["tile"]): r for r in rows}
+    g = best[(8960, 1536, "gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u12")]
+    assert abs(g["l2_tbs"] - 256 * 140 * 1536 * 192 / (g["est_us"] * 1e-6) / 1e12) < 0.06
+    t = best[(8960, 1536, "qlinear", "W4→int8 per-token", "128x256/8w/3s")]
+    assert g["l2_tbs"] > 2 * t["l2_tbs"]
+
+
 def test_pingpong_model_on_hand_written_parts():
     """sass_model.pingpong_cycles on made-up partitions: each bound as its docstring defines it, and the largest
     one sets the tile's cycles."""

@@ -144,7 +144,7 @@ def gluon_specs():
     FFN-up with the GELU epilogue at every groups-per-iteration count (kernels/gluon_ffn_up.py)."""
     for tile in GQL.TILES:
         sig, const = GQL.offline_spec(tile)
-        name = f"gluon_qlinear {'per-token' if tile[4] == 1 else f'g128 u{tile[4]}'}"
+        name = f"gluon_qlinear {f'per-token {tile[0]}x{tile[1]}' if tile[4] == 1 else f'g128 u{tile[4]}'}"
         yield name, GQL._gluon_qlinear_kernel, sig, const, tile[2], tile[3]
     for u in GFU.UNROLLS:
         sig, const = GFU.offline_spec(u)

@@ -37,7 +37,8 @@ def test_unroll_divides_the_groups(groups, unroll):
 
 
 def test_tiles_and_signature_types():
-    assert gql.PER_TOKEN_TILE in gql.TILES and all(t[4] in gql.UNROLLS for t in gql.GROUPED_TILES)
+    assert gql.PER_TOKEN_TILE in gql.TILES and gql.PER_TOKEN_TILE_SQUARE in gql.TILES
+    assert all(t[4] in gql.UNROLLS for t in gql.GROUPED_TILES)
     assert gql.desc_type(128).startswith("tensordesc<i8[128, 128],NVMMASharedLayout(")
     assert gql.desc_type(128, 64, torch.bfloat16).startswith("tensordesc<bf16[128, 64],")
 
@@ -51,3 +52,13 @@ def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
     c, s = quant.quantize_act(x, 8, 128)
     y = kernels.qlinear(c, s, packed, ws, wz, None, 4, torch.float32, expand=True)
     assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, None, 4, torch.float32), torch.float32)
+
+
+def test_forced_tile_must_match_the_scales():
+    """A forced tile is one of the kernel's compiled tiles for that kind of activation scale (checked before any
+    CUDA call)."""
+    x = torch.empty(1, 1024, dtype=torch.int8)
+    with pytest.raises(ValueError, match="tile"):
+        gql.gluon_qlinear(x, x, x, x, None, x, per_token=False, tile=gql.PER_TOKEN_TILE_SQUARE)
+    with pytest.raises(ValueError, match="tile"):
+        gql.gluon_qlinear(x, x, x, x, None, x, per_token=True, tile=(64, 64, 4, 2, 1))

@@ -215,11 +215,12 @@ def test_gelu_quant_epilogue(dtype, approx, expand):
     _compare((m, n, k, 128, 128, 128, 8, 4, dtype), c, s, rc, rs)
 
 
-@pytest.mark.parametrize("k,group", [(1024, 128), (1280, 128), (1536, 128), (1024, 1024)])
-def test_gluon_qlinear_matches_the_triton_kernel(k, group):
+@pytest.mark.parametrize("k,group,square", [(1024, 128, False), (1280, 128, False), (1536, 128, False),
+                                            (1024, 1024, False), (1536, 1536, True)])
+def test_gluon_qlinear_matches_the_triton_kernel(k, group, square):
     """The Gluon kernel (async rescale; kernels/gluon_qlinear.py) gives the Triton int8-native kernel's output to the
     bit and the reference's within its tolerance; ragged M and N (TMA clips the edge tiles), 4 / 10 / 12 groups per
-    loop iteration, K = group the per-token path."""
+    loop iteration, K = group the per-token path (at its 256x128 tile, and 128x128)."""
     from dvdq_compile.kernels import gluon_qlinear as gql
     m, n = 4133, 776
     x = make_x(m, k, torch.bfloat16, gen=_gen(11)).to(DEV)
@@ -230,7 +231,7 @@ def test_gluon_qlinear_matches_the_triton_kernel(k, group):
     y_triton = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16, expand=True)
     o = ql_mod.operands(c, s, packed, ws, wz, bias, 4, True)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
-    gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token)
+    gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, gql.PER_TOKEN_TILE_SQUARE if square else None)
     assert torch.equal(y, y_triton)
     assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, bias, 4, torch.bfloat16), torch.bfloat16)
 
@@ -252,10 +253,10 @@ def test_attn_quant_bf16_vs_reference(sq, skv):
 
 @settings(max_examples=8, deadline=None)
 @given(m=st.integers(1, 3000), n8=st.integers(1, 200), kg=st.sampled_from([8, 10, 12, 14, 20]),
-       per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_gluon_qlinear_property(m, n8, kg, per_token, bias, seed):
+       per_token=st.booleans(), square=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gluon_qlinear_property(m, n8, kg, per_token, square, bias, seed):
     """The Gluon kernel on drawn shapes (ragged M down to one row, N any multiple of 8, K = 128·kg so that every
-    groups-per-iteration count runs) equals the Triton int8-native kernel bit for bit."""
+    groups-per-iteration count runs; per-token at both tiles) equals the Triton int8-native kernel bit for bit."""
     from dvdq_compile.kernels import gluon_qlinear as gql
     n, k = 8 * n8, 128 * kg
     group = k if per_token else 128
@@ -269,7 +270,8 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, bias, seed):
     y_triton = ql_mod.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True, config=cfg)
     o = ql_mod.operands(c, s, packed, ws, wz, b, 4, True)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
-    gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token)
+    gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token,
+                      gql.PER_TOKEN_TILE_SQUARE if per_token and square else None)
     assert torch.equal(y, y_triton)
 
 
