@@ -352,7 +352,8 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             row = {"N": n, "K": k, "M": m, "kernel": r["kernel"], "variant": r["variant"], "tile": r["tile"],
                    "est_us": round(est * 1e6, 1), "compute_us": round(comp * 1e6, 1), "hbm_us": round(mem * 1e6, 1),
                    "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3),
-                   "l2_tbs": round(l2 / est / 1e12, 1)}
+                   "l2_tbs": round(l2 / est / 1e12, 1),
+                   "fraction_at_l2_measured": round(ideal / max(est, l2 / SM.L2_MEASURED), 3)}
             if "int8" in r["variant"]:
                 row["expand_us"] = round(expand * 1e6, 1)
             gemm = r["kernel"] in ("qlinear", "gluon_qlinear") and not epi
@@ -460,17 +461,17 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
               "5.35 ms on 1536x8960 / 5120x5120 / 13824x5120) pulled 7.3 / 7.1 / 6.8 TB/s, the same on three "
               "shapes: at least what L2 delivers, perhaps its ceiling. Rows far above ~7 TB/s may be L2-bound "
               "rather than as estimated; a 64-row or 64-column tile reads 1.5x the bytes per MAC of a 128x128 "
-              "one, 2x those of 128x256.", "",
+              "one, 2x those of 128x256. '% if L2 = 7.3' = the estimate if L2 delivered no more than that "
+              "(`sass_model.L2_MEASURED`): the range the first GPU window will place the Gluon kernels in.", "",
               "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
-              "L2→SM TB/s | "
-              "expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
+              "L2→SM TB/s | % if L2 = 7.3 | expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
               "FFN-up epilogue µs | epilogue-fused added time | epilogue-fused added bytes | attention-fused added "
               "bytes (to_out) |",
-              "|" + "---|" * 21]
+              "|" + "---|" * 22]
     for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
         lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
                      f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
-                     f"{r.get('l2_tbs', '-')} | "
+                     f"{r.get('l2_tbs', '-')} | {100 * r.get('fraction_at_l2_measured', 0):.0f} | "
                      f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | "
                      f"{r.get('act_bytes_share', '-')} | {r.get('norm_quant_us', '-')} | "
                      f"{r.get('norm_fused_added_share', '-')} | {r.get('ffn_epilogue_us', '-')} | "

@@ -41,6 +41,10 @@ WARPS_PER_SM = 64
 CTAS_PER_SM = 32
 HBM = {"H100 SXM": 3.35e12, "H200": 4.8e12}
 CTA_OVERLAP = 0.0          # share of a co-resident CTA's serialized MMA + issue time that another CTA hides (measured)
+# L2 → shared memory: not a bound of the model (its ceiling was never measured); the highest rate measured so far,
+# the Triton per-token loop at 128x128 on the H200 (bench/results/first_window_h200.md, 1536x8960: 7.05 GB of tile
+# reads in 0.968 ms), is a lower bound of it. bench/sass.py shows each GEMM's estimate as if L2 stopped there.
+L2_MEASURED = 7.3e12
 
 # instruction classes (by SASS opcode, before the first '.')
 CLASSES = {

@@ -86,6 +86,10 @@ def test_committed_l2_traffic_column():
     assert abs(g["l2_tbs"] - 256 * 140 * 1536 * 192 / (g["est_us"] * 1e-6) / 1e12) < 0.06
     t = best[(8960, 1536, "qlinear", "W4→int8 per-token", "128x256/8w/3s")]
     assert g["l2_tbs"] > 2 * t["l2_tbs"]
+    # as if L2 delivered only the highest rate measured (sass_model.L2_MEASURED): the small tiles lose most
+    assert all(r["fraction_at_l2_measured"] <= r["fraction"] for r in rows)
+    assert abs(g["fraction_at_l2_measured"] - g["fraction"] * sass_model.L2_MEASURED / 1e12 / g["l2_tbs"]) < 0.01
+    assert t["fraction_at_l2_measured"] == t["fraction"]
 
 
 def test_pingpong_model_on_hand_written_parts():
