@@ -54,15 +54,16 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "gluon_g128", "gluon_per_token", "gluon_per_token_128x128", "gluon_gelu_quant (FFN-up shapes)",
+                 "gluon_g128", "gluon_g128_128x64", "gluon_per_token", "gluon_per_token_128x128",
+                 "gluon_gelu_quant + _coop (FFN-up shapes)",
                  "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
                  "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
     compiles = {
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
-        "gluon_qlinear group-128 and per-token (256x128 and 128x128)": 3,
-        "gluon_ffn_up (warp-specialized FFN-up with the GELU epilogue)": 1,
+        "gluon_qlinear group-128 (128x64), per-token (256x128 and 128x128)": 3,
+        "gluon_ws group-128 GEMM (cooperative), FFN-up with the GELU epilogue (ping-pong, cooperative)": 3,
         "attn_quant (the attention step: SDPA, SDPA + act_quant, the fused kernel)": 1,
         "expand": 1,
         "act_quant (one config)": 1,
@@ -218,18 +219,23 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                             expand=True))
         best = getattr(ql._qlinear_kernel, "best_config", None)   # the per-token call's own autotune winner
         r["w4a8_per_token_config"] = str(best) if best is not None else None
-        if dev == "cuda":   # the Gluon kernel with the rescale under the next wgmma (kernels/gluon_qlinear.py)
+        if dev == "cuda":   # Gluon: rescale under the next wgmma (kernels/gluon_qlinear.py, gluon_ws.py)
             from dvdq_compile.kernels import gluon_qlinear as gql
+            from dvdq_compile.kernels import gluon_ws as gws
             ws1 = ws.reshape(-1).float().contiguous()
             gl_out = torch.empty(m, n, device=dev, dtype=xdt)
-            # per-token also at 128x128: a third more L2 bytes per MAC than 256x128 (the L2 table: is L2 the ceiling?)
-            for name, sc, pt, tl_ in (("gluon_g128", scales, False, None), ("gluon_per_token", s_tok, True, None),
-                                      ("gluon_per_token_128x128", s_tok, True, gql.PER_TOKEN_TILE_SQUARE)):
-                r["times"][name] = t(lambda sc=sc, pt=pt, tl_=tl_: gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out,
-                                                                                   pt, tl_))
-                r[f"{name}_bit_exact"] = safe(lambda sc=sc, pt=pt, tl_=tl_: torch.equal(
-                    gql.gluon_qlinear(codes, sc, w8, ws1, bias, gl_out, pt, tl_),
-                    ql.qlinear(codes, sc, packed, ws, wz, bias, 4, xdt, expand=True)))()
+            # group 128: the warp-specialized cooperative 128x128 tile (the dispatch's) and the 128x64 one; per-token
+            # at 256x128 (the dispatch's) and 128x128. Is L2 the ceiling? the L2 table says
+            runs = {"gluon_g128": lambda: gws.ws_qlinear(codes, scales, w8, ws1, bias, gl_out, False),
+                    "gluon_g128_128x64": lambda: gql.gluon_qlinear(codes, scales, w8, ws1, bias, gl_out, False),
+                    "gluon_per_token": lambda: gql.gluon_qlinear(codes, s_tok, w8, ws1, bias, gl_out, True),
+                    "gluon_per_token_128x128": lambda: gql.gluon_qlinear(codes, s_tok, w8, ws1, bias, gl_out, True,
+                                                                         gql.PER_TOKEN_TILE_SQUARE)}
+            for name, run in runs.items():
+                sc = s_tok if "per_token" in name else scales
+                r["times"][name] = t(run)
+                r[f"{name}_bit_exact"] = safe(lambda run=run, sc=sc: torch.equal(
+                    run(), ql.qlinear(codes, sc, packed, ws, wz, bias, 4, xdt, expand=True)))()
         r["times"]["w4a8_packed"] = t(lambda: q(FORCED[0], False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
         r["times"]["act_quant"] = t(lambda: aq.act_quant(x, 8, 128, 128, 0))
@@ -244,14 +250,14 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             gg = 128 if n % 128 == 0 else 32     # the dry run's small N
             r["times"]["gelu_quant"] = t(lambda: g(codes, scales, packed, ws, wz, bias, 4, xdt, "tanh", 8, gg, gg, 0,
                                                    expand=True, config=cfg))
-            if dev == "cuda":   # the warp-specialized Gluon FFN-up with the same epilogue (kernels/gluon_ffn_up.py)
-                from dvdq_compile.kernels import gluon_ffn_up as gfu
-                from dvdq_compile.kernels.tl_common import hadamard_for
+            if dev == "cuda":   # the warp-specialized Gluon FFN-up with the same epilogue (kernels/gluon_ws.py),
+                from dvdq_compile.kernels.tl_common import hadamard_for   # ping-pong (the dispatch's) and cooperative
                 hm, _, rsc = hadamard_for(128, 0, torch.empty(0, dtype=xdt, device=dev))
                 gcodes = torch.empty(m, n, dtype=torch.int8, device=dev)
                 gscales = torch.empty(m, n // 128, dtype=torch.float32, device=dev)
-                r["times"]["gluon_gelu_quant"] = t(lambda: gfu.ffn_up_gelu_quant(codes, scales, w8, ws1, bias, hm,
-                                                                                 gcodes, gscales, False, rsc, 127))
+                for name, coop in (("gluon_gelu_quant", False), ("gluon_gelu_quant_coop", True)):
+                    r["times"][name] = t(lambda coop=coop: gws.ffn_up_gelu_quant(codes, scales, w8, ws1, bias, hm,
+                                                                               gcodes, gscales, False, rsc, 127, coop))
             r["gelu_quant_config"] = str(cfg)
         gemm = cost.qlinear_cost(m, n, k, 128, 4)
         by = cost.evaluate(gemm["bytes"])
@@ -291,12 +297,13 @@ def l2_tile(name: str, r: dict) -> tuple[int, int] | None:
     """(BLOCK_M, BLOCK_N) of a timed int8-native GEMM whose tile is known (forced, the autotune winner, the Gluon
     kernels'), None otherwise: for its L2 → shared-memory traffic. The instrument has no L2 bound; these rates say
     whether the small Gluon tiles are held back by L2 (bench/results/sass.md, the L2→SM column)."""
-    from dvdq_compile.kernels import gluon_ffn_up as gfu
     from dvdq_compile.kernels import gluon_qlinear as gql
+    from dvdq_compile.kernels import gluon_ws as gws
     known = {f"w4a8_forced_{c[0]}x{c[1]}": c[:2] for c in FORCED}
-    known.update(gluon_g128=gql.GROUPED_TILES[0][:2], gluon_per_token=gql.PER_TOKEN_TILE[:2],
-                 gluon_per_token_128x128=gql.PER_TOKEN_TILE_SQUARE[:2],
-                 gluon_gelu_quant=(gfu.BLOCK_M, gfu.BLOCK_N), gelu_quant=GELU_CONFIG[:2])
+    known.update(gluon_g128=(2 * gws.BLOCK_M, gws.BLOCK_N), gluon_g128_128x64=gql.GROUPED_TILES[0][:2],
+                 gluon_per_token=gql.PER_TOKEN_TILE[:2], gluon_per_token_128x128=gql.PER_TOKEN_TILE_SQUARE[:2],
+                 gluon_gelu_quant=(gws.BLOCK_M, gws.BLOCK_N), gluon_gelu_quant_coop=(2 * gws.BLOCK_M, gws.BLOCK_N),
+                 gelu_quant=GELU_CONFIG[:2])
     if name == "w4a8_auto" and r.get("w4a8_auto_config"):
         import re
         dims = re.findall(r"BLOCK_[MN]: (\d+)", r["w4a8_auto_config"])
@@ -351,18 +358,22 @@ def render(data: dict) -> str:
             f"outputs: {sorted({v for a in agree for v in a.values() if isinstance(v, float)})} "
             "(integer partials are exact, so any config and loop must agree to the bit)."]
     if any("gluon_g128" in r["times"] for r in steps):
-        out += ["", "The Gluon kernel (kernels/gluon_qlinear.py: the rescale under the next wgmma) beside the Triton "
-                "loop, ms (TOPS), and whether its output equals the Triton kernel's bit for bit:", "",
-                "| N x K | Triton g128 | Gluon g128 | bit-exact | Triton per-token | Gluon per-token | bit-exact | "
-                "Gluon per-token 128x128 | bit-exact | Triton GEMM + GELU→A8 | "
-                "Gluon warp-specialized GEMM + GELU→A8 |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += ["", "The Gluon kernels (the rescale under the next wgmma: kernels/gluon_ws.py, warp-specialized, and "
+                "kernels/gluon_qlinear.py) beside the Triton loop, ms (TOPS), and whether the output equals the Triton "
+                "kernel's bit for bit (group 128: cooperative 128x128 and 128x64 tiles; per-token: 256x128 and "
+                "128x128; the FFN-up with the GELU epilogue in ping-pong and cooperatively):", "",
+                "| N x K | Triton g128 | Gluon g128 | = | 128x64 | = | Triton per-token | Gluon per-token | = | "
+                "128x128 | = | Triton GEMM + GELU→A8 | Gluon ping-pong | cooperative |",
+                "|" + "---|" * 14]
         for r in steps:
-            out.append(f"| {r['N']}x{r['K']} | {cell(r, 'w4a8_auto')} | {cell(r, 'gluon_g128')} | "
-                       f"{r.get('gluon_g128_bit_exact', '-')} | {cell(r, 'w4a8_per_token')} | "
-                       f"{cell(r, 'gluon_per_token')} | {r.get('gluon_per_token_bit_exact', '-')} | "
-                       f"{cell(r, 'gluon_per_token_128x128')} | {r.get('gluon_per_token_128x128_bit_exact', '-')} | "
-                       f"{cell(r, 'gelu_quant')} | {cell(r, 'gluon_gelu_quant')} |")
+            cells = [cell(r, "w4a8_auto")]
+            for c in ("gluon_g128", "gluon_g128_128x64", "w4a8_per_token", "gluon_per_token",
+                      "gluon_per_token_128x128"):
+                cells.append(cell(r, c))
+                if c.startswith("gluon"):
+                    cells.append(str(r.get(f"{c}_bit_exact", "-")))
+            cells += [cell(r, c) for c in ("gelu_quant", "gluon_gelu_quant", "gluon_gelu_quant_coop")]
+            out.append(f"| {r['N']}x{r['K']} | " + " | ".join(cells) + " |")
     l2 = [(r, {c: v["L2_TB/s"] for c, v in r["times"].items() if "L2_TB/s" in v}) for r in steps]
     if any(d for _, d in l2):
         cols = sorted({c for _, d in l2 for c in d})

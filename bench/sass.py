@@ -39,7 +39,7 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import cost  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
 from dvdq_compile.kernels import gelu_quant as GQ  # noqa: E402
-from dvdq_compile.kernels import gluon_ffn_up as GFU  # noqa: E402
+from dvdq_compile.kernels import gluon_ws as GWS  # noqa: E402
 from dvdq_compile.kernels import gluon_qlinear as GQL  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
@@ -104,8 +104,9 @@ class Spec:
         c = self.const
         if self.block or "BLOCK_N" in c:
             unroll = f"/u{c['UNROLL']}" if c.get("UNROLL", 1) > 1 else ""   # groups per loop iteration
-            # warp-specialized: two consumer warpgroups of `warps` warps and a loader warp
-            warps = f"2x{self.warps}w+1w" if self.kernel == "gluon_ffn_up" else f"{self.warps}w"
+            # warp-specialized: two consumer warpgroups of `warps` warps (ping-pong or cooperative) and a loader warp
+            warps = f"{'coop' if c['COOP'] else 'pp'} 2x{self.warps}w+1w" if self.kernel == "gluon_ws" else \
+                f"{self.warps}w"
             return f"{self.bm}x{self.bn}/{warps}/{self.stages}s{unroll}"
         return f"{c['BLOCK_M']}x{c.get('T', '')}/{self.warps}w"
 
@@ -151,12 +152,13 @@ def gemm_specs(quick: bool) -> list[Spec]:
         variant = "W4→int8 per-token" if u == 1 else "W4→int8 g128"
         out.append(Spec("gluon_qlinear", variant, GQL._gluon_qlinear_kernel, sig, const, w, st, k_iter=128 * u,
                         wbytes=1.0, group=0 if u == 1 else 128, block=(bm, bn)))
-    for u in () if quick else GFU.UNROLLS:   # the FFN-up with the GELU epilogue, warp-specialized
-        sig, const = GFU.offline_spec(u)
-        variant = ("W4→int8 per-token" if u == 1 else "W4→int8 g128") + " +GELU→A8 g128 r128"
-        out.append(Spec("gluon_ffn_up", variant, GFU._ffn_up_kernel, sig, const, GFU.CONSUMER_WARPS, GFU.STAGES,
-                        k_iter=128 * u, wbytes=1.0, group=0 if u == 1 else 128, block=(GFU.BLOCK_M, GFU.BLOCK_N),
-                        maxnreg=GFU.LAUNCH_REGS))
+    for gelu, coop in () if quick else GWS.MODES:   # warp-specialized: the GEMM, and the FFN-up with its epilogue
+        for u in GWS.UNROLLS:
+            sig, const = GWS.offline_spec(u, gelu, coop)
+            variant = ("W4→int8 per-token" if u == 1 else "W4→int8 g128") + (" +GELU→A8 g128 r128" if gelu else "")
+            out.append(Spec("gluon_ws", variant, GWS._ws_kernel, sig, const, GWS.CONSUMER_WARPS, const["STAGES"],
+                            k_iter=128 * u, wbytes=1.0, group=0 if u == 1 else 128,
+                            block=(GWS.BLOCK_M * (2 if coop else 1), GWS.BLOCK_N), maxnreg=GWS.LAUNCH_REGS))
     return out
 
 
@@ -167,12 +169,12 @@ def pingpong_ref_k(unroll: int) -> int:
 
 
 def pingpong_tile(rec: dict, k: int) -> dict:
-    """A warp-specialized record's bounds per output tile at ``k`` (``sass_model.pingpong_cycles``): its K-loop
-    iterations from the MACs (a K step the compiler peeled out of the loop counts in the epilogue's)."""
+    """A warp-specialized record's bounds per consumer tile (64 x 128) at ``k`` (``sass_model.pingpong_cycles``):
+    its K-loop iterations from the MACs (a K step the compiler peeled out of the loop counts in the epilogue's)."""
     loop, epi, loader = (SM.LoopStats(**rec["pingpong"][p]) for p in ("loop", "epilogue", "loader"))
-    total = rec["block"][0] * rec["block"][1] * k
+    total = GWS.BLOCK_M * GWS.BLOCK_N * k
     iters = (total - epi.macs.get("int8", 0)) / loop.macs["int8"]
-    return SM.pingpong_cycles(loop, iters, epi, loader, k // 128, total)
+    return SM.pingpong_cycles(loop, iters, epi, loader, k // 128, total, rec["coop"])
 
 
 def act_specs() -> list[Spec]:
@@ -223,10 +225,10 @@ def analyse(spec: Spec) -> dict:
         if outer:
             last_exit = max(i for i, ins in enumerate(instrs) if ins.base == "EXIT")
             rec.update(tile_loop_instructions=outer[1] - outer[0] + 1, kernel_instructions=last_exit + 1)
-    if spec.kernel == "gluon_ffn_up":   # warp-specialized: per output tile, at the reference K
+    if spec.kernel == "gluon_ws":   # warp-specialized: per consumer tile, at the reference K
         parts = SM.pingpong_parts(instrs)
         rec.update(pingpong={p: asdict(st) for p, st in zip(("loop", "epilogue", "loader"), parts)},
-                   block=[spec.bm, spec.bn], k_ref=pingpong_ref_k(spec.const["UNROLL"]), k_iter=spec.k_iter,
+                   coop=spec.const["COOP"], k_ref=pingpong_ref_k(spec.const["UNROLL"]), k_iter=spec.k_iter,
                    ctas_per_sm=1)
         rec.update(pingpong_tile(rec, rec["k_ref"]))
         return rec
@@ -318,11 +320,12 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             epi = r["kernel"] == "gelu_quant" or "+GELU" in r["variant"]
             if epi and (n, k) not in [up for up, _ in FFN_PAIRS]:
                 continue   # the epilogue kernels run the FFN-up GEMMs only
-            if r["kernel"].startswith("gluon") and s.group and (k // 128) % s.const["UNROLL"]:
-                continue   # the compiled loop only (a K whose groups it does not divide adds a two-group tail)
-            if "pingpong" in r:   # per tile from the three partitions' code (per-CTA set-up not counted)
-                comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=pingpong_tile(r, k)["cycles"],
-                                                      block_m=bm, block_n=bn, k_iter=k, sms=SM.SMS)) / SM.CLOCK_HZ
+            if r["kernel"].startswith("gluon") and s.group and s.const["UNROLL"] != GQL.unroll_for(k // 128):
+                continue   # the groups per iteration the dispatch runs at this K (gluon_qlinear.unroll_for)
+            if "pingpong" in r:   # per CTA tile from the three partitions' code (per-CTA set-up not counted)
+                per_cta = pingpong_tile(r, k)["cycles"] * bm // GWS.BLOCK_M
+                comp = cost.evaluate(cost.gemm_cycles(m, n, k, cycles_per_iter=per_cta, block_m=bm, block_n=bn,
+                                                      k_iter=k, sms=SM.SMS)) / SM.CLOCK_HZ
             else:
                 outside = (r["total_instructions"] - r["loop_instructions"]) * r["warps"] / SM.SMSP / r["ctas_per_sm"]
                 if "tile_loop_instructions" in r:   # persistent: per tile its tile loop around the K loop, once per CTA
@@ -377,13 +380,13 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
 def _ffn_producer(rows: list[dict], m: int) -> list[dict]:
     """On the FFN-down rows: what quantizing its input in the FFN-up GEMM's epilogue adds — the epilogue kernel's
     time beyond the plain FFN-up GEMM (same loop variant, best tiles; the Triton pair on the Triton rows, the
-    warp-specialized Gluon FFN-up against the plain Gluon GEMM on the Gluon rows) as a share of this GEMM, and its
-    bytes: codes and scales written instead of the 16-bit output (and no separate pass reading it), negative."""
+    warp-specialized Gluon FFN-up against the dispatch's plain Gluon GEMM on the Gluon rows) as a share of this GEMM,
+    and its bytes: codes and scales written instead of the 16-bit output (and no separate pass reading it), negative."""
     best = {(r["N"], r["K"], r["kernel"], r["variant"]): r for r in best_per_variant(rows)}
     for up, down in FFN_PAIRS:
+        gluon = (best.get((*up, "gluon_ws", GELU_VARIANT)), best.get((*up, "gluon_ws", "W4→int8 g128")))
         pairs = {"qlinear": (best.get((*up, "gelu_quant", GELU_VARIANT)), best.get((*up, "qlinear", "W4→int8 g128"))),
-                 "gluon_qlinear": (best.get((*up, "gluon_ffn_up", GELU_VARIANT)),
-                                   best.get((*up, "gluon_qlinear", "W4→int8 g128")))}
+                 "gluon_qlinear": gluon, "gluon_ws": gluon}
         k = down[1]
         for r in rows:
             g, plain = pairs.get(r["kernel"], (None, None)) if (r["N"], r["K"]) == down else (None, None)
@@ -434,12 +437,13 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
                      f" | {r['shared'] / 1024:.0f} | {r['ctas_per_sm']} | {r['loop_instructions']} | {cls} | "
                      f"{r['wait_depth'] if r['wait_depth'] is not None else '-'} | {r['mma_cycles']:.0f} | "
                      f"{r['smem_cycles']:.0f} | {r['issue_cycles']:.0f} | {ser} | {r['bound']} | {frac} |")
-    lines += ["", "gluon_ffn_up (warp-specialized: two consumer warpgroups take alternate 64x128 tiles, a loader warp "
-              "feeds both; `kernels/gluon_ffn_up.py`): the class counts are one consumer's K-loop iteration, the "
-              "bounds are per output tile at the Wan FFN-up K its unroll count divides (1536, or 5120 for u10): "
-              "tensor (the K loop's and the epilogue's wgmmas), shared memory, issue (one consumer warp's K loop and "
-              "epilogue plus the loader's steps per sub-partition), and in the serial column the chain (one "
-              "consumer's K loop then its epilogue, halved: two consumers in flight), `sass_model.pingpong_cycles`."]
+    lines += ["", "gluon_ws (warp-specialized, `kernels/gluon_ws.py`: a loader warp and two consumer warpgroups of "
+              "64x128 rows each, taking alternate 64x128 tiles (pp, ping-pong) or sharing 128x128 ones (coop)): the "
+              "class counts are one consumer's K-loop iteration, the bounds are per consumer tile at the Wan K its "
+              "unroll count divides (1536, or 5120 for u10): tensor (the K loop's and the epilogue's wgmmas), shared "
+              "memory, issue (one consumer warp's K loop and epilogue plus the loader's steps per sub-partition), "
+              "and in the serial column the chain (ping-pong: one consumer's K loop then its epilogue, halved; "
+              "cooperative: both K loops side by side, then both epilogues), `sass_model.pingpong_cycles`."]
     lines += ["", "attn_quant (`fuse_attn`'s kernel): one KV block per loop iteration; in brackets the model's share of "
               "the 16-bit tensor peak for its two GEMMs (QKᵀ and PV), the softmax waiting on them (serial)."]
     lines += ["", f"## Per Wan shape at M = {M_TOKENS}: best tile per variant (H100 SXM HBM {meta['hbm'] / 1e12} TB/s)",
@@ -494,7 +498,8 @@ CHECK = (("qlinear", "W4 g128", "128x128/8w/3s"), ("qlinear", "W4→int8 g128", 
          ("qlinear", "W4→int8 per-token", "64x128/4w/4s"), ("qlinear", "W4→int8 g128", "128x128/8w/3s"),
          ("gluon_qlinear", "W4→int8 per-token", "256x128/8w/3s"),
          ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"),
-         ("gluon_ffn_up", GELU_VARIANT, "64x128/2x4w+1w/6s/u12"))
+         ("gluon_ws", GELU_VARIANT, "64x128/pp 2x4w+1w/7s/u12"),
+         ("gluon_ws", "W4→int8 g128", "128x128/coop 2x4w+1w/6s/u12"))
 
 
 def check(committed: Path) -> int:

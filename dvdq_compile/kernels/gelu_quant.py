@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from . import gluon_ffn_up as GFU
+from . import gluon_ws as GWS
 from . import gluon_qlinear as GQL
 from .qlinear import _check, accumulate, operands, with_config
 from .tl_common import (
@@ -145,10 +145,10 @@ def qlinear_gelu_quant(codes: torch.Tensor, scales: torch.Tensor, packed: torch.
     o = operands(codes, scales, packed, wscale, wzero, bias, wbits, expand)
     # the rotation reads the rounded 16-bit a: its matrix and mode follow out_dtype, as act_quant's follow its input
     h, mode, rscale = hadamard_for(rotate, sign_seed, torch.empty(0, dtype=out_dtype, device=codes.device))
-    if config is None and GQL.use_gluon() and GFU.supported(n, k, o.ga, o.expanded, group, rotate, out_dtype,
-                                                             approximate) is None:
-        # opt-in (DVDQ_GLUON=1): the warp-specialized Gluon FFN-up with this epilogue (kernels/gluon_ffn_up.py)
-        GFU.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias is not None else None, h,
+    if config is None and GQL.use_gluon() and GWS.supported_gelu(n, k, o.ga, o.expanded, group, rotate, out_dtype,
+                                                                  approximate) is None:
+        # opt-in (DVDQ_GLUON=1): the warp-specialized Gluon FFN-up with this epilogue (kernels/gluon_ws.py)
+        GWS.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias is not None else None, h,
                               out_c.view(o.m, n), out_s.view(o.m, n // group), o.per_token, rscale, qmax)
         return out_c, out_s
     if not rotate:

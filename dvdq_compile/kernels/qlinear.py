@@ -37,6 +37,7 @@ import triton.language as tl
 
 from . import capability
 from . import gluon_qlinear as GQL
+from . import gluon_ws as GWS
 from .capability import pack_factor
 from .expand import expand_weight
 from .tl_common import (
@@ -252,10 +253,16 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
     config instead of autotuning (benchmarks of single configs)."""
     o = operands(codes, scales, packed, wscale, wzero, bias, wbits, expand)
     n = packed.shape[0]
-    if (not partials and config is None and GQL.use_gluon()
-            and GQL.supported(o.k, o.ga, o.expanded, n, out.dtype) is None):
-        GQL.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias is not None else None, out, o.per_token)  # opt-in
-        return
+    if not partials and config is None and GQL.use_gluon():   # opt-in (DVDQ_GLUON=1): the Gluon kernels
+        b = o.b if bias is not None else None
+        # group 128: the warp-specialized cooperative 128x128 tile (kernels/gluon_ws.py); per-token, and what it
+        # does not take (fp32 output): the single-warpgroup-pair kernel (kernels/gluon_qlinear.py)
+        if not o.per_token and GWS.supported(n, o.k, o.ga, o.expanded, out.dtype) is None:
+            GWS.ws_qlinear(o.a, o.s, o.w, o.ws, b, out, o.per_token)
+            return
+        if GQL.supported(o.k, o.ga, o.expanded, n, out.dtype) is None:
+            GQL.gluon_qlinear(o.a, o.s, o.w, o.ws, b, out, o.per_token)
+            return
     kernel, forced = with_config(_qlinear_kernel, config)
     kernel[gemm_grid(o.m, n)](
         o.a, o.s, o.w, o.ws, o.wz, o.b, out, o.m, n, o.k, m_bucket(o.m),

@@ -267,38 +267,47 @@ def warp_issue(st: LoopStats) -> float:
 
 
 def pingpong_cycles(loop: LoopStats, iters: float, epi: LoopStats, loader: LoopStats, steps: int,
-                    useful_macs: int) -> dict:
-    """SM cycles per output tile of a warp-specialized "ping-pong" kernel (``kernels/gluon_ffn_up.py``): two consumer
-    warpgroups (one warp per SM sub-partition each) take alternate tiles, each running ``iters`` iterations of its K
-    loop ``loop`` then its epilogue ``epi``; a loader warp runs ``loader`` (one K step) ``steps`` times per tile. The
-    bounds, per tile:
+                    useful_macs: int, coop: bool = False) -> dict:
+    """SM cycles per consumer tile of a warp-specialized kernel (``kernels/gluon_ffn_up.py``): two consumer
+    warpgroups (one warp per SM sub-partition each) each run ``iters`` iterations of a K loop ``loop`` then an
+    epilogue ``epi`` per tile; a loader warp runs ``loader`` (one K step) ``steps`` times per CTA tile. Ping-pong:
+    the consumers take alternate tiles. Cooperative (``coop``): they share every CTA tile (half its rows each, one
+    load feeding both). The bounds, per consumer tile:
 
     - **tensor**: the K loop's wgmmas and the epilogue's (int8 and 16-bit at their rates), one tensor core;
     - **shared memory**: the bytes those wgmmas read;
-    - **issue**: per sub-partition, the two consumers' warps take turns (one tile each per two tiles), so a tile
-      costs one consumer warp's K loop and epilogue, plus the loader warp's steps on the sub-partition it shares;
-    - **chain**: one consumer's own tile, its K loop (each iteration as :func:`combine` bounds it for one warpgroup,
-      its last rescale exposed where it waits to depth 0) then its epilogue, which waits on its own rotation wgmma
-      (its issue plus that MMA): two consumers in flight, so half of it per tile.
+    - **issue**: per sub-partition, one consumer warp's K loop and epilogue (the other consumer's tile costs the
+      same), plus the loader warp's steps on the sub-partition it shares (half of them when cooperative);
+    - **chain**: ping-pong, one consumer's own tile, its K loop (each iteration as :func:`combine` bounds it for one
+      warpgroup, its last rescale exposed where it waits to depth 0) then its epilogue, which waits on its own
+      rotation wgmma (its issue plus that MMA): two consumers in flight, so half of it per tile. Cooperative, the
+      two consumers run their K loops side by side (an iteration: both warpgroups' wgmmas, or one's own chain)
+      and then their epilogues side by side, while the tensor core waits: half of that per consumer tile.
 
     ``fraction``: the int8 tensor time of ``useful_macs`` over the largest bound."""
     def mma(st):
         return sum(v / MAC_PER_CLK[dt] for dt, v in st.macs.items())
 
+    loads = steps / 2 if coop else steps
     tensor = iters * mma(loop) + mma(epi)
     smem = (iters * loop.smem_bytes + epi.smem_bytes) / SMEM_BYTES_PER_CLK
     dispatch = {}
-    for st, times in ((loop, iters), (epi, 1), (loader, steps)):
+    for st, times in ((loop, iters), (epi, 1), (loader, loads)):
         for pipe, cyc in st.pipe_cycles.items():
             dispatch[pipe] = dispatch.get(pipe, 0) + times * cyc
     slots = sum(times * (st.instructions - st.by_class.get("uniform", 0))
-                for st, times in ((loop, iters), (epi, 1), (loader, steps)))
+                for st, times in ((loop, iters), (epi, 1), (loader, loads)))
     issue = max(slots, max(dispatch.values(), default=0))
     exposed = warp_issue(LoopStats(loop=True, instructions=loop.exposed_instructions,
                                    pipe_cycles=loop.exposed_pipe_cycles))
     per_iter = combine(mma(loop), loop.smem_bytes / SMEM_BYTES_PER_CLK, warp_issue(loop), loop.wait_depth == 0, 1,
                        0.0, exposed)["cycles"]
-    chain = (iters * per_iter + warp_issue(epi) + mma(epi)) / 2
+    if coop:
+        k_phase = iters * max(2 * mma(loop), 2 * warp_issue(loop), per_iter)
+        epi_phase = max(2 * warp_issue(epi), warp_issue(epi) + mma(epi), 2 * mma(epi))
+        chain = (k_phase + epi_phase) / 2
+    else:
+        chain = (iters * per_iter + warp_issue(epi) + mma(epi)) / 2
     bounds = {"mma": tensor, "smem": smem, "issue": issue, "chain": chain}
     cycles = max(bounds.values())
     return {"cycles": cycles, "bound": max(bounds, key=bounds.get),

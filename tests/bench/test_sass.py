@@ -19,7 +19,7 @@ def test_estimates_do_not_regress():
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "sass.py"), "--check", str(RESULTS)], env=env,
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
-    assert len(lines) == 7, p.stdout[-2000:] + p.stderr[-2000:]
+    assert len(lines) == 8, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.returncode == 0, p.stdout[-3000:]
 
 
@@ -41,36 +41,45 @@ def test_committed_estimates_order_the_variants_as_measured():
 
 
 def test_committed_estimates_of_the_gluon_kernel():
-    """The Gluon kernel (rescale under the next wgmma, persistent; kernels/gluon_qlinear.py) against the Triton loop
-    on the same terms, per Wan shape (nothing measured yet): both group 128 and per-token reach >= 70% of int8 peak
-    on every shape in the model (the issue's goal for the estimate; the model was 1.2-1.5x optimistic for the Triton
-    loops, bench/results/sass_vs_h200.md)."""
+    """The Gluon kernels (rescale under the next wgmma, persistent: kernels/gluon_qlinear.py, and warp-specialized:
+    kernels/gluon_ws.py) against the Triton loop on the same terms, per Wan shape (nothing measured yet): the
+    dispatch's group-128 kernel (cooperative 128x128) and per-token kernel (256x128) reach >= 70% of int8 peak on
+    every shape in the model (the issue's goal for the estimate; the model was 1.2-1.5x optimistic for the Triton
+    loops, bench/results/sass_vs_h200.md), and the cooperative tile reads fewer L2 bytes than the 128x64 one."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     for nk in {(r["N"], r["K"]) for r in rows}:
         best = {}
         for r in rows:
-            if (r["N"], r["K"]) == nk and r["kernel"] in ("qlinear", "gluon_qlinear"):
+            if (r["N"], r["K"]) == nk and r["kernel"] in ("qlinear", "gluon_qlinear", "gluon_ws") \
+                    and "+GELU" not in r["variant"]:
                 key = (r["kernel"], r["variant"])
                 best[key] = max(best.get(key, 0), r["fraction"])
-        g, t = ("gluon_qlinear", "W4→int8 g128"), ("qlinear", "W4→int8 g128")
+        g, t = ("gluon_ws", "W4→int8 g128"), ("qlinear", "W4→int8 g128")
         pg, pt = ("gluon_qlinear", "W4→int8 per-token"), ("qlinear", "W4→int8 per-token")
-        assert best[g] > best[t] * 1.3 and best[pg] > best[pt] * 1.15, (nk, best)
+        assert best[g] > best[t] * 1.3 and best[pg] > best[pt] * 1.1, (nk, best)
         assert best[pg] >= 0.70 and best[g] >= 0.70, (nk, best)
+        assert best[("gluon_qlinear", "W4→int8 g128")] >= 0.70, (nk, best)
+        coop = [r for r in rows if (r["N"], r["K"]) == nk and r["kernel"] == "gluon_ws" and r["variant"] == g[1]]
+        small = [r for r in rows if (r["N"], r["K"]) == nk and r["kernel"] == "gluon_qlinear" and r["variant"] == g[1]]
+        assert coop and small and coop[0]["fraction_at_l2_measured"] > small[0]["fraction_at_l2_measured"]
 
 
 def test_committed_estimates_of_the_ffn_up_epilogue():
     """The FFN-up whose epilogue quantizes the FFN-down's input: the warp-specialized Gluon kernel (two consumer
-    warpgroups in ping-pong, kernels/gluon_ffn_up.py) reaches >= 70% of int8 peak on both Wan FFN-ups, group-128 and
+    warpgroups in ping-pong, kernels/gluon_ws.py) reaches >= 70% of int8 peak on both Wan FFN-ups, group-128 and
     per-token input, where the Triton epilogue kernel is under 50%; on the Gluon FFN-down rows it is the producer
     whose added time and bytes are reported, and it adds no bytes."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     for up in ((8960, 1536), (13824, 5120)):
         at = [r for r in rows if (r["N"], r["K"]) == up]
-        ws = {r["variant"]: r["fraction"] for r in at if r["kernel"] == "gluon_ffn_up"}
+        ws = {}
+        for r in at:   # the best mode per input scale (ping-pong; cooperative trades time for L2 bytes)
+            if r["kernel"] == "gluon_ws" and "+GELU" in r["variant"]:
+                ws[r["variant"]] = max(ws.get(r["variant"], 0), r["fraction"])
         triton = max(r["fraction"] for r in at if r["kernel"] == "gelu_quant")
         assert len(ws) == 2 and min(ws.values()) >= 0.70 and triton < 0.5 and min(ws.values()) > 1.5 * triton, (up, ws)
     downs = [r for r in rows if r["kernel"] == "gluon_qlinear" and (r["N"], r["K"]) in ((1536, 8960), (5120, 13824))]
-    assert downs and all(r["ffn_epilogue_kernel"] == "gluon_ffn_up" and r["ffn_epilogue_bytes_share"] < 0
+    assert downs and all(r["ffn_epilogue_kernel"] == "gluon_ws" and r["ffn_epilogue_bytes_share"] < 0
                          for r in downs)
 
 

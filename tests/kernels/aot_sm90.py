@@ -29,7 +29,7 @@ from dvdq_compile.kernels import aot  # noqa: E402
 from dvdq_compile.kernels import bgr as B  # noqa: E402
 from dvdq_compile.kernels import expand as E  # noqa: E402
 from dvdq_compile.kernels import fused as F  # noqa: E402
-from dvdq_compile.kernels import gluon_ffn_up as GFU  # noqa: E402
+from dvdq_compile.kernels import gluon_ws as GWS  # noqa: E402
 from dvdq_compile.kernels import gluon_qlinear as GQL  # noqa: E402
 from dvdq_compile.kernels import norm_quant as NQ  # noqa: E402
 from dvdq_compile.kernels import qlinear as Q  # noqa: E402
@@ -141,15 +141,18 @@ def attn_specs():
 
 def gluon_specs():
     """The Gluon W4A8 kernel at every tile its dispatch uses (kernels/gluon_qlinear.py), and the warp-specialized
-    FFN-up with the GELU epilogue at every groups-per-iteration count (kernels/gluon_ffn_up.py)."""
+    W4A8 GEMM in every mode it runs (the FFN-up's GELU epilogue in ping-pong and cooperatively, a bf16 output
+    cooperatively) at every groups-per-iteration count (kernels/gluon_ws.py)."""
     for tile in GQL.TILES:
         sig, const = GQL.offline_spec(tile)
         name = f"gluon_qlinear {f'per-token {tile[0]}x{tile[1]}' if tile[4] == 1 else f'g128 u{tile[4]}'}"
         yield name, GQL._gluon_qlinear_kernel, sig, const, tile[2], tile[3]
-    for u in GFU.UNROLLS:
-        sig, const = GFU.offline_spec(u)
-        yield f"gluon_ffn_up {'per-token' if u == 1 else f'g128 u{u}'}", GFU._ffn_up_kernel, sig, const, \
-            GFU.CONSUMER_WARPS, GFU.STAGES, GFU.LAUNCH_REGS
+    for gelu, coop in GWS.MODES:
+        for u in GWS.UNROLLS:
+            sig, const = GWS.offline_spec(u, gelu, coop)
+            mode = f"{'gelu' if gelu else 'bf16'} {'coop' if coop else 'pp'}"
+            yield f"gluon_ws {mode} {'per-token' if u == 1 else f'g128 u{u}'}", GWS._ws_kernel, sig, const, \
+                GWS.CONSUMER_WARPS, const["STAGES"], GWS.LAUNCH_REGS
 
 
 def expand_specs():

@@ -275,15 +275,61 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, square, bias, seed):
     assert torch.equal(y, y_triton)
 
 
-@pytest.mark.parametrize("in_group,k", [(1536, 1536), (128, 1536), (128, 1280), (128, 256), (256, 256)])
-def test_gluon_ffn_up_vs_reference(in_group, k, monkeypatch):
-    """The warp-specialized Gluon FFN-up with the GELU → rotate → quantize epilogue (kernels/gluon_ffn_up.py;
-    through the op's own entry point under DVDQ_GLUON=1), per-token and group-128 input, 12, 10 and 2 groups per K loop
-    iteration, bf16, ragged M, N a multiple of 128 but not of 256 (an odd tile count per consumer): the same bounds
-    against qlinear_ref → F.gelu → quantize_act as the Triton epilogue kernel's test; how many codes differ from the
-    Triton kernel's is printed (another order of the rotation's fp32 sums may flip a tie)."""
-    from dvdq_compile.kernels import gluon_ffn_up as gfu
+@pytest.mark.parametrize("k,group,coop", [(1024, 128, True), (1280, 128, True), (1536, 128, True), (256, 128, True),
+                                          (1536, 1536, True), (1536, 128, False)])
+def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, coop):
+    """The warp-specialized Gluon GEMM (kernels/gluon_ws.py: the group-128 dispatch's cooperative 128x128 tile, and
+    ping-pong) gives the Triton int8-native kernel's output to the bit: ragged M and N (N = 776: not a multiple of
+    the tile), 4 / 10 / 12 / 2 groups per loop iteration, per-token."""
+    from dvdq_compile.kernels import gluon_ws as gws
+    m, n = 4133, 776
+    x = make_x(m, k, torch.bfloat16, gen=_gen(14)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(15)))
+    bias = torch.randn(n, generator=_gen(16)).to(torch.bfloat16).to(DEV)
+    c, s = quant.quantize_act(x, 8, group)
+    assert gws.supported(n, k, group, True, torch.bfloat16) is None
+    y_triton = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16, expand=True)
+    o = ql_mod.operands(c, s, packed, ws, wz, bias, 4, True)
+    y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
+    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, coop)
+    assert torch.equal(y, y_triton)
+
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 3000), n8=st.integers(1, 200), kg=st.sampled_from([2, 4, 6, 10, 12, 14]),
+       per_token=st.booleans(), coop=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gluon_ws_qlinear_property(m, n8, kg, per_token, coop, bias, seed):
+    """The warp-specialized Gluon GEMM on drawn shapes (ragged M down to one row: a cooperative tile with one
+    consumer's rows all out of range; N any multiple of 8; every groups-per-iteration count) equals the Triton
+    int8-native kernel bit for bit, in both modes."""
+    from dvdq_compile.kernels import gluon_ws as gws
+    n, k = 8 * n8, 128 * kg
+    group = k if per_token else 128
+    x = make_x(m, k, torch.bfloat16, gen=_gen(seed)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(seed + 1)))
+    b = torch.randn(n, generator=_gen(seed + 2)).to(torch.bfloat16).to(DEV) if bias else None
+    c, s = quant.quantize_act(x, 8, group)
+    cfg = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8}, num_warps=8, num_stages=3)
+    y_triton = ql_mod.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True, config=cfg)
+    o = ql_mod.operands(c, s, packed, ws, wz, b, 4, True)
+    y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
+    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token, coop)
+    assert torch.equal(y, y_triton)
+
+
+@pytest.mark.parametrize("in_group,k,coop", [(1536, 1536, False), (128, 1536, False), (128, 1280, False),
+                                             (128, 256, False), (256, 256, False), (128, 1536, True),
+                                             (1536, 1536, True)])
+def test_gluon_ffn_up_vs_reference(in_group, k, coop, monkeypatch):
+    """The warp-specialized Gluon FFN-up with the GELU → rotate → quantize epilogue (kernels/gluon_ws.py; ping-pong
+    through the op's own entry point under DVDQ_GLUON=1, cooperative called directly), per-token and group-128
+    input, 12, 10 and 2 groups per K loop iteration, bf16, ragged M, N a multiple of 128 but not of 256 (an odd tile
+    count per consumer): the same bounds against qlinear_ref → F.gelu → quantize_act as the Triton epilogue
+    kernel's test; how many codes differ from the Triton kernel's is printed (another order of the rotation's fp32
+    sums may flip a tie)."""
     from dvdq_compile.kernels import gluon_qlinear as gql
+    from dvdq_compile.kernels import gluon_ws as gws
+    from dvdq_compile.kernels.tl_common import hadamard_for
     from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
     from .test_gelu_quant import _compare
     g = _gen(6)
@@ -294,8 +340,15 @@ def test_gluon_ffn_up_vs_reference(in_group, k, monkeypatch):
     args = [t.to(DEV) for t in (codes, scales, packed, ws * 4, wz, bias)]
     ct, st_ = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
     monkeypatch.setenv("DVDQ_GLUON", "1")
-    assert gql.use_gluon() and gfu.supported(n, k, in_group, True, 128, 128, dtype, "tanh") is None
-    c, s = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
+    assert gql.use_gluon() and gws.supported_gelu(n, k, in_group, True, 128, 128, dtype, "tanh") is None
+    if coop:
+        o = ql_mod.operands(*args, 4, True)
+        h, _, rscale = hadamard_for(128, 9, torch.empty(0, dtype=dtype, device=DEV))
+        c = torch.empty(m, n, dtype=torch.int8, device=DEV)
+        s = torch.empty(m, n // 128, dtype=torch.float32, device=DEV)
+        gws.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b, h, c, s, o.per_token, rscale, 127, coop=True)
+    else:
+        c, s = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
     rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
     _compare((m, n, k, in_group, 128, 128, 8, 4, dtype), c, s, rc, rs)
     print("codes differing from the Triton kernel's:", float((c != ct).float().mean()),
@@ -304,12 +357,12 @@ def test_gluon_ffn_up_vs_reference(in_group, k, monkeypatch):
 
 @settings(max_examples=6, deadline=None)
 @given(m=st.integers(1, 2000), n128=st.integers(1, 24), kg=st.sampled_from([2, 4, 6, 10, 12, 14]),
-       per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_gluon_ffn_up_property(m, n128, kg, per_token, bias, seed):
+       per_token=st.booleans(), coop=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gluon_ffn_up_property(m, n128, kg, per_token, coop, bias, seed):
     """The Gluon FFN-up on drawn shapes (ragged M down to one row, so a program may hold one tile and consumer 1
     none; N any multiple of 128; K = 128·kg so every groups-per-iteration count runs) against the reference, with
     the Triton epilogue kernel's bounds."""
-    from dvdq_compile.kernels import gluon_ffn_up as gfu
+    from dvdq_compile.kernels import gluon_ws as gws
     from dvdq_compile.kernels import qlinear as ql_mod
     from dvdq_compile.kernels.tl_common import hadamard_for
     from .test_gelu_quant import _compare
@@ -323,8 +376,8 @@ def test_gluon_ffn_up_property(m, n128, kg, per_token, bias, seed):
     h, _, rscale = hadamard_for(128, 9, torch.empty(0, dtype=dtype, device=DEV))
     c = torch.empty(m, n, dtype=torch.int8, device=DEV)
     s = torch.empty(m, n // 128, dtype=torch.float32, device=DEV)
-    assert gfu.supported(n, k, group, True, 128, 128, dtype, "tanh") is None
-    gfu.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias else None, h, c, s, o.per_token, rscale, 127)
+    assert gws.supported_gelu(n, k, group, True, 128, 128, dtype, "tanh") is None
+    gws.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias else None, h, c, s, o.per_token, rscale, 127, coop)
     rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
     _compare((m, n, k, group, 128, 128, 8, 4, dtype), c, s, rc, rs)
 

@@ -1,5 +1,5 @@
-"""The warp-specialized Gluon FFN-up (kernels/gluon_ffn_up.py) on the CPU machine: what it refuses, its register and
-shared-memory budget, the dispatch without a GPU, and the arithmetic identities its epilogue relies on.
+"""The warp-specialized Gluon W4A8 GEMM (kernels/gluon_ws.py) on the CPU machine: what it refuses, its register and
+shared-memory budgets, the dispatch without a GPU, and the arithmetic identities the FFN-up's epilogue relies on.
 
 The kernel itself only runs on a GPU (Gluon has no interpreter): ``test_gpu.py`` compares it with the reference,
 ``test_aot_sm90.py`` compiles it for sm_90 here (no spill, wgmmas in flight, each partition within its registers),
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dvdq_compile import quant
-from dvdq_compile.kernels import gluon_ffn_up as gfu
+from dvdq_compile.kernels import gluon_ws as gws
 from dvdq_compile.kernels import gluon_qlinear as gql
 from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
 
@@ -30,9 +30,9 @@ WAN = dict(n=8960, k=1536, ga=128, expanded=True, group=128, rotate=128, out_dty
     ({"ga": 64}, "activation group 64"),
     ({"k": 1408}, "odd number of 128-groups"),
 ])
-def test_supported_names_what_it_cannot_run(kw, why):
-    assert gfu.supported(**WAN) is None
-    assert why in gfu.supported(**(WAN | kw))
+def test_supported_gelu_names_what_it_cannot_run(kw, why):
+    assert gws.supported_gelu(**WAN) is None
+    assert why in gws.supported_gelu(**(WAN | kw))
 
 
 @pytest.mark.parametrize("n,k,ga", [(8960, 1536, 128), (13824, 5120, 128), (8960, 1536, 1536), (13824, 5120, 5120),
@@ -40,24 +40,40 @@ def test_supported_names_what_it_cannot_run(kw, why):
 def test_supported_on_the_wan_ffn_ups_and_short_k(n, k, ga):
     """Both Wan FFN-ups, either input scale; and K = 256: the loader is its own warp, so (unlike the single-warpgroup
     GEMM's in-place refills) the ring needs no minimum K."""
-    assert gfu.supported(**(WAN | dict(n=n, k=k, ga=ga))) is None
+    assert gws.supported_gelu(**(WAN | dict(n=n, k=k, ga=ga))) is None
 
 
-def test_register_and_shared_memory_budget():
+@pytest.mark.parametrize("kw,why", [
+    ({"out_dtype": torch.float32}, "only bf16 or fp16"),
+    ({"n": 1540}, "N=1540"),
+    ({"expanded": False}, "int8-expanded"),
+    ({"k": 1408}, "odd number of 128-groups"),
+])
+def test_supported_gemm_names_what_it_cannot_run(kw, why):
+    base = dict(n=1536, k=1536, ga=128, expanded=True, out_dtype=torch.bfloat16)
+    assert gws.supported(**base) is None and gws.supported(**(base | dict(n=776, k=256))) is None
+    assert why in gws.supported(**(base | kw))
+
+
+@pytest.mark.parametrize("gelu,coop", gws.MODES)
+def test_register_and_shared_memory_budget(gelu, coop):
     """setmaxnreg can only move what the launch allocated: 12 warps at LAUNCH_REGS hold the two consumer warpgroups'
-    and the loader warpgroup's budgets (a budget is per warpgroup, multiples of 8, 24-256); the ring, the ±1 block
-    and the two codes tiles fit the 227 KiB a CTA may use."""
+    and the loader warpgroup's budgets (a budget is per warpgroup, multiples of 8, 24-256); in every mode the ring,
+    the two output tiles and the ±1 block fit the 227 KiB a CTA may use, with at least 4 slots."""
     warpgroups = 3
-    assert warpgroups * 4 * 32 * gfu.LAUNCH_REGS <= 65536
-    assert 2 * gfu.CONSUMER_REGS + gfu.LOADER_REGS <= warpgroups * gfu.LAUNCH_REGS
-    assert all(r % 8 == 0 and 24 <= r <= 256 for r in (gfu.CONSUMER_REGS, gfu.LOADER_REGS))
-    ring = gfu.STAGES * (gfu.BLOCK_M + gfu.BLOCK_N) * gql.BLOCK_K
-    smem = ring + gfu.BLOCK_N * gfu.BLOCK_N * 2 + 2 * gfu.BLOCK_M * gfu.BLOCK_N + 2 * gfu.STAGES * 8
-    assert smem <= 227 * 1024, smem
-    sig, const = gfu.offline_spec(12)
-    assert sig["a_desc"].startswith("tensordesc<i8[64, 128],") and sig["c_desc"].startswith("tensordesc<i8[64, 128],")
-    assert const["STAGES"] == gfu.STAGES and const["num_warps"] == gfu.CONSUMER_WARPS and const["UNROLL"] == 12
-    assert set(gfu.UNROLLS) == {1, *gql.UNROLLS}
+    assert warpgroups * 4 * 32 * gws.LAUNCH_REGS <= 65536
+    assert 2 * gws.CONSUMER_REGS + gws.LOADER_REGS <= warpgroups * gws.LAUNCH_REGS
+    assert all(r % 8 == 0 and 24 <= r <= 256 for r in (gws.CONSUMER_REGS, gws.LOADER_REGS))
+    sig, const = gws.offline_spec(12, gelu, coop)
+    rows = gws.BLOCK_M * (2 if coop else 1)
+    ring = const["STAGES"] * (rows + gws.BLOCK_N) * gql.BLOCK_K
+    smem = ring + 2 * gws.BLOCK_M * gws.BLOCK_N * (1 if gelu else 2) + (gws.BLOCK_N ** 2 * 2 if gelu else 0) + \
+        2 * const["STAGES"] * 8
+    assert const["STAGES"] >= 4 and smem <= 227 * 1024, smem
+    assert sig["a_desc"].startswith(f"tensordesc<i8[{rows}, 128],")
+    assert sig["c_desc"].startswith(f"tensordesc<{'i8' if gelu else 'bf16'}[64, 128],")
+    assert const["num_warps"] == gws.CONSUMER_WARPS and const["UNROLL"] == 12
+    assert (const["GELU"], const["COOP"]) == (gelu, coop) and set(gws.UNROLLS) == {1, *gql.UNROLLS}
 
 
 def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
