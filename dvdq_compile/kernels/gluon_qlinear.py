@@ -17,8 +17,9 @@ dividing K/128, unrolled at trace time) and drains its wgmmas, because ptxas ser
 read after a loop back-edge. Per-token scales accumulate all of K into one int32 accumulator with one wgmma in
 flight. Operands come through TMA into a ``STAGES``-deep shared-memory ring with one mbarrier per slot; a slot is
 refilled once the wgmma that read it is known complete. Persistent: one program per SM walks its tiles, the ring
-runs on across them, and the output leaves through shared memory and a TMA store under the next tile. The FFN-up
-with its GELU → rotate → quantize epilogue is a warp-specialized kernel on the same K loop: :mod:`.gluon_ffn_up`.
+runs on across them, and the output leaves through shared memory and a TMA store under the next tile. The
+warp-specialized kernel on the same K loop (:mod:`.gluon_ws`) runs the group-128 GEMM on 128x128 tiles and the
+FFN-up with its GELU → rotate → quantize epilogue; the dispatch uses this one for per-token scales (256x128).
 
 Cost (as :mod:`.qlinear` on expanded weights): ``2·M·N·K`` int8 MACs, ``2·M·N·K/128`` fp32 ops for the rescale;
 bytes ``M·K`` codes + ``4·M·K/128`` scales + ``N·K`` weights + ``8·N`` + ``2·M·N`` out, each operand once.
@@ -66,6 +67,17 @@ def _tile(t, pid, nprog, grid_m, grid_n, BLOCK_M: gl.constexpr, BLOCK_N: gl.cons
     # past the last tile (the corner a predicated-off refill is given) rows would be <= 0: keep the modulo defined
     rows = gl.maximum(gl.minimum(grid_m - first_m, GROUP_M), 1)
     return (first_m + (tile % width) % rows) * BLOCK_M, ((tile % width) // rows) * BLOCK_N
+
+
+@gluon.jit
+def _schedule(M, N, K, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BK: gl.constexpr):
+    """This program's share of the persistent grid: (pid, programs, tile rows, tile columns, its tile count, K steps
+    per tile)."""
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    grid_m = gl.cdiv(M, BLOCK_M)
+    grid_n = gl.cdiv(N, BLOCK_N)
+    return pid, nprog, grid_m, grid_n, (grid_m * grid_n - pid + nprog - 1) // nprog, K // BK
 
 
 @gluon.jit
@@ -150,12 +162,7 @@ def _gluon_qlinear_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, M, N,
     # warps stacked along M (16 rows per warp, 64 per warpgroup); one instruction spans the tile's width
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                      instr_shape=[16, BLOCK_N, 32])
-    pid = gl.program_id(0)
-    nprog = gl.num_programs(0)
-    grid_m = gl.cdiv(M, BLOCK_M)
-    grid_n = gl.cdiv(N, BLOCK_N)
-    my_tiles = (grid_m * grid_n - pid + nprog - 1) // nprog
-    n_steps = K // BK
+    pid, nprog, grid_m, grid_n, my_tiles, n_steps = _schedule(M, N, K, BLOCK_M, BLOCK_N, BK)
     total = my_tiles * n_steps
 
     a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BLOCK_M, BK], a_desc.layout)

@@ -126,12 +126,7 @@ def _loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.c
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = w_desc.block_type.shape[0]
     S: gl.constexpr = a_bufs.type.shape[0]
-    pid = gl.program_id(0)
-    nprog = gl.num_programs(0)
-    grid_m = gl.cdiv(M, BM)
-    grid_n = gl.cdiv(N, BN)
-    my_tiles = (grid_m * grid_n - pid + nprog - 1) // nprog
-    n_steps = K // BK
+    pid, nprog, grid_m, grid_n, my_tiles, n_steps = GQL._schedule(M, N, K, BM, BN, BK)
     g = 0
     for t in range(my_tiles):
         off_m, off_n = GQL._tile(t, pid, nprog, grid_m, grid_n, BM, BN, GROUP_M)
@@ -207,12 +202,7 @@ def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, em
     STEP: gl.constexpr = 1 if COOP else 2
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1],
                                                      instr_shape=[16, BN, 32])
-    pid = gl.program_id(0)
-    nprog = gl.num_programs(0)
-    grid_m = gl.cdiv(M, BM_CTA)
-    grid_n = gl.cdiv(N, BN)
-    my_tiles = (grid_m * grid_n - pid + nprog - 1) // nprog
-    n_steps = K // BK
+    pid, nprog, grid_m, grid_n, my_tiles, n_steps = GQL._schedule(M, N, K, BM_CTA, BN, BK)
     out = c_smem.index(c)
     for t in range(FIRST, my_tiles, STEP):
         off_m, off_n = GQL._tile(t, pid, nprog, grid_m, grid_n, BM_CTA, BN, GROUP_M)

@@ -268,7 +268,7 @@ def warp_issue(st: LoopStats) -> float:
 
 def pingpong_cycles(loop: LoopStats, iters: float, epi: LoopStats, loader: LoopStats, steps: int,
                     useful_macs: int, coop: bool = False) -> dict:
-    """SM cycles per consumer tile of a warp-specialized kernel (``kernels/gluon_ffn_up.py``): two consumer
+    """SM cycles per consumer tile of a warp-specialized kernel (``kernels/gluon_ws.py``): two consumer
     warpgroups (one warp per SM sub-partition each) each run ``iters`` iterations of a K loop ``loop`` then an
     epilogue ``epi`` per tile; a loader warp runs ``loader`` (one K step) ``steps`` times per CTA tile. Ping-pong:
     the consumers take alternate tiles. Cooperative (``coop``): they share every CTA tile (half its rows each, one

@@ -251,6 +251,19 @@ def test_attn_quant_bf16_vs_reference(sq, skv):
     assert int((c.cpu().int() - rc.int()).abs().max()) <= 1
 
 
+def _drawn_gemm(m, n, k, group, bias, seed):
+    """A drawn W4A8 GEMM on the GPU: its operands (ql_mod.operands, int8-expanded weights) and the Triton int8-native
+    kernel's bf16 output at one forced tile (every tile gives the same bits; autotuning each drawn M bucket would
+    cost the window)."""
+    x = make_x(m, k, torch.bfloat16, gen=_gen(seed)).to(DEV)
+    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(seed + 1)))
+    b = torch.randn(n, generator=_gen(seed + 2)).to(torch.bfloat16).to(DEV) if bias else None
+    c, s = quant.quantize_act(x, 8, group)
+    cfg = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8}, num_warps=8, num_stages=3)
+    y_triton = ql_mod.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True, config=cfg)
+    return ql_mod.operands(c, s, packed, ws, wz, b, 4, True), y_triton
+
+
 @settings(max_examples=8, deadline=None)
 @given(m=st.integers(1, 3000), n8=st.integers(1, 200), kg=st.sampled_from([8, 10, 12, 14, 20]),
        per_token=st.booleans(), square=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
@@ -260,15 +273,8 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, square, bias, seed):
     from dvdq_compile.kernels import gluon_qlinear as gql
     n, k = 8 * n8, 128 * kg
     group = k if per_token else 128
-    x = make_x(m, k, torch.bfloat16, gen=_gen(seed)).to(DEV)
-    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(seed + 1)))
-    b = torch.randn(n, generator=_gen(seed + 2)).to(torch.bfloat16).to(DEV) if bias else None
-    c, s = quant.quantize_act(x, 8, group)
     assert gql.supported(k, group, True, n) is None
-    # one forced Triton tile (every tile gives the same bits; autotuning each drawn M bucket would cost the window)
-    cfg = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8}, num_warps=8, num_stages=3)
-    y_triton = ql_mod.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True, config=cfg)
-    o = ql_mod.operands(c, s, packed, ws, wz, b, 4, True)
+    o, y_triton = _drawn_gemm(m, n, k, group, bias, seed)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
     gql.gluon_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token,
                       gql.PER_TOKEN_TILE_SQUARE if per_token and square else None)
@@ -305,13 +311,8 @@ def test_gluon_ws_qlinear_property(m, n8, kg, per_token, coop, bias, seed):
     from dvdq_compile.kernels import gluon_ws as gws
     n, k = 8 * n8, 128 * kg
     group = k if per_token else 128
-    x = make_x(m, k, torch.bfloat16, gen=_gen(seed)).to(DEV)
-    packed, ws, wz = (t.to(DEV) for t in make_weight(n, k, 4, gen=_gen(seed + 1)))
-    b = torch.randn(n, generator=_gen(seed + 2)).to(torch.bfloat16).to(DEV) if bias else None
-    c, s = quant.quantize_act(x, 8, group)
-    cfg = triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8}, num_warps=8, num_stages=3)
-    y_triton = ql_mod.qlinear(c, s, packed, ws, wz, b, 4, torch.bfloat16, expand=True, config=cfg)
-    o = ql_mod.operands(c, s, packed, ws, wz, b, 4, True)
+    assert gws.supported(n, k, group, True, torch.bfloat16) is None
+    o, y_triton = _drawn_gemm(m, n, k, group, bias, seed)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
     gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token, coop)
     assert torch.equal(y, y_triton)
