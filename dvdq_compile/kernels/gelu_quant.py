@@ -149,7 +149,7 @@ def qlinear_gelu_quant(codes: torch.Tensor, scales: torch.Tensor, packed: torch.
                                                                   approximate) is None:
         # opt-in (DVDQ_GLUON=1): the warp-specialized Gluon FFN-up with this epilogue (kernels/gluon_ws.py)
         GWS.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias is not None else None, h,
-                              out_c.view(o.m, n), out_s.view(o.m, n // group), o.per_token, rscale, qmax)
+                              out_c.view(o.m, n), out_s.view(o.m, n // group), o.ga == o.k, rscale, qmax)
         return out_c, out_s
     if not rotate:
         h = o.ws   # never read (ROT = 0)

@@ -255,13 +255,16 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
     n = packed.shape[0]
     if not partials and config is None and GQL.use_gluon():   # opt-in (DVDQ_GLUON=1): the Gluon kernels
         b = o.b if bias is not None else None
+        # one scale per row whenever the group is all of K (the Triton plan runs a per-row scale over a K of one dot
+        # block as one group, o.per_token False; the Gluon kernels' group path means groups of 128 columns)
+        pt = o.ga == o.k
         # group 128: the warp-specialized cooperative 128x128 tile (kernels/gluon_ws.py); per-token, and what it
         # does not take (fp32 output): the single-warpgroup-pair kernel (kernels/gluon_qlinear.py)
-        if not o.per_token and GWS.supported(n, o.k, o.ga, o.expanded, out.dtype) is None:
-            GWS.ws_qlinear(o.a, o.s, o.w, o.ws, b, out, o.per_token)
+        if not pt and GWS.supported(n, o.k, o.ga, o.expanded, out.dtype) is None:
+            GWS.ws_qlinear(o.a, o.s, o.w, o.ws, b, out, pt)
             return
         if GQL.supported(o.k, o.ga, o.expanded, n, out.dtype) is None:
-            GQL.gluon_qlinear(o.a, o.s, o.w, o.ws, b, out, o.per_token)
+            GQL.gluon_qlinear(o.a, o.s, o.w, o.ws, b, out, pt)
             return
     kernel, forced = with_config(_qlinear_kernel, config)
     kernel[gemm_grid(o.m, n)](

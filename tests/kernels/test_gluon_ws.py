@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from dvdq_compile import quant
 from dvdq_compile.kernels import gluon_ws as gws
 from dvdq_compile.kernels import gluon_qlinear as gql
+from dvdq_compile.kernels import launch as kernels
 from dvdq_compile.kernels.gelu_quant import qlinear_gelu_quant
 
-from .helpers import make_weight, make_x
+from .helpers import assert_out_close, make_weight, make_x
 
 WAN = dict(n=8960, k=1536, ga=128, expanded=True, group=128, rotate=128, out_dtype=torch.bfloat16,
            approximate="tanh")
@@ -88,6 +89,52 @@ def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
     assert not gql.use_gluon()
     c1, s1 = qlinear_gelu_quant(*args, expand=True)
     assert torch.equal(c0, c1) and torch.equal(s0, s1)
+
+
+@pytest.mark.parametrize("k,per_token,out_dtype,kernel", [
+    (256, False, torch.float16, "ws"),           # group 128: the cooperative warp-specialized kernel
+    (1024, True, torch.float16, "pair"),         # per-token: gluon_qlinear's 256x128 tile
+    (1024, False, torch.float32, "pair"),        # an fp32 output the warp-specialized kernel does not store
+    # per-token with fewer K steps than gluon_qlinear's ring, and never the group-128 path (Triton's plan runs a
+    # per-row scale over a K of one dot block, 256 in the interpreter, as one group)
+    (256, True, torch.float16, "triton"),
+    (128, True, torch.float16, "triton"),
+])
+def test_dispatch_routes_each_call_to_its_gluon_kernel(k, per_token, out_dtype, kernel, monkeypatch):
+    """Under DVDQ_GLUON=1 on a GPU (use_gluon stubbed true here, the kernels replaced by recorders) kernels/qlinear.py
+    sends each call to the kernel the design says, and what neither Gluon kernel takes to the Triton kernel. (fp16
+    outputs: under the interpreter a bf16 output is computed in an fp32 buffer, tl_common.output_buffer.)"""
+    calls = []
+    monkeypatch.setattr(gql, "use_gluon", lambda: True)
+    monkeypatch.setattr(gws, "ws_qlinear", lambda *a, **kw: calls.append(("ws", a[6])))
+    monkeypatch.setattr(gql, "gluon_qlinear", lambda *a, **kw: calls.append(("pair", a[6])))
+    g = torch.Generator().manual_seed(6)
+    codes, scales = quant.quantize_act(make_x(8, k, gen=g), 8, k if per_token else 128, 0)
+    packed, ws, wz = make_weight(64, k, 4, gen=g)
+    y = kernels.qlinear(codes, scales, packed, ws, wz, None, 4, out_dtype, expand=True)
+    assert calls == ([] if kernel == "triton" else [(kernel, per_token)])
+    if kernel == "triton":   # the Triton kernel ran: the reference's numbers
+        assert_out_close(y, quant.qlinear_ref(codes, scales, packed, ws, wz, None, 4, out_dtype), out_dtype)
+
+
+def test_ffn_up_dispatch_runs_the_ping_pong_kernel(monkeypatch):
+    """Under DVDQ_GLUON=1 on a GPU (stubbed as above) qlinear_gelu_quant hands a call the warp-specialized kernel
+    takes to it, in its default ping-pong schedule, with group-128 input and qmax of 8 bits; a call it refuses
+    (erf-GELU) stays on the Triton epilogue kernel."""
+    calls = []
+    monkeypatch.setattr(gql, "use_gluon", lambda: True)
+    monkeypatch.setattr(gws, "ffn_up_gelu_quant", lambda *a, **kw: calls.append((a[8], a[10], kw)))
+    g = torch.Generator().manual_seed(7)
+    codes, scales = quant.quantize_act(make_x(8, 256, gen=g), 8, 128, 0)
+    packed, ws, wz = make_weight(128, 256, 4, gen=g)
+    qlinear_gelu_quant(codes, scales, packed, ws, wz, None, 4, torch.bfloat16, "tanh", 8, 128, 128, 3, expand=True)
+    assert calls == [(False, 127, {})]
+    qlinear_gelu_quant(codes, scales, packed, ws, wz, None, 4, torch.bfloat16, "none", 8, 128, 128, 3, expand=True)
+    assert len(calls) == 1
+    # one scale per row over K = 256 (one dot block in the interpreter: the Triton plan's one group), per-token
+    codes, scales = quant.quantize_act(make_x(8, 256, gen=g), 8, 256, 0)
+    qlinear_gelu_quant(codes, scales, packed, ws, wz, None, 4, torch.bfloat16, "tanh", 8, 128, 128, 3, expand=True)
+    assert calls[1] == (True, 127, {})
 
 
 def _epilogue_codes(x: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
