@@ -35,8 +35,8 @@ import triton.language as tl
 
 from ..quant.act import qmax_for
 from ..quant.hadamard import NO_SIGNS
-from . import gluon_ws as GWS
 from . import gluon_qlinear as GQL
+from . import gluon_ws as GWS
 from .qlinear import _check, accumulate, operands, with_config
 from .tl_common import (
     OUT_CODES,

@@ -285,8 +285,8 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, square, bias, seed):
                                           (1536, 1536, True), (1536, 128, False)])
 def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, coop):
     """The warp-specialized Gluon GEMM (kernels/gluon_ws.py: the group-128 dispatch's cooperative 128x128 tile, and
-    ping-pong) gives the Triton int8-native kernel's output to the bit: ragged M and N (N = 776: not a multiple of
-    the tile), 4 / 10 / 12 / 2 groups per loop iteration, per-token."""
+    ping-pong) gives the Triton int8-native kernel's output to the bit and the reference's within its tolerance:
+    ragged M and N (N = 776: not a multiple of the tile), 4 / 10 / 12 / 2 groups per loop iteration, per-token."""
     from dvdq_compile.kernels import gluon_ws as gws
     m, n = 4133, 776
     x = make_x(m, k, torch.bfloat16, gen=_gen(14)).to(DEV)
@@ -299,6 +299,7 @@ def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, coop):
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
     gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, coop)
     assert torch.equal(y, y_triton)
+    assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, bias, 4, torch.bfloat16), torch.bfloat16)
 
 
 @settings(max_examples=6, deadline=None)
