@@ -383,6 +383,13 @@ def render(data: dict) -> str:
                 "|" + "---|" * (len(cols) + 1)]
         for r, d in l2:
             out.append(f"| {r['N']}x{r['K']} | " + " | ".join(str(d.get(c, "-")) for c in cols) + " |")
+    probe = data["steps"].get("l2_probe")
+    if isinstance(probe, dict) and "rates_TB/s" in probe:   # bench/l2_probe.py: what L2 gives a plain sweep
+        out += ["", "L2 probe (`bench/l2_probe.py`: CTAs sweep a buffer with `.cg` loads, TB/s read; buffers under "
+                "L2's 50 MB are served by L2 after the first sweep, the largest by HBM):", "",
+                "| buffer | 1 CTA/SM | 2 CTAs/SM | 4 CTAs/SM | 8 CTAs/SM |", "|---|---|---|---|---|"]
+        for size, row in probe["rates_TB/s"].items():
+            out.append(f"| {size} | " + " | ".join(str(row.get(f"{c}_cta_per_sm", "-")) for c in (1, 2, 4, 8)) + " |")
     att = data["steps"].get("attention")
     if isinstance(att, dict) and "times" in att:
         ms = {k: v.get("ms") for k, v in att["times"].items()}
@@ -501,6 +508,10 @@ def main(argv=None) -> int:
         return 0
     run = Run(out, a.dry_run)
     run.step("environment", environment(dev))
+    if dev == "cuda" and not a.only_gemm:   # L2's read rate, the ceiling the instrument lacks (bench/l2_probe.py)
+        sys.path.insert(0, str(ROOT / "bench"))
+        import l2_probe
+        run.step("l2_probe", safe(l2_probe.measure)())
     shapes = SHAPES if dev == "cuda" else ((64, 256), (96, 128))
     m = M_TOKENS if dev == "cuda" else 40
     if a.only_gemm:
