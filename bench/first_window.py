@@ -178,7 +178,7 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
         set_configs(aq._act_quant_kernel, [triton.Config({"BLOCK_M": 64}, num_warps=4, num_stages=2)])
     xdt = torch.bfloat16 if dev == "cuda" else torch.float32
     h200 = "H200" in run.data["steps"].get("environment", {}).get("device", "")
-    rows = []
+    rows, later = [], []
     for n, k in shapes:
         x = torch.randn(m, k, device=dev, dtype=xdt, generator=gen)
         w16 = torch.randn(n, k, device=dev, dtype=xdt, generator=gen) * 0.02
@@ -219,23 +219,14 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                             expand=True))
         best = getattr(ql._qlinear_kernel, "best_config", None)   # the per-token call's own autotune winner
         r["w4a8_per_token_config"] = str(best) if best is not None else None
-        if dev == "cuda":   # Gluon: rescale under the next wgmma (kernels/gluon_qlinear.py, gluon_ws.py)
-            from dvdq_compile.kernels import gluon_qlinear as gql
-            from dvdq_compile.kernels import gluon_ws as gws
-            ws1 = ws.reshape(-1).float().contiguous()
-            gl_out = torch.empty(m, n, device=dev, dtype=xdt)
-            # group 128: the warp-specialized cooperative 128x128 tile (the dispatch's) and the 128x64 one; per-token
-            # at 256x128 (the dispatch's) and 128x128. Is L2 the ceiling? the L2 table says
-            runs = {"gluon_g128": lambda: gws.ws_qlinear(codes, scales, w8, ws1, bias, gl_out, False),
-                    "gluon_g128_128x64": lambda: gql.gluon_qlinear(codes, scales, w8, ws1, bias, gl_out, False),
-                    "gluon_per_token": lambda: gql.gluon_qlinear(codes, s_tok, w8, ws1, bias, gl_out, True),
-                    "gluon_per_token_128x128": lambda: gql.gluon_qlinear(codes, s_tok, w8, ws1, bias, gl_out, True,
-                                                                         gql.PER_TOKEN_TILE_SQUARE)}
-            for name, run in runs.items():
-                sc = s_tok if "per_token" in name else scales
-                r["times"][name] = t(run)
-                r[f"{name}_bit_exact"] = safe(lambda run=run, sc=sc: torch.equal(
-                    run(), ql.qlinear(codes, sc, packed, ws, wz, bias, 4, xdt, expand=True)))()
+        o = dict(codes=codes, scales=scales, s_tok=s_tok, packed=packed, ws=ws, wz=wz, bias=bias, xdt=xdt, w8=w8)
+        gemms, ffn = gluon_calls(dev, o, ffn_up=n > k or dev != "cuda")
+        for name, (call, sc) in gemms.items():
+            r["times"][name] = t(call)
+            r[f"{name}_bit_exact"] = safe(lambda call=call, sc=sc: torch.equal(
+                call(), ql.qlinear(codes, sc, packed, ws, wz, bias, 4, xdt, expand=True)))()
+        if ffn:   # timed after every shape's other rows: ping-pong's first timing must not cost them (main)
+            later.append((r, f"gemm {n}x{k}", ffn))
         r["times"]["w4a8_packed"] = t(lambda: q(FORCED[0], False))
         r["times"]["expand"] = t(lambda: expand_weight(packed, wz, 4, out=w8))
         r["times"]["act_quant"] = t(lambda: aq.act_quant(x, 8, 128, 128, 0))
@@ -250,14 +241,6 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
             gg = 128 if n % 128 == 0 else 32     # the dry run's small N
             r["times"]["gelu_quant"] = t(lambda: g(codes, scales, packed, ws, wz, bias, 4, xdt, "tanh", 8, gg, gg, 0,
                                                    expand=True, config=cfg))
-            if dev == "cuda":   # the warp-specialized Gluon FFN-up with the same epilogue (kernels/gluon_ws.py),
-                from dvdq_compile.kernels.tl_common import hadamard_for   # ping-pong (the dispatch's) and cooperative
-                hm, _, rsc = hadamard_for(128, 0, torch.empty(0, dtype=xdt, device=dev))
-                gcodes = torch.empty(m, n, dtype=torch.int8, device=dev)
-                gscales = torch.empty(m, n // 128, dtype=torch.float32, device=dev)
-                for name, coop in (("gluon_gelu_quant", False), ("gluon_gelu_quant_coop", True)):
-                    r["times"][name] = t(lambda coop=coop: gws.ffn_up_gelu_quant(codes, scales, w8, ws1, bias, hm,
-                                                                               gcodes, gscales, False, rsc, 127, coop))
             r["gelu_quant_config"] = str(cfg)
         gemm = cost.qlinear_cost(m, n, k, 128, 4)
         by = cost.evaluate(gemm["bytes"])
@@ -291,6 +274,65 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
                                                                    + r["times"]["act_quant"]["ms"]), 3) if ok else None
         rows.append(r)
         run.step(f"gemm {n}x{k}", r)
+    for r, step, ffn in later:
+        for name, (call, check) in ffn.items():
+            r["times"][name] = t(call)
+            r[f"{name}_codes_vs_triton"] = safe(check)()
+            if "ms" in r["times"][name]:
+                r["times"][name]["TOPS"] = round(2 * r["M"] * r["N"] * r["K"] / r["times"][name]["ms"] / 1e9, 1)
+                bt = l2_tile(name, r)
+                r["times"][name]["L2_TB/s"] = round(-(-r["M"] // bt[0]) * -(-r["N"] // bt[1]) * r["K"] * sum(bt)
+                                                    / r["times"][name]["ms"] / 1e9, 2)
+        run.step(step, r)
+
+
+def gluon_calls(dev: str, o: dict, ffn_up: bool) -> tuple[dict, dict]:
+    """The Gluon kernels timed on one shape's operands ``o``: ({GEMM name: (call, the activation scales of its
+    Triton twin, for the bit-for-bit check)}, {FFN-up name: (call, check)}), the FFN-up with the GELU epilogue only
+    where ``ffn_up``. The group-128 GEMM runs warp-specialized on cooperative 128x128 tiles (the dispatch's) and on
+    gluon_qlinear's 128x64 one; per-token on 256x128 (the dispatch's) and 128x128; the FFN-up cooperatively, then in
+    ping-pong (the dispatch's), last. ``check`` compares the FFN-up's codes with the Triton epilogue kernel's
+    (``kernels/gelu_quant.py``). Gluon has no interpreter: on the CPU (``--dry-run``) every call is its Triton twin,
+    so the plumbing still runs."""
+    import torch
+
+    from dvdq_compile.kernels import gelu_quant as gq
+    from dvdq_compile.kernels import qlinear as ql
+    c, sc, st, w8, bias, xdt = o["codes"], o["scales"], o["s_tok"], o["w8"], o["bias"], o["xdt"]
+    m, n = c.shape[0], w8.shape[0]
+    gg = 128 if n % 128 == 0 else 32     # the dry run's small N
+    tri = lambda s: ql.qlinear(c, s, o["packed"], o["ws"], o["wz"], bias, 4, xdt, expand=True)  # noqa: E731
+    cfg = tile(*GELU_CONFIG) if dev == "cuda" else None    # the timed Triton twin's config: no autotune compiles
+    tri_gelu = lambda: gq.qlinear_gelu_quant(c, sc, o["packed"], o["ws"], o["wz"], bias, 4, xdt,  # noqa: E731
+                                             "tanh", 8, gg, gg, 0, expand=True, config=cfg)
+    names = (("gluon_g128", sc), ("gluon_g128_128x64", sc), ("gluon_per_token", st), ("gluon_per_token_128x128", st))
+    modes = (("gluon_gelu_quant_coop", True), ("gluon_gelu_quant", False)) if ffn_up else ()
+    if dev != "cuda":
+        gemms = {name: (lambda s=s: tri(s), s) for name, s in names}
+        return gemms, {name: (tri_gelu, lambda: {"dry_run": "the Triton twin itself"}) for name, _ in modes}
+    from dvdq_compile.kernels import gluon_qlinear as gql
+    from dvdq_compile.kernels import gluon_ws as gws
+    from dvdq_compile.kernels.tl_common import hadamard_for
+    ws1 = o["ws"].reshape(-1).float().contiguous()
+    out = torch.empty(m, n, device=c.device, dtype=xdt)
+    gemms = {"gluon_g128": (lambda: gws.ws_qlinear(c, sc, w8, ws1, bias, out, False), sc),
+             "gluon_g128_128x64": (lambda: gql.gluon_qlinear(c, sc, w8, ws1, bias, out, False), sc),
+             "gluon_per_token": (lambda: gql.gluon_qlinear(c, st, w8, ws1, bias, out, True), st),
+             "gluon_per_token_128x128": (lambda: gql.gluon_qlinear(c, st, w8, ws1, bias, out, True,
+                                                                   gql.PER_TOKEN_TILE_SQUARE), st)}
+    hm, _, rsc = hadamard_for(128, 0, torch.empty(0, dtype=xdt, device=c.device))
+    codes = torch.empty(m, n, dtype=torch.int8, device=c.device)
+    scales = torch.empty(m, n // 128, dtype=torch.float32, device=c.device)
+
+    def check(coop):
+        gws.ffn_up_gelu_quant(c, sc, w8, ws1, bias, hm, codes, scales, False, rsc, 127, coop)
+        tc, ts = tri_gelu()
+        return {"codes_max_diff": int((codes.int() - tc.int()).abs().max()),
+                "scales_equal": bool(torch.equal(scales, ts))}
+    ffn = {name: (lambda coop=coop: gws.ffn_up_gelu_quant(c, sc, w8, ws1, bias, hm, codes, scales, False, rsc, 127,
+                                                          coop), lambda coop=coop: check(coop))
+           for name, coop in modes}
+    return gemms, ffn
 
 
 def l2_tile(name: str, r: dict) -> tuple[int, int] | None:
@@ -374,6 +416,11 @@ def render(data: dict) -> str:
                     cells.append(str(r.get(f"{c}_bit_exact", "-")))
             cells += [cell(r, c) for c in ("gelu_quant", "gluon_gelu_quant", "gluon_gelu_quant_coop")]
             out.append(f"| {r['N']}x{r['K']} | " + " | ".join(cells) + " |")
+        ffn = [(r, c, r[f"{c}_codes_vs_triton"]) for r in steps for c in ("gluon_gelu_quant", "gluon_gelu_quant_coop")
+               if f"{c}_codes_vs_triton" in r]
+        if ffn:
+            out += ["", "Gluon FFN-up codes and scales against the Triton epilogue kernel's: " + "; ".join(
+                f"{r['N']}x{r['K']} {'ping-pong' if c == 'gluon_gelu_quant' else 'cooperative'} {v}" for r, c, v in ffn)]
     l2 = [(r, {c: v["L2_TB/s"] for c, v in r["times"].items() if "L2_TB/s" in v}) for r in steps]
     if any(d for _, d in l2):
         cols = sorted({c for _, d in l2 for c in d})
