@@ -185,7 +185,7 @@ def _groups(base, g, UNROLL: gl.constexpr, acc, pa, pb, s_rows, mask_m, a_bufs, 
 
 
 @gluon.jit
-def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, c_smem, h_smem, s_ptr,
+def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr,
               ws_ptr, bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN: gl.constexpr,
               HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr, GELU: gl.constexpr, COOP: gl.constexpr,
               QMAX: gl.constexpr, ROT_SCALE: gl.constexpr, GROUP_M: gl.constexpr):
@@ -212,6 +212,12 @@ def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, em
         mask_m = offs_m < M
         s_rows = s_ptr + offs_m * stride_sm
         base = t * n_steps
+        if not COOP:
+            # ping-pong: the K loops run in tile order, one consumer at a time (consumer 0's first passes at once).
+            # Unordered, a consumer's ring waits could run more than one ring pass ahead of the loader, where an
+            # mbarrier's phase parity aliases: a wait passes on an old phase (stale operands, extra releases, and
+            # then a hang; this is what the first GPU run of this schedule did)
+            mbarrier.wait(turn.index(c), ((t // 2) & 1) ^ (1 - c))
         if PER_TOKEN:
             p = gl.zeros((BM, BN), gl.int32, layout)
             p = _issue(base, a_bufs, w_bufs, ready, p, False, ROW0)
@@ -231,6 +237,8 @@ def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, em
             for g in range(0, n_steps, UNROLL):
                 acc, pa, pb = _groups(base, g, UNROLL, acc, pa, pb, s_rows, mask_m, a_bufs, w_bufs, ready, empty,
                                       ROW0)
+        if not COOP:   # every slot of this tile is released: the other consumer's K loop may start
+            mbarrier.arrive(turn.index(1 - c), count=1)
         if GELU:
             # N is a multiple of BN (supported): unmasked, the column pairs each thread holds load as vectors
             ws = gl.load(ws_ptr + offs_n)
@@ -271,6 +279,7 @@ def _ws_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M
     w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, BK], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # ping-pong: whose K loop
     c_smem = gl.allocate_shared_memory(c_desc.dtype, [2] + c_desc.block_type.shape, c_desc.layout)
     if GELU:
         hl: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
@@ -284,19 +293,23 @@ def _ws_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=2 if COOP else 1)   # cooperative: both consumers read every slot
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
     fence_async_shared()
     gl.warp_specialize([
-        (_consumer, (0, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, c_smem, h_smem, s_ptr, ws_ptr, bias_ptr,
-                     cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU, COOP, QMAX, ROT_SCALE,
-                     GROUP_M)),
-        (_consumer, (1, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, c_smem, h_smem, s_ptr, ws_ptr, bias_ptr,
-                     cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU, COOP, QMAX, ROT_SCALE,
-                     GROUP_M)),
+        (_consumer, (0, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr, ws_ptr,
+                     bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU, COOP, QMAX,
+                     ROT_SCALE, GROUP_M)),
+        (_consumer, (1, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr, ws_ptr,
+                     bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU, COOP, QMAX,
+                     ROT_SCALE, GROUP_M)),
         (_loader, (a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M)),
     ], _PARTITIONS, _REGS)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(i))
         mbarrier.invalidate(empty.index(i))
+    for i in gl.static_range(2):
+        mbarrier.invalidate(turn.index(i))
 
 
 # ----------------------------------------------------------------------------------------------------------------
