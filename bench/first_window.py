@@ -290,8 +290,8 @@ def gluon_calls(dev: str, o: dict, ffn_up: bool) -> tuple[dict, dict]:
     """The Gluon kernels timed on one shape's operands ``o``: ({GEMM name: (call, the activation scales of its
     Triton twin, for the bit-for-bit check)}, {FFN-up name: (call, check)}), the FFN-up with the GELU epilogue only
     where ``ffn_up``. The group-128 GEMM runs warp-specialized on cooperative 128x128 tiles (the dispatch's) and on
-    gluon_qlinear's 128x64 one; per-token on 256x128 (the dispatch's) and 128x128; the FFN-up cooperatively, then in
-    ping-pong (the dispatch's), last. ``check`` compares the FFN-up's codes with the Triton epilogue kernel's
+    gluon_qlinear's 128x64 one; per-token on 256x128 (the dispatch's) and 128x128; the FFN-up cooperatively (the
+    dispatch's), then in ping-pong, last (its first GPU run hung; kernels/gluon_ws.py now orders its K loops). ``check`` compares the FFN-up's codes with the Triton epilogue kernel's
     (``kernels/gelu_quant.py``). Gluon has no interpreter: on the CPU (``--dry-run``) every call is its Triton twin,
     so the plumbing still runs."""
     import torch

@@ -1,4 +1,4 @@
-"""How fast L2 feeds the SMs: the ceiling the static instrument does not model (``sass_model.L2_MEASURED``).
+"""How fast L2 feeds the SMs: the ceiling the static instrument bounds each GEMM by (``sass_model.L2_MEASURED``).
 
 A persistent grid of CTAs sweeps an int32 buffer ``reps`` times, each CTA reading 16 KB blocks in a strided order
 with ``.cg`` loads (cached in L2, not in L1, so every sweep after the first is served by L2 when the buffer fits

@@ -345,18 +345,20 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             if epi:   # writes codes + scales instead of the bf16 output
                 by += m * n + 4 * m * n / 128 - 2 * m * n
             mem = by / hbm
-            est = max(comp, mem)
+            # what the tiles pull from L2 into shared memory (each tile reads its K strips of both operands), at
+            # the rate L2 was measured to deliver (sass_model.L2_MEASURED, bench/results/l2_probe_h200.md)
+            l2 = -(-m // bm) * -(-n // bn) * k * (bm * (2 if r["kernel"] == "fused" else 1) + bn * s.wbytes)
+            l2_time = l2 / SM.L2_MEASURED
+            est, free = max(comp, mem, l2_time), max(comp, mem)
             if "int8" in r["variant"]:   # the per-call expansion (kernels/expand.py), a separate memory-bound pass
                 expand = (0.5 + 1.0) * n * k / hbm
-                est += expand
-            # what the tiles pull from L2 into shared memory (each tile reads its K strips of both operands; the
-            # model has no L2 bound): TB/s at the estimated time
-            l2 = -(-m // bm) * -(-n // bn) * k * (bm * (2 if r["kernel"] == "fused" else 1) + bn * s.wbytes)
+                est, free = est + expand, free + expand
             row = {"N": n, "K": k, "M": m, "kernel": r["kernel"], "variant": r["variant"], "tile": r["tile"],
                    "est_us": round(est * 1e6, 1), "compute_us": round(comp * 1e6, 1), "hbm_us": round(mem * 1e6, 1),
-                   "ideal_us": round(ideal * 1e6, 1), "fraction": round(ideal / est, 3),
-                   "l2_tbs": round(l2 / est / 1e12, 1),
-                   "fraction_at_l2_measured": round(ideal / max(est, l2 / SM.L2_MEASURED), 3)}
+                   "l2_us": round(l2_time * 1e6, 1), "ideal_us": round(ideal * 1e6, 1),
+                   "fraction": round(ideal / est, 3), "fraction_without_l2": round(ideal / free, 3),
+                   "bound": max((comp, "compute"), (mem, "HBM"), (l2_time, "L2"))[1],
+                   "l2_tbs": round(l2 / est / 1e12, 1), "l2_tbs_without_l2": round(l2 / free / 1e12, 1)}
             if "int8" in r["variant"]:
                 row["expand_us"] = round(expand * 1e6, 1)
             gemm = r["kernel"] in ("qlinear", "gluon_qlinear") and not epi
@@ -447,7 +449,7 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
     lines += ["", "attn_quant (`fuse_attn`'s kernel): one KV block per loop iteration; in brackets the model's share of "
               "the 16-bit tensor peak for its two GEMMs (QKᵀ and PV), the softmax waiting on them (serial)."]
     lines += ["", f"## Per Wan shape at M = {M_TOKENS}: best tile per variant (H100 SXM HBM {meta['hbm'] / 1e12} TB/s)",
-              "", "est = max(compute from tile waves, HBM bytes floor); ideal = int8 peak MMA time; act_quant = the "
+              "", "est = max(compute from tile waves, HBM bytes floor, L2 bytes at its measured rate); ideal = int8 peak MMA time; act_quant = the "
               "separate rotate+quantize pass (best tile), share of the GEMM's estimated time and bytes. norm_quant = "
               "layer norm → modulate → rotate → quantize in one kernel (`kernels/norm_quant.py`), where the "
               "linear's input comes from a norm (K = model dim: q/k/v, cross-attention q, FFN-up; not to_out, "
@@ -459,23 +461,22 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
               "shares of the FFN-down GEMM. to_out (the attention output, shapes 1536x1536 / 5120x5120): with "
               "`fuse_attn` the attention kernel quantizes in its epilogue (`kernels/attn_quant.py`), writing codes "
               "and scales instead of the 16-bit output (attention-fused added bytes, negative); without it, the "
-              "separate act_quant pass (act/GEMM columns). L2→SM TB/s = the bytes the tiles read from L2 into "
-              "shared memory (each tile its K strips of both operands) per second at the estimate: the model has no "
-              "L2 bound. On the H200 the Triton per-token loop at 128x128 (`first_window_h200.md`: 0.97 / 1.90 / "
-              "5.35 ms on 1536x8960 / 5120x5120 / 13824x5120) pulled 7.3 / 7.1 / 6.8 TB/s, the same on three "
-              "shapes: at least what L2 delivers, perhaps its ceiling. Rows far above ~7 TB/s may be L2-bound "
-              "rather than as estimated; a 64-row or 64-column tile reads 1.5x the bytes per MAC of a 128x128 "
-              "one, 2x those of 128x256. '% if L2 = 7.3' = the estimate if L2 delivered no more than that "
-              "(`sass_model.L2_MEASURED`): the range the first GPU window will place the Gluon kernels in.", "",
-              "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | ideal µs | est. % int8 peak | "
-              "L2→SM TB/s | % if L2 = 7.3 | expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
+              "separate act_quant pass (act/GEMM columns). L2 = the bytes the tiles read from L2 into shared memory "
+              "(each tile its K strips of both operands) at the rate L2 delivered on the H200, "
+              f"{SM.L2_MEASURED / 1e12} TB/s (`bench/l2_probe.py`, `l2_probe_h200.md`), one of the estimate's three "
+              "bounds (bound = the one that binds); a 64-row or 64-column tile reads 1.5x the bytes per MAC of a "
+              "128x128 one, 2x those of 128x256. '% without L2' = the estimate without that bound, and 'L2 TB/s "
+              "needed' the rate its tiles would then read.", "",
+              "| N | K | kernel | variant | tile | est µs | compute µs | HBM µs | L2 µs | bound | ideal µs | "
+              "est. % int8 peak | % without L2 | L2 TB/s needed | expand µs | act_quant µs | act/GEMM time | act/GEMM bytes | norm_quant µs | norm-fused added time | "
               "FFN-up epilogue µs | epilogue-fused added time | epilogue-fused added bytes | attention-fused added "
               "bytes (to_out) |",
-              "|" + "---|" * 22]
+              "|" + "---|" * 24]
     for r in sorted(best_per_variant(rows), key=lambda r: (r["K"] * r["N"], r["N"], r["kernel"], r["variant"])):
         lines.append(f"| {r['N']} | {r['K']} | {r['kernel']} | {r['variant']} | {r['tile']} | {r['est_us']} | "
-                     f"{r['compute_us']} | {r['hbm_us']} | {r['ideal_us']} | {100 * r['fraction']:.0f} | "
-                     f"{r.get('l2_tbs', '-')} | {100 * r.get('fraction_at_l2_measured', 0):.0f} | "
+                     f"{r['compute_us']} | {r['hbm_us']} | {r.get('l2_us', '-')} | {r.get('bound', '-')} | "
+                     f"{r['ideal_us']} | {100 * r['fraction']:.0f} | {100 * r.get('fraction_without_l2', 0):.0f} | "
+                     f"{r.get('l2_tbs_without_l2', '-')} | "
                      f"{r.get('expand_us', '-')} | {r.get('act_quant_us', '-')} | {r.get('act_share', '-')} | "
                      f"{r.get('act_bytes_share', '-')} | {r.get('norm_quant_us', '-')} | "
                      f"{r.get('norm_fused_added_share', '-')} | {r.get('ffn_epilogue_us', '-')} | "
@@ -484,7 +485,7 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
     lines += ["", "Model (`dvdq_compile/kernels/sass_model.py`): cycles per loop iteration = max(MMA, shared-memory "
               "reads of the wgmmas, issue slots per SM sub-partition with 2-clock INT / IMAD and 8-clock XU pipes, "
               "MMA + issue when every wgmma is waited to depth 0: co-resident CTAs hide none of it, as measured); "
-              "latency, bank conflicts, L2 and TMA are not modelled. GEMM time per shape: `cost.gemm_cycles` (tile waves on 132 SMs at 1830 MHz). "
+              "latency, bank conflicts and TMA are not modelled, L2 only as a bandwidth ceiling per GEMM. GEMM time per shape: `cost.gemm_cycles` (tile waves on 132 SMs at 1830 MHz). "
               "Variants: `W4` = packed nibbles unpacked in the K loop (before); `W4→int8` = weights expanded once "
               "per call to int8 q − z (`kernels/expand.py`, its time added) and a pure int8 loop (after); `g128` = "
               "per-(token, 128) activation scales with the fp32 rescale per group; `per-token` = one scale per "

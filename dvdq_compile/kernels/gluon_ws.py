@@ -61,8 +61,9 @@ _PARTITIONS = gl.constexpr((CONSUMER_WARPS, 1))    # worker partitions: consumer
 _REGS = gl.constexpr((CONSUMER_REGS, LOADER_REGS))
 # (groups per loop iteration; 1: per-token), compiled and modelled offline
 UNROLLS = (1, *GQL.UNROLLS)
-# (GELU epilogue, cooperative) modes compiled and modelled offline; the dispatch runs the GEMM cooperatively (group
-# 128; per-token stays on gluon_qlinear's 256x128 tile) and the FFN-up in ping-pong
+# (GELU epilogue, cooperative) modes compiled and modelled offline; the dispatch runs the group-128 GEMM and the
+# FFN-up cooperatively (128x128 tiles read 1.5x fewer L2 bytes per MAC than ping-pong's 64x128 ones, and L2 bounds
+# both: bench/results/l2_probe_h200.md); per-token GEMMs stay on gluon_qlinear's 256x128 tile
 MODES = ((True, False), (True, True), (False, True))
 
 
@@ -407,10 +408,11 @@ def ws_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tens
 
 def ffn_up_gelu_quant(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
                       h: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, per_token: bool, rot_scale: float,
-                      qmax: int, coop: bool = False) -> None:
+                      qmax: int, coop: bool = True) -> None:
     """The FFN-up GEMM (as :func:`ws_qlinear`) whose epilogue writes the FFN-down's codes ``codes`` int8 [M, N] and
     scales ``scales`` fp32 [M, N/128]: tanh-GELU of the output in ``h``'s dtype, rotated by the ±1 block ``h``
     [128, 128] times ``rot_scale``, quantized per 128-group to ±``qmax`` (``kernels/gelu_quant.py`` is the Triton
-    twin). Ping-pong by default (its epilogue under the other consumer's K loop), cooperative with ``coop``. CUDA
-    only; the caller checks :func:`supported_gelu`."""
+    twin). Cooperative 128 x 128 tiles by default (the fewer L2 bytes per MAC: L2 bounds this GEMM on Hopper);
+    ping-pong with ``coop=False`` (its epilogue under the other consumer's K loop: the faster where L2 does not
+    bind). CUDA only; the caller checks :func:`supported_gelu`."""
     _launch(a, s, w, ws, bias, codes, h, scales, per_token, gelu=True, coop=coop, qmax=qmax, rot_scale=rot_scale)

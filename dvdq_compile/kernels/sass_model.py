@@ -41,10 +41,10 @@ WARPS_PER_SM = 64
 CTAS_PER_SM = 32
 HBM = {"H100 SXM": 3.35e12, "H200": 4.8e12}
 CTA_OVERLAP = 0.0          # share of a co-resident CTA's serialized MMA + issue time that another CTA hides (measured)
-# L2 → shared memory: not a bound of the model (its ceiling was never measured); the highest rate measured so far,
-# the Triton per-token loop at 128x128 on the H200 (bench/results/first_window_h200.md, 1536x8960: 7.05 GB of tile
-# reads in 0.968 ms), is a lower bound of it. bench/sass.py shows each GEMM's estimate as if L2 stopped there.
-L2_MEASURED = 7.3e12
+# L2 → shared memory, bytes/s: what a persistent grid read from an L2-resident buffer on the H200 (bench/l2_probe.py,
+# bench/results/l2_probe_h200.md: 9.33-9.43 TB/s at 2-4 CTAs per SM, 8 MB). A bound of each GEMM's estimate
+# (bench/sass.py); the Triton per-token loop at 128x128 had pulled 7.3 TB/s of it (first_window_h200.md)
+L2_MEASURED = 9.4e12
 
 # instruction classes (by SASS opcode, before the first '.')
 CLASSES = {

@@ -40,12 +40,19 @@ def test_committed_estimates_order_the_variants_as_measured():
         assert best["W4→int8 g128"] < 0.70, (nk, best)   # the Triton loop cannot: its int32 wgmmas are synchronous
 
 
+def l2_ceiling(bm, bn):
+    """Share of int8 peak a bm x bn tile can reach when L2 delivers sass_model.L2_MEASURED: it reads bm + bn bytes
+    per K per tile for bm·bn MACs, and the SMs do 132·4096 MACs per clock at 1.83 GHz."""
+    peak = sass_model.SMS * sass_model.MAC_PER_CLK["int8"] * sass_model.CLOCK_HZ
+    return sass_model.L2_MEASURED * bm * bn / (bm + bn) / peak
+
+
 def test_committed_estimates_of_the_gluon_kernel():
     """The Gluon kernels (rescale under the next wgmma, persistent: kernels/gluon_qlinear.py, and warp-specialized:
-    kernels/gluon_ws.py) against the Triton loop on the same terms, per Wan shape (nothing measured yet): the
-    dispatch's group-128 kernel (cooperative 128x128) and per-token kernel (256x128) reach >= 70% of int8 peak on
-    every shape in the model (the issue's goal for the estimate; the model was 1.2-1.5x optimistic for the Triton
-    loops, bench/results/sass_vs_h200.md), and the cooperative tile reads fewer L2 bytes than the 128x64 one."""
+    kernels/gluon_ws.py) against the Triton loop on the same terms, per Wan shape. Without the L2 bound they reach
+    >= 70% of int8 peak everywhere; with L2 at its measured rate (bench/results/l2_probe_h200.md) every Gluon GEMM is
+    L2-bound at its tile's ceiling: the per-token 256x128 tile at ~80% (the issue's >= 70% holds), the group-128
+    cooperative 128x128 tile at ~60% (its registers allow no larger tile), the 128x64 one at ~40%."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     for nk in {(r["N"], r["K"]) for r in rows}:
         best = {}
@@ -53,52 +60,67 @@ def test_committed_estimates_of_the_gluon_kernel():
             if (r["N"], r["K"]) == nk and r["kernel"] in ("qlinear", "gluon_qlinear", "gluon_ws") \
                     and "+GELU" not in r["variant"]:
                 key = (r["kernel"], r["variant"])
-                best[key] = max(best.get(key, 0), r["fraction"])
+                if key not in best or r["fraction"] > best[key]["fraction"]:
+                    best[key] = r
         g, t = ("gluon_ws", "W4→int8 g128"), ("qlinear", "W4→int8 g128")
         pg, pt = ("gluon_qlinear", "W4→int8 per-token"), ("qlinear", "W4→int8 per-token")
-        assert best[g] > best[t] * 1.3 and best[pg] > best[pt] * 1.1, (nk, best)
-        assert best[pg] >= 0.70 and best[g] >= 0.70, (nk, best)
-        assert best[("gluon_qlinear", "W4→int8 g128")] >= 0.70, (nk, best)
-        coop = [r for r in rows if (r["N"], r["K"]) == nk and r["kernel"] == "gluon_ws" and r["variant"] == g[1]]
-        small = [r for r in rows if (r["N"], r["K"]) == nk and r["kernel"] == "gluon_qlinear" and r["variant"] == g[1]]
-        assert coop and small and coop[0]["fraction_at_l2_measured"] > small[0]["fraction_at_l2_measured"]
+        small = best[("gluon_qlinear", "W4→int8 g128")]
+        f = {k: r["fraction"] for k, r in best.items()}
+        assert f[g] > f[t] * 1.15 and f[pg] > f[pt] * 1.04, (nk, f)
+        assert best[pg]["fraction_without_l2"] >= 0.70 and best[g]["fraction_without_l2"] >= 0.70, (nk, best)
+        assert small["fraction_without_l2"] >= 0.70, (nk, small)
+        for r, (bm, bn) in ((best[pg], (256, 128)), (best[g], (128, 128)), (small, (128, 64))):
+            assert r["bound"] == "L2" and r["tile"].startswith(f"{bm}x{bn}"), r
+            # est = L2 time + the weights' expansion pass: just under the tile's L2 ceiling
+            assert 0.93 * l2_ceiling(bm, bn) < r["fraction"] <= l2_ceiling(bm, bn) + 1e-3, (r, l2_ceiling(bm, bn))
+        assert f[pg] >= 0.70 > f[g] > f[("gluon_qlinear", "W4→int8 g128")], (nk, f)
 
 
 def test_committed_estimates_of_the_ffn_up_epilogue():
-    """The FFN-up whose epilogue quantizes the FFN-down's input: the warp-specialized Gluon kernel (two consumer
-    warpgroups in ping-pong, kernels/gluon_ws.py) reaches >= 70% of int8 peak on both Wan FFN-ups, group-128 and
-    per-token input, where the Triton epilogue kernel is under 50%; on the Gluon FFN-down rows it is the producer
-    whose added time and bytes are reported, and it adds no bytes."""
+    """The FFN-up whose epilogue quantizes the FFN-down's input: the warp-specialized Gluon kernel
+    (kernels/gluon_ws.py) beats the Triton epilogue kernel on both Wan FFN-ups, group-128 and per-token input, in its
+    cooperative 128x128 mode (the dispatch's): ping-pong's 64x128 tiles read 1.5x the L2 bytes per MAC and are
+    L2-bound at ~40% of int8 peak; without the L2 bound ping-pong would be the faster (its epilogue under the other
+    consumer's K loop). On the Gluon FFN-down rows it is the producer whose added time and bytes are reported, and it
+    adds no bytes."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     for up in ((8960, 1536), (13824, 5120)):
         at = [r for r in rows if (r["N"], r["K"]) == up]
-        ws = {}
-        for r in at:   # the best mode per input scale (ping-pong; cooperative trades time for L2 bytes)
+        modes = {}
+        for r in at:
             if r["kernel"] == "gluon_ws" and "+GELU" in r["variant"]:
-                ws[r["variant"]] = max(ws.get(r["variant"], 0), r["fraction"])
+                key = (r["variant"], "coop" if "/coop" in r["tile"] else "pp")
+                if key not in modes or r["fraction"] > modes[key]["fraction"]:
+                    modes[key] = r
         triton = max(r["fraction"] for r in at if r["kernel"] == "gelu_quant")
-        assert len(ws) == 2 and min(ws.values()) >= 0.70 and triton < 0.5 and min(ws.values()) > 1.5 * triton, (up, ws)
+        assert len(modes) == 4 and triton < 0.5, (up, modes)
+        for v in {v for v, _ in modes}:
+            coop, pp = modes[(v, "coop")], modes[(v, "pp")]
+            assert coop["fraction"] > triton and coop["fraction"] > pp["fraction"], (up, v)
+            assert pp["bound"] == "L2" and pp["fraction"] <= l2_ceiling(64, 128) + 1e-3
+            assert pp["fraction_without_l2"] >= coop["fraction_without_l2"] - 0.01, (up, v)
     downs = [r for r in rows if r["kernel"] == "gluon_qlinear" and (r["N"], r["K"]) in ((1536, 8960), (5120, 13824))]
     assert downs and all(r["ffn_epilogue_kernel"] == "gluon_ws" and r["ffn_epilogue_bytes_share"] < 0
                          for r in downs)
 
 
 def test_committed_l2_traffic_column():
-    """Every GEMM row says what its tiles read from L2 at the estimate (the model has no L2 bound): e.g. the Gluon
-    group-128 tile (128x64) on 8960x1536 reads 256·140 tiles x 1536 x (128 + 64) bytes, and the small Gluon tiles
-    need about twice the rate of the Triton loops' 128x256 tiles (bench/results/sass.md: the risk the next GPU
-    window measures)."""
+    """Every GEMM row says what its tiles read from L2, as time at L2's measured rate (a bound of the estimate) and
+    as the rate the tiles would need without that bound: e.g. the Gluon group-128 tile (128x64) on 8960x1536 reads
+    256·140 tiles x 1536 x (128 + 64) bytes, and the small Gluon tiles need about twice the rate of the Triton loops'
+    128x256 tiles, which stay compute-bound."""
     rows = json.loads(RESULTS.read_text())["shapes"]
-    assert all(r["l2_tbs"] > 0 for r in rows)
+    assert all(r["l2_tbs"] > 0 and r["l2_tbs"] <= sass_model.L2_MEASURED / 1e12 + 0.05 for r in rows)
+    assert all(r["fraction"] <= r["fraction_without_l2"] for r in rows)
     best = {(r["N"], r["K"], r["kernel"], r["variant"], r["tile"]): r for r in rows}
     g = best[(8960, 1536, "gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u12")]
-    assert abs(g["l2_tbs"] - 256 * 140 * 1536 * 192 / (g["est_us"] * 1e-6) / 1e12) < 0.06
+    l2 = 256 * 140 * 1536 * 192
+    assert abs(g["l2_us"] - l2 / sass_model.L2_MEASURED * 1e6) < 0.06 and g["bound"] == "L2"
+    free_us = max(g["compute_us"], g["hbm_us"]) + g["expand_us"]
+    assert abs(g["l2_tbs_without_l2"] - l2 / (free_us * 1e-6) / 1e12) < 0.06
     t = best[(8960, 1536, "qlinear", "W4→int8 per-token", "128x256/8w/3s")]
-    assert g["l2_tbs"] > 2 * t["l2_tbs"]
-    # as if L2 delivered only the highest rate measured (sass_model.L2_MEASURED): the small tiles lose most
-    assert all(r["fraction_at_l2_measured"] <= r["fraction"] for r in rows)
-    assert abs(g["fraction_at_l2_measured"] - g["fraction"] * sass_model.L2_MEASURED / 1e12 / g["l2_tbs"]) < 0.01
-    assert t["fraction_at_l2_measured"] == t["fraction"]
+    assert g["l2_tbs_without_l2"] > 2 * t["l2_tbs_without_l2"]
+    assert t["bound"] == "compute" and t["fraction"] == t["fraction_without_l2"]
 
 
 def test_pingpong_model_on_hand_written_parts():

@@ -4,6 +4,8 @@ shared-memory budgets, the dispatch without a GPU, and the arithmetic identities
 The kernel itself only runs on a GPU (Gluon has no interpreter): ``test_gpu.py`` compares it with the reference,
 ``test_aot_sm90.py`` compiles it for sm_90 here (no spill, wgmmas in flight, each partition within its registers),
 and ``bench/sass.py`` models it."""
+import inspect
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -117,10 +119,12 @@ def test_dispatch_routes_each_call_to_its_gluon_kernel(k, per_token, out_dtype, 
         assert_out_close(y, quant.qlinear_ref(codes, scales, packed, ws, wz, None, 4, out_dtype), out_dtype)
 
 
-def test_ffn_up_dispatch_runs_the_ping_pong_kernel(monkeypatch):
+def test_ffn_up_dispatch_runs_the_cooperative_kernel(monkeypatch):
     """Under DVDQ_GLUON=1 on a GPU (stubbed as above) qlinear_gelu_quant hands a call the warp-specialized kernel
-    takes to it, in its default ping-pong schedule, with group-128 input and qmax of 8 bits; a call it refuses
-    (erf-GELU) stays on the Triton epilogue kernel."""
+    takes to it, in its default schedule (cooperative: L2 bounds the FFN-up, and 128x128 tiles read the fewest L2
+    bytes), with group-128 input and qmax of 8 bits; a call it refuses (erf-GELU) stays on the Triton epilogue
+    kernel."""
+    assert inspect.signature(gws.ffn_up_gelu_quant).parameters["coop"].default is True
     calls = []
     monkeypatch.setattr(gql, "use_gluon", lambda: True)
     monkeypatch.setattr(gws, "ffn_up_gelu_quant", lambda *a, **kw: calls.append((a[8], a[10], kw)))
