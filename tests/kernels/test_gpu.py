@@ -281,9 +281,10 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, square, bias, seed):
     assert torch.equal(y, y_triton)
 
 
-@pytest.mark.parametrize("k,group,coop", [(1024, 128, True), (1280, 128, True), (1536, 128, True), (256, 128, True),
-                                          (1536, 1536, True), (1536, 128, False)])
-def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, coop):
+@pytest.mark.parametrize("k,group,schedule", [(1024, 128, "coop"), (1280, 128, "coop"), (1536, 128, "coop"),
+                                              (256, 128, "coop"), (1536, 1536, "coop"), (1536, 128, "pingpong"),
+                                              (1536, 1536, "pingpong"), (256, 128, "pingpong")])
+def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, schedule):
     """The warp-specialized Gluon GEMM (kernels/gluon_ws.py: the group-128 dispatch's cooperative 128x128 tile, and
     ping-pong) gives the Triton int8-native kernel's output to the bit and the reference's within its tolerance:
     ragged M and N (N = 776: not a multiple of the tile), 4 / 10 / 12 / 2 groups per loop iteration, per-token."""
@@ -297,15 +298,16 @@ def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, coop):
     y_triton = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16, expand=True)
     o = ql_mod.operands(c, s, packed, ws, wz, bias, 4, True)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
-    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, coop)
+    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, schedule == "coop")
     assert torch.equal(y, y_triton)
     assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, bias, 4, torch.bfloat16), torch.bfloat16)
 
 
-@settings(max_examples=6, deadline=None)
+@pytest.mark.parametrize("schedule", ["coop", "pingpong"])
+@settings(max_examples=4, deadline=None)
 @given(m=st.integers(1, 3000), n8=st.integers(1, 200), kg=st.sampled_from([2, 4, 6, 10, 12, 14]),
-       per_token=st.booleans(), coop=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_gluon_ws_qlinear_property(m, n8, kg, per_token, coop, bias, seed):
+       per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gluon_ws_qlinear_property(schedule, m, n8, kg, per_token, bias, seed):
     """The warp-specialized Gluon GEMM on drawn shapes (ragged M down to one row: a cooperative tile with one
     consumer's rows all out of range; N any multiple of 8; every groups-per-iteration count) equals the Triton
     int8-native kernel bit for bit, in both modes."""
@@ -315,16 +317,16 @@ def test_gluon_ws_qlinear_property(m, n8, kg, per_token, coop, bias, seed):
     assert gws.supported(n, k, group, True, torch.bfloat16) is None
     o, y_triton = _drawn_gemm(m, n, k, group, bias, seed)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
-    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token, coop)
+    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token, schedule == "coop")
     assert torch.equal(y, y_triton)
 
 
-@pytest.mark.parametrize("in_group,k,coop", [(1536, 1536, False), (128, 1536, False), (128, 1280, False),
-                                             (128, 256, False), (256, 256, False), (128, 1536, True),
-                                             (1536, 1536, True)])
-def test_gluon_ffn_up_vs_reference(in_group, k, coop, monkeypatch):
-    """The warp-specialized Gluon FFN-up with the GELU → rotate → quantize epilogue (kernels/gluon_ws.py; ping-pong
-    through the op's own entry point under DVDQ_GLUON=1, cooperative called directly), per-token and group-128
+@pytest.mark.parametrize("in_group,k,schedule", [(1536, 1536, "coop"), (128, 1536, "coop"), (128, 1280, "coop"),
+                                                 (128, 256, "coop"), (256, 256, "coop"), (128, 1536, "pingpong"),
+                                                 (1536, 1536, "pingpong")])
+def test_gluon_ffn_up_vs_reference(in_group, k, schedule, monkeypatch):
+    """The warp-specialized Gluon FFN-up with the GELU → rotate → quantize epilogue (kernels/gluon_ws.py;
+    cooperative through the op's own entry point under DVDQ_GLUON=1, ping-pong called directly), per-token and group-128
     input, 12, 10 and 2 groups per K loop iteration, bf16, ragged M, N a multiple of 128 but not of 256 (an odd tile
     count per consumer): the same bounds against qlinear_ref → F.gelu → quantize_act as the Triton epilogue
     kernel's test; how many codes differ from the Triton kernel's is printed (another order of the rotation's fp32
@@ -343,12 +345,12 @@ def test_gluon_ffn_up_vs_reference(in_group, k, coop, monkeypatch):
     ct, st_ = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
     monkeypatch.setenv("DVDQ_GLUON", "1")
     assert gql.use_gluon() and gws.supported_gelu(n, k, in_group, True, 128, 128, dtype, "tanh") is None
-    if coop:
+    if schedule == "pingpong":
         o = ql_mod.operands(*args, 4, True)
         h, _, rscale = hadamard_for(128, 9, torch.empty(0, dtype=dtype, device=DEV))
         c = torch.empty(m, n, dtype=torch.int8, device=DEV)
         s = torch.empty(m, n // 128, dtype=torch.float32, device=DEV)
-        gws.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b, h, c, s, o.per_token, rscale, 127, coop=True)
+        gws.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b, h, c, s, o.per_token, rscale, 127, coop=False)
     else:
         c, s = qlinear_gelu_quant(*args, 4, dtype, "tanh", 8, 128, 128, 9, expand=True)
     rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
@@ -357,10 +359,11 @@ def test_gluon_ffn_up_vs_reference(in_group, k, coop, monkeypatch):
           "scales:", float((s != st_).float().mean()))
 
 
-@settings(max_examples=6, deadline=None)
+@pytest.mark.parametrize("schedule", ["coop", "pingpong"])
+@settings(max_examples=4, deadline=None)
 @given(m=st.integers(1, 2000), n128=st.integers(1, 24), kg=st.sampled_from([2, 4, 6, 10, 12, 14]),
-       per_token=st.booleans(), coop=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_gluon_ffn_up_property(m, n128, kg, per_token, coop, bias, seed):
+       per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_gluon_ffn_up_property(schedule, m, n128, kg, per_token, bias, seed):
     """The Gluon FFN-up on drawn shapes (ragged M down to one row, so a program may hold one tile and consumer 1
     none; N any multiple of 128; K = 128·kg so every groups-per-iteration count runs) against the reference, with
     the Triton epilogue kernel's bounds."""
@@ -379,7 +382,8 @@ def test_gluon_ffn_up_property(m, n128, kg, per_token, coop, bias, seed):
     c = torch.empty(m, n, dtype=torch.int8, device=DEV)
     s = torch.empty(m, n // 128, dtype=torch.float32, device=DEV)
     assert gws.supported_gelu(n, k, group, True, 128, 128, dtype, "tanh") is None
-    gws.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias else None, h, c, s, o.per_token, rscale, 127, coop)
+    gws.ffn_up_gelu_quant(o.a, o.s, o.w, o.ws, o.b if bias else None, h, c, s, o.per_token, rscale, 127,
+                          schedule == "coop")
     rc, rs = quant.gelu_quant_ref(*args, 4, dtype, "tanh", 8, 128, 128, 9)
     _compare((m, n, k, group, 128, 128, 8, 4, dtype), c, s, rc, rs)
 
