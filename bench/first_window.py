@@ -59,6 +59,7 @@ def plan() -> dict:
                  "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
                  "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
     compiles = {
+        "l2_probe (bench/l2_probe.py) and mma_peak (bench/mma_peak.py: int8, fp8, bf16)": 4,
         "qlinear group-128 expanded (autotune set)": len(CONFIGS),
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
@@ -430,6 +431,14 @@ def render(data: dict) -> str:
                 "|" + "---|" * (len(cols) + 1)]
         for r, d in l2:
             out.append(f"| {r['N']}x{r['K']} | " + " | ".join(str(d.get(c, "-")) for c in cols) + " |")
+    mma = data["steps"].get("mma_peak")
+    if isinstance(mma, dict) and "TFLOPs" in mma:   # bench/mma_peak.py: wgmmas on shared-memory tiles, nothing else
+        out += ["", f"Tensor cores alone (`bench/mma_peak.py`: {mma.get('tile')}, operands in shared memory, no "
+                "global traffic in the loop), TFLOP/s (TOPS); checked = the accumulators equal A @ Bᵀ:", "",
+                "| dtype | 1 CTA/SM | 2 CTAs/SM | checked |", "|---|---|---|---|"]
+        for name, row in mma["TFLOPs"].items():
+            out.append(f"| {name} | {row.get('1_cta_per_sm', row.get('error', '-'))} | "
+                       f"{row.get('2_cta_per_sm', '-')} | {mma.get('checked', {}).get(name, '-')} |")
     probe = data["steps"].get("l2_probe")
     if isinstance(probe, dict) and "rates_TB/s" in probe:   # bench/l2_probe.py: what L2 gives a plain sweep
         out += ["", "L2 probe (`bench/l2_probe.py`: CTAs sweep a buffer with `.cg` loads, TB/s read; buffers under "
@@ -558,7 +567,9 @@ def main(argv=None) -> int:
     if dev == "cuda" and not a.only_gemm:   # L2's read rate, the ceiling the instrument lacks (bench/l2_probe.py)
         sys.path.insert(0, str(ROOT / "bench"))
         import l2_probe
+        import mma_peak
         run.step("l2_probe", safe(l2_probe.measure)())
+        run.step("mma_peak", safe(mma_peak.measure)())   # the tensor cores alone: int8 vs fp8 vs bf16
     shapes = SHAPES if dev == "cuda" else ((64, 256), (96, 128))
     m = M_TOKENS if dev == "cuda" else 40
     if a.only_gemm:

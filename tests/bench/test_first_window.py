@@ -13,8 +13,9 @@ def test_dry_run(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     d = json.loads((tmp_path / "first_window_dry.json").read_text())
     plan = d["plan"]
-    # a small fixed set of compiles (the Gluon kernels and the attention kernel added three) within the budget
-    assert plan["n_compiles"] <= 20 and plan["estimated_s_before_e2e"] <= plan["budget_s"] == 480
+    # a small fixed set of compiles (the Gluon kernels, the attention kernel, the L2 and tensor-core probes) within
+    # the budget
+    assert plan["n_compiles"] <= 24 and plan["estimated_s_before_e2e"] <= plan["budget_s"] == 480
     gemms = [v for k, v in d["steps"].items() if k.startswith("gemm ")]
     assert len(gemms) == 2
     for g in gemms:
