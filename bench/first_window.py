@@ -54,7 +54,7 @@ HBM_H100, HBM_H200 = 3.35e12, 4.8e12
 def plan() -> dict:
     """What the run does: measurements per shape and the distinct Triton compiles."""
     per_shape = ["bf16", "int_mm", "w4a8_auto", *(f"w4a8_forced_{c[0]}x{c[1]}" for c in FORCED), "w4a8_per_token",
-                 "gluon_g128", "gluon_g128_128x64", "gluon_per_token", "gluon_per_token_128x128",
+                 "gluon_g128", "gluon_g128_coop", "gluon_g128_128x64", "gluon_per_token", "gluon_per_token_128x128",
                  "gluon_gelu_quant + _coop (FFN-up shapes)",
                  "w4a8_packed", "expand", "act_quant", "norm_quant (K = model dim)",
                  "gelu_quant (FFN-up shapes: GEMM + GELU → rotate → quantize epilogue)"]
@@ -64,7 +64,7 @@ def plan() -> dict:
         "qlinear per-token expanded (autotune set)": len(CONFIGS),
         "qlinear group-128 packed (one config)": 1,
         "gluon_qlinear group-128 (128x64), per-token (256x128 and 128x128)": 3,
-        "gluon_ws group-128 GEMM (cooperative), FFN-up with the GELU epilogue (ping-pong, cooperative)": 3,
+        "gluon_ws group-128 GEMM (wide, cooperative), FFN-up with the GELU epilogue (ping-pong, cooperative)": 4,
         "attn_quant (the attention step: SDPA, SDPA + act_quant, the fused kernel)": 1,
         "expand": 1,
         "act_quant (one config)": 1,
@@ -290,9 +290,10 @@ def gemm_shapes(run: Run, dev: str, shapes, m: int, rep_ms: int) -> None:
 def gluon_calls(dev: str, o: dict, ffn_up: bool) -> tuple[dict, dict]:
     """The Gluon kernels timed on one shape's operands ``o``: ({GEMM name: (call, the activation scales of its
     Triton twin, for the bit-for-bit check)}, {FFN-up name: (call, check)}), the FFN-up with the GELU epilogue only
-    where ``ffn_up``. The group-128 GEMM runs warp-specialized on cooperative 128x128 tiles (the dispatch's) and on
-    gluon_qlinear's 128x64 one; per-token on 256x128 (the dispatch's) and 128x128; the FFN-up cooperatively (the
-    dispatch's), then in ping-pong, last (its first GPU run hung; kernels/gluon_ws.py now orders its K loops). ``check`` compares the FFN-up's codes with the Triton epilogue kernel's
+    where ``ffn_up``. The group-128 GEMM runs warp-specialized on the wide cooperative 128x192 tile (the
+    dispatch's), the cooperative 128x128 one and gluon_qlinear's 128x64 one; per-token on 256x128 (the dispatch's)
+    and 128x128; the FFN-up cooperatively (the dispatch's), then in ping-pong, last (its first GPU run hung;
+    kernels/gluon_ws.py now orders its K loops). ``check`` compares the FFN-up's codes with the Triton epilogue kernel's
     (``kernels/gelu_quant.py``). Gluon has no interpreter: on the CPU (``--dry-run``) every call is its Triton twin,
     so the plumbing still runs."""
     import torch
@@ -306,7 +307,8 @@ def gluon_calls(dev: str, o: dict, ffn_up: bool) -> tuple[dict, dict]:
     cfg = tile(*GELU_CONFIG) if dev == "cuda" else None    # the timed Triton twin's config: no autotune compiles
     tri_gelu = lambda: gq.qlinear_gelu_quant(c, sc, o["packed"], o["ws"], o["wz"], bias, 4, xdt,  # noqa: E731
                                              "tanh", 8, gg, gg, 0, expand=True, config=cfg)
-    names = (("gluon_g128", sc), ("gluon_g128_128x64", sc), ("gluon_per_token", st), ("gluon_per_token_128x128", st))
+    names = (("gluon_g128", sc), ("gluon_g128_coop", sc), ("gluon_g128_128x64", sc), ("gluon_per_token", st),
+             ("gluon_per_token_128x128", st))
     modes = (("gluon_gelu_quant_coop", True), ("gluon_gelu_quant", False)) if ffn_up else ()
     if dev != "cuda":
         gemms = {name: (lambda s=s: tri(s), s) for name, s in names}
@@ -316,7 +318,8 @@ def gluon_calls(dev: str, o: dict, ffn_up: bool) -> tuple[dict, dict]:
     from dvdq_compile.kernels.tl_common import hadamard_for
     ws1 = o["ws"].reshape(-1).float().contiguous()
     out = torch.empty(m, n, device=c.device, dtype=xdt)
-    gemms = {"gluon_g128": (lambda: gws.ws_qlinear(c, sc, w8, ws1, bias, out, False), sc),
+    gemms = {"gluon_g128": (lambda: gws.ws_qlinear(c, sc, w8, ws1, bias, out, False, wide=True), sc),
+             "gluon_g128_coop": (lambda: gws.ws_qlinear(c, sc, w8, ws1, bias, out, False), sc),
              "gluon_g128_128x64": (lambda: gql.gluon_qlinear(c, sc, w8, ws1, bias, out, False), sc),
              "gluon_per_token": (lambda: gql.gluon_qlinear(c, st, w8, ws1, bias, out, True), st),
              "gluon_per_token_128x128": (lambda: gql.gluon_qlinear(c, st, w8, ws1, bias, out, True,
@@ -343,7 +346,8 @@ def l2_tile(name: str, r: dict) -> tuple[int, int] | None:
     from dvdq_compile.kernels import gluon_qlinear as gql
     from dvdq_compile.kernels import gluon_ws as gws
     known = {f"w4a8_forced_{c[0]}x{c[1]}": c[:2] for c in FORCED}
-    known.update(gluon_g128=(2 * gws.BLOCK_M, gws.BLOCK_N), gluon_g128_128x64=gql.GROUPED_TILES[0][:2],
+    known.update(gluon_g128=(2 * gws.BLOCK_M, gws.BLOCK_N + gws.BLOCK_N2), gluon_g128_coop=(2 * gws.BLOCK_M, gws.BLOCK_N),
+                 gluon_g128_128x64=gql.GROUPED_TILES[0][:2],
                  gluon_per_token=gql.PER_TOKEN_TILE[:2], gluon_per_token_128x128=gql.PER_TOKEN_TILE_SQUARE[:2],
                  gluon_gelu_quant=(gws.BLOCK_M, gws.BLOCK_N), gluon_gelu_quant_coop=(2 * gws.BLOCK_M, gws.BLOCK_N),
                  gelu_quant=GELU_CONFIG[:2])
@@ -403,14 +407,15 @@ def render(data: dict) -> str:
     if any("gluon_g128" in r["times"] for r in steps):
         out += ["", "The Gluon kernels (the rescale under the next wgmma: kernels/gluon_ws.py, warp-specialized, and "
                 "kernels/gluon_qlinear.py) beside the Triton loop, ms (TOPS), and whether the output equals the Triton "
-                "kernel's bit for bit (group 128: cooperative 128x128 and 128x64 tiles; per-token: 256x128 and "
-                "128x128; the FFN-up with the GELU epilogue in ping-pong and cooperatively):", "",
-                "| N x K | Triton g128 | Gluon g128 | = | 128x64 | = | Triton per-token | Gluon per-token | = | "
-                "128x128 | = | Triton GEMM + GELU→A8 | Gluon ping-pong | cooperative |",
-                "|" + "---|" * 14]
+                "kernel's bit for bit (group 128: the wide cooperative 128x192 tile, the cooperative 128x128 and the "
+                "128x64 ones; per-token: 256x128 and 128x128; the FFN-up with the GELU epilogue in ping-pong and "
+                "cooperatively):", "",
+                "| N x K | Triton g128 | Gluon g128 | = | 128x128 | = | 128x64 | = | Triton per-token | Gluon per-token | "
+                "= | 128x128 | = | Triton GEMM + GELU→A8 | Gluon ping-pong | cooperative |",
+                "|" + "---|" * 16]
         for r in steps:
             cells = [cell(r, "w4a8_auto")]
-            for c in ("gluon_g128", "gluon_g128_128x64", "w4a8_per_token", "gluon_per_token",
+            for c in ("gluon_g128", "gluon_g128_coop", "gluon_g128_128x64", "w4a8_per_token", "gluon_per_token",
                       "gluon_per_token_128x128"):
                 cells.append(cell(r, c))
                 if c.startswith("gluon"):

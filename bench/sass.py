@@ -159,6 +159,11 @@ def gemm_specs(quick: bool) -> list[Spec]:
             out.append(Spec("gluon_ws", variant, GWS._ws_kernel, sig, const, GWS.CONSUMER_WARPS, const["STAGES"],
                             k_iter=128 * u, wbytes=1.0, group=0 if u == 1 else 128,
                             block=(GWS.BLOCK_M * (2 if coop else 1), GWS.BLOCK_N), maxnreg=GWS.LAUNCH_REGS))
+    if not quick:   # the wide cooperative tile: 128 x 192, one partial per consumer part (group-128, bf16 output)
+        sig, const = GWS.offline_spec(1, False, True, wide=True)
+        out.append(Spec("gluon_ws", "W4→int8 g128", GWS._ws_kernel, sig, const, GWS.CONSUMER_WARPS, const["STAGES"],
+                        k_iter=128, wbytes=1.0, group=128, block=(2 * GWS.BLOCK_M, GWS.BLOCK_N + GWS.BLOCK_N2),
+                        maxnreg=GWS.LAUNCH_REGS))
     return out
 
 
@@ -169,10 +174,11 @@ def pingpong_ref_k(unroll: int) -> int:
 
 
 def pingpong_tile(rec: dict, k: int) -> dict:
-    """A warp-specialized record's bounds per consumer tile (64 x 128) at ``k`` (``sass_model.pingpong_cycles``):
-    its K-loop iterations from the MACs (a K step the compiler peeled out of the loop counts in the epilogue's)."""
+    """A warp-specialized record's bounds per consumer tile (64 x 128, or 64 x 192 wide) at ``k``
+    (``sass_model.pingpong_cycles``): its K-loop iterations from the MACs (a K step the compiler peeled out of the
+    loop counts in the epilogue's)."""
     loop, epi, loader = (SM.LoopStats(**rec["pingpong"][p]) for p in ("loop", "epilogue", "loader"))
-    total = GWS.BLOCK_M * GWS.BLOCK_N * k
+    total = GWS.BLOCK_M * rec.get("block_n", GWS.BLOCK_N) * k
     iters = (total - epi.macs.get("int8", 0)) / loop.macs["int8"]
     return SM.pingpong_cycles(loop, iters, epi, loader, k // 128, total, rec["coop"])
 
@@ -229,7 +235,7 @@ def analyse(spec: Spec) -> dict:
         parts = SM.pingpong_parts(instrs)
         rec.update(pingpong={p: asdict(st) for p, st in zip(("loop", "epilogue", "loader"), parts)},
                    coop=spec.const["COOP"], k_ref=pingpong_ref_k(spec.const["UNROLL"]), k_iter=spec.k_iter,
-                   ctas_per_sm=1)
+                   ctas_per_sm=1, block_n=spec.bn)
         rec.update(pingpong_tile(rec, rec["k_ref"]))
         return rec
     if spec.k_iter:
@@ -320,7 +326,8 @@ def shape_rows(recs: list[dict], specs: list[Spec], hbm: float) -> list[dict]:
             epi = r["kernel"] == "gelu_quant" or "+GELU" in r["variant"]
             if epi and (n, k) not in [up for up, _ in FFN_PAIRS]:
                 continue   # the epilogue kernels run the FFN-up GEMMs only
-            if r["kernel"].startswith("gluon") and s.group and s.const["UNROLL"] != GQL.unroll_for(k // 128):
+            if r["kernel"].startswith("gluon") and s.group and not s.const.get("SPLIT") \
+                    and s.const["UNROLL"] != GQL.unroll_for(k // 128):
                 continue   # the groups per iteration the dispatch runs at this K (gluon_qlinear.unroll_for)
             if "pingpong" in r:   # per CTA tile from the three partitions' code (per-CTA set-up not counted)
                 per_cta = pingpong_tile(r, k)["cycles"] * bm // GWS.BLOCK_M
@@ -440,7 +447,8 @@ def write(out: Path, recs: list[dict], rows: list[dict], meta: dict) -> None:
                      f"{r['wait_depth'] if r['wait_depth'] is not None else '-'} | {r['mma_cycles']:.0f} | "
                      f"{r['smem_cycles']:.0f} | {r['issue_cycles']:.0f} | {ser} | {r['bound']} | {frac} |")
     lines += ["", "gluon_ws (warp-specialized, `kernels/gluon_ws.py`: a loader warp and two consumer warpgroups of "
-              "64x128 rows each, taking alternate 64x128 tiles (pp, ping-pong) or sharing 128x128 ones (coop)): the "
+              "64x128 rows each, taking alternate 64x128 tiles (pp, ping-pong) or sharing 128x128 ones (coop), or "
+              "64x192 rows each of a 128x192 tile (wide: one partial per consumer, group-128 only)): the "
               "class counts are one consumer's K-loop iteration, the bounds are per consumer tile at the Wan K its "
               "unroll count divides (1536, or 5120 for u10): tensor (the K loop's and the epilogue's wgmmas), shared "
               "memory, issue (one consumer warp's K loop and epilogue plus the loader's steps per sub-partition), "
@@ -500,7 +508,8 @@ CHECK = (("qlinear", "W4 g128", "128x128/8w/3s"), ("qlinear", "W4→int8 g128", 
          ("gluon_qlinear", "W4→int8 per-token", "256x128/8w/3s"),
          ("gluon_qlinear", "W4→int8 g128", "128x64/8w/8s/u10"),
          ("gluon_ws", GELU_VARIANT, "64x128/pp 2x4w+1w/7s/u12"),
-         ("gluon_ws", "W4→int8 g128", "128x128/coop 2x4w+1w/6s/u12"))
+         ("gluon_ws", "W4→int8 g128", "128x128/coop 2x4w+1w/6s/u12"),
+         ("gluon_ws", "W4→int8 g128", "128x192/coop 2x4w+1w/4s"))
 
 
 def check(committed: Path) -> int:

@@ -53,6 +53,7 @@ from . import gluon_qlinear as GQL
 
 BLOCK_M = 64         # one consumer warpgroup's tile rows (one m64 wgmma); a cooperative CTA tile has two
 BLOCK_N = 128        # a tile row = one group = one Hadamard block
+BLOCK_N2 = 64        # the wide tile's second part: 128 x (128 + 64), 1.2x fewer L2 bytes per MAC than 128 x 128
 CONSUMER_WARPS = 4   # one warpgroup per consumer: the default partition's num_warps
 LAUNCH_REGS = 168    # per thread at launch (12 warps: 3 warpgroups), which setmaxnreg redistributes as
 CONSUMER_REGS = 240  # 2 x 240 for the consumers
@@ -121,23 +122,31 @@ def _gelu_codes(y, h_smem, DT: gl.constexpr, QMAX: gl.constexpr, ROT_SCALE: gl.c
 
 
 @gluon.jit
-def _loader(a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M: gl.constexpr):
-    """Every K step of every tile of this program, in tile order: wait for the slot to be empty, load."""
+def _loader(a_desc, w_desc, w2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, M, N, K, SPLIT: gl.constexpr,
+            GROUP_M: gl.constexpr):
+    """Every K step of every tile of this program, in tile order: wait for the slot to be empty, load (with
+    ``SPLIT``, the tile's weight rows in two boxes: BN and then BN2 rows)."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BN: gl.constexpr = w_desc.block_type.shape[0]
+    BN_T: gl.constexpr = BN + w2_desc.block_type.shape[0] if SPLIT else BN
+    NBYTES: gl.constexpr = a_desc.block_type.nbytes + w_desc.block_type.nbytes + \
+        (w2_desc.block_type.nbytes if SPLIT else 0)
     S: gl.constexpr = a_bufs.type.shape[0]
-    pid, nprog, grid_m, grid_n, my_tiles, n_steps = GQL._schedule(M, N, K, BM, BN, BK)
+    pid, nprog, grid_m, grid_n, my_tiles, n_steps = GQL._schedule(M, N, K, BM, BN_T, BK)
     g = 0
     for t in range(my_tiles):
-        off_m, off_n = GQL._tile(t, pid, nprog, grid_m, grid_n, BM, BN, GROUP_M)
+        off_m, off_n = GQL._tile(t, pid, nprog, grid_m, grid_n, BM, BN_T, GROUP_M)
         for k in range(n_steps):
             slot = g % S
             # empty barriers start in phase 0: the first pass over the ring waits on phase 1, already complete
             mbarrier.wait(empty.index(slot), ((g // S) & 1) ^ 1)
-            mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            mbarrier.expect(ready.index(slot), NBYTES)
             tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], ready.index(slot), a_bufs.index(slot))
             tma.async_copy_global_to_shared(w_desc, [off_n, k * BK], ready.index(slot), w_bufs.index(slot))
+            if SPLIT:
+                tma.async_copy_global_to_shared(w2_desc, [off_n + BN, k * BK], ready.index(slot),
+                                                w2_bufs.index(slot))
             g += 1
 
 
@@ -267,10 +276,71 @@ def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, em
 
 
 @gluon.jit
-def _ws_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M, N, K, stride_sm, stride_csm,
-                   PER_TOKEN: gl.constexpr, HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr, GELU: gl.constexpr,
-                   COOP: gl.constexpr, QMAX: gl.constexpr, ROT_SCALE: gl.constexpr, GROUP_M: gl.constexpr,
-                   STAGES: gl.constexpr, num_warps: gl.constexpr):
+def _split_consumer(c: gl.constexpr, a_desc, c_desc, c2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, c_smem,
+                    c2_smem, s_ptr, ws_ptr, bias_ptr, M, N, K, stride_sm, HAS_BIAS: gl.constexpr,
+                    GROUP_M: gl.constexpr):
+    """Consumer ``c`` of the wide cooperative tile (``SPLIT``): rows ``c·BM ..`` of every 128 x (BN + BN2) tile,
+    group-128 input, a 16-bit output. Its 64 x 192 share is two wgmma accumulators (BN = 128 and BN2 = 64 columns:
+    tensor shapes are powers of two), with one int32 partial each: per group both wgmmas are issued, the first
+    partial is rescaled under the second's wgmma, then the second, while the other consumer's wgmmas keep the tensor
+    core busy. Registers: 2 x (64 + 32) per thread, as the 128-wide tile's two partials and sum (3 x 64). Same sums
+    in the same order as the Triton loop (acc += float(P_k)·s[:, k], then Δ and bias), so the same bits."""
+    BM: gl.constexpr = c_desc.block_type.shape[0]
+    BN: gl.constexpr = c_desc.block_type.shape[1]
+    BN2: gl.constexpr = c2_desc.block_type.shape[1]
+    BM_CTA: gl.constexpr = a_desc.block_type.shape[0]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    NW: gl.constexpr = gl.num_warps()
+    S: gl.constexpr = a_bufs.type.shape[0]
+    l1: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BN, 32])
+    l2: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BN2, 32])
+    pid, nprog, grid_m, grid_n, my_tiles, n_steps = GQL._schedule(M, N, K, BM_CTA, BN + BN2, BK)
+    out, out2 = c_smem.index(c), c2_smem.index(c)
+    for t in range(my_tiles):
+        off_m, off_n = GQL._tile(t, pid, nprog, grid_m, grid_n, BM_CTA, BN + BN2, GROUP_M)
+        off_m = off_m + c * BM
+        offs_m = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, l1))
+        mask_m = offs_m < M
+        s_rows = s_ptr + offs_m * stride_sm
+        acc1 = gl.zeros((BM, BN), gl.float32, l1)
+        acc2 = gl.zeros((BM, BN2), gl.float32, l2)
+        p1 = gl.zeros((BM, BN), gl.int32, l1)
+        p2 = gl.zeros((BM, BN2), gl.int32, l2)
+        for k in range(n_steps):
+            g = t * n_steps + k
+            slot = g % S
+            s1 = gl.load(s_rows + k, mask=mask_m, other=0.0)     # in flight under the wgmmas
+            mbarrier.wait(ready.index(slot), (g // S) & 1)
+            a = a_bufs.index(slot).slice(c * BM, BM)
+            p1 = warpgroup_mma(a, w_bufs.index(slot).permute((1, 0)), p1, use_acc=False, is_async=True)
+            p2 = warpgroup_mma(a, w2_bufs.index(slot).permute((1, 0)), p2, use_acc=False, is_async=True)
+            p1, acc1 = warpgroup_mma_wait(1, deps=(p1, acc1))
+            acc1 = acc1 + p1.to(gl.float32) * s1[:, None]
+            p2, acc2 = warpgroup_mma_wait(0, deps=(p2, acc2))
+            mbarrier.arrive(empty.index(slot), count=1)
+            acc2 = acc2 + p2.to(gl.float32) * gl.convert_layout(s1, gl.SliceLayout(1, l2))[:, None]
+        # the 16-bit output of both parts, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n]))
+        offs_n = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, l1))
+        offs_n2 = off_n + BN + gl.arange(0, BN2, layout=gl.SliceLayout(0, l2))
+        acc1 = acc1 * gl.load(ws_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+        acc2 = acc2 * gl.load(ws_ptr + offs_n2, mask=offs_n2 < N, other=0.0)[None, :]
+        if HAS_BIAS:
+            acc1 = acc1 + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
+            acc2 = acc2 + gl.load(bias_ptr + offs_n2, mask=offs_n2 < N, other=0.0).to(gl.float32)[None, :]
+        tma.store_wait(pendings=0)      # this consumer's previous stores have read both tiles
+        out.store(acc1.to(c_desc.dtype))
+        out2.store(acc2.to(c2_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(c_desc, [off_m, off_n], out)
+        tma.async_copy_shared_to_global(c2_desc, [off_m, off_n + BN], out2)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _ws_kernel(a_desc, w_desc, c_desc, w2_desc, c2_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M, N, K, stride_sm,
+               stride_csm, PER_TOKEN: gl.constexpr, HAS_BIAS: gl.constexpr, UNROLL: gl.constexpr,
+               GELU: gl.constexpr, COOP: gl.constexpr, SPLIT: gl.constexpr, QMAX: gl.constexpr,
+               ROT_SCALE: gl.constexpr, GROUP_M: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """Persistent, one program per SM: shared buffers and barriers (a slot is empty once every consumer reading it
     has arrived), the ±1 block into shared memory with GELU, then the three partitions (module docstring)."""
     BM: gl.constexpr = a_desc.block_type.shape[0]
@@ -278,6 +348,12 @@ def _ws_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M
     BN: gl.constexpr = w_desc.block_type.shape[0]
     a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BM, BK], a_desc.layout)
     w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, BK], w_desc.layout)
+    if SPLIT:   # the wide tile's last BN2 weight rows, and its second output tile per consumer
+        w2_bufs = gl.allocate_shared_memory(gl.int8, [STAGES] + w2_desc.block_type.shape, w2_desc.layout)
+        c2_smem = gl.allocate_shared_memory(c2_desc.dtype, [2] + c2_desc.block_type.shape, c2_desc.layout)
+    else:
+        w2_bufs = w_bufs     # never read
+        c2_smem = w_bufs
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())   # ping-pong: whose K loop
@@ -297,15 +373,24 @@ def _ws_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
     fence_async_shared()
-    gl.warp_specialize([
-        (_consumer, (0, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr, ws_ptr,
-                     bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU, COOP, QMAX,
-                     ROT_SCALE, GROUP_M)),
-        (_consumer, (1, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr, ws_ptr,
-                     bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU, COOP, QMAX,
-                     ROT_SCALE, GROUP_M)),
-        (_loader, (a_desc, w_desc, a_bufs, w_bufs, ready, empty, M, N, K, GROUP_M)),
-    ], _PARTITIONS, _REGS)
+    if SPLIT:
+        gl.warp_specialize([
+            (_split_consumer, (0, a_desc, c_desc, c2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, c_smem, c2_smem,
+                               s_ptr, ws_ptr, bias_ptr, M, N, K, stride_sm, HAS_BIAS, GROUP_M)),
+            (_split_consumer, (1, a_desc, c_desc, c2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, c_smem, c2_smem,
+                               s_ptr, ws_ptr, bias_ptr, M, N, K, stride_sm, HAS_BIAS, GROUP_M)),
+            (_loader, (a_desc, w_desc, w2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, M, N, K, SPLIT, GROUP_M)),
+        ], _PARTITIONS, _REGS)
+    else:
+        gl.warp_specialize([
+            (_consumer, (0, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr,
+                         ws_ptr, bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU,
+                         COOP, QMAX, ROT_SCALE, GROUP_M)),
+            (_consumer, (1, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, empty, turn, c_smem, h_smem, s_ptr,
+                         ws_ptr, bias_ptr, cs_ptr, M, N, K, stride_sm, stride_csm, PER_TOKEN, HAS_BIAS, UNROLL, GELU,
+                         COOP, QMAX, ROT_SCALE, GROUP_M)),
+            (_loader, (a_desc, w_desc, w2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, M, N, K, SPLIT, GROUP_M)),
+        ], _PARTITIONS, _REGS)
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(i))
         mbarrier.invalidate(empty.index(i))
@@ -317,24 +402,29 @@ def _ws_kernel(a_desc, w_desc, c_desc, s_ptr, ws_ptr, bias_ptr, h_ptr, cs_ptr, M
 # host side
 
 
-def stages(gelu: bool, coop: bool) -> int:
-    """Ring depth that fits 227 KiB with the mode's other buffers (a step: the CTA tile's activation rows and 128
-    weight rows, K = 128 int8 each; a 64 x 128 output tile per consumer, int8 codes or 16-bit; the ±1 block)."""
-    step = (BLOCK_M * (2 if coop else 1) + BLOCK_N) * GQL.BLOCK_K
-    other = 2 * BLOCK_M * BLOCK_N * (1 if gelu else 2) + (BLOCK_N * BLOCK_N * 2 if gelu else 0)
+def stages(gelu: bool, coop: bool, wide: bool = False) -> int:
+    """Ring depth that fits 227 KiB with the mode's other buffers (a step: the CTA tile's activation rows and its
+    weight rows, K = 128 int8 each; a 64-row output tile per consumer, int8 codes or 16-bit; the ±1 block)."""
+    bn = BLOCK_N + (BLOCK_N2 if wide else 0)
+    step = (BLOCK_M * (2 if coop else 1) + bn) * GQL.BLOCK_K
+    other = 2 * BLOCK_M * bn * (1 if gelu else 2) + (BLOCK_N * BLOCK_N * 2 if gelu else 0)
     return min(8, (227 * 1024 - other - 1024) // step)
 
 
-def offline_spec(unroll: int, gelu: bool = True, coop: bool = False) -> tuple[dict, dict]:
+def offline_spec(unroll: int, gelu: bool = True, coop: bool = False, wide: bool = False) -> tuple[dict, dict]:
     """(signature, constexprs) for an offline sm_90 compile (kernels/aot.py) at ``unroll`` groups per iteration
-    (1: per-token input), with the GELU epilogue or a bf16 output, ping-pong or cooperative."""
+    (1: per-token input), with the GELU epilogue or a bf16 output, ping-pong or cooperative; ``wide``: the
+    cooperative 128 x 192 tile (group-128 input, bf16 output; ``unroll`` unused)."""
     out = torch.int8 if gelu else torch.bfloat16
+    w2, c2 = (BLOCK_N2, BLOCK_N2) if wide else (BLOCK_N, BLOCK_N)
     sig = {"a_desc": GQL.desc_type(BLOCK_M * (2 if coop else 1)), "w_desc": GQL.desc_type(BLOCK_N),
-           "c_desc": GQL.desc_type(BLOCK_M, BLOCK_N, out), "s_ptr": "*fp32", "ws_ptr": "*fp32",
+           "c_desc": GQL.desc_type(BLOCK_M, BLOCK_N, out), "w2_desc": GQL.desc_type(w2),
+           "c2_desc": GQL.desc_type(BLOCK_M, c2, out), "s_ptr": "*fp32", "ws_ptr": "*fp32",
            "bias_ptr": "*bf16", "h_ptr": "*bf16", "cs_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
            "stride_sm": "i32", "stride_csm": "i32"}
-    const = dict(PER_TOKEN=unroll == 1, HAS_BIAS=True, UNROLL=unroll, GELU=gelu, COOP=coop, QMAX=127,
-                 ROT_SCALE=128 ** -0.5, GROUP_M=8, STAGES=stages(gelu, coop), num_warps=CONSUMER_WARPS)
+    const = dict(PER_TOKEN=unroll == 1 and not wide, HAS_BIAS=True, UNROLL=unroll, GELU=gelu, COOP=coop,
+                 SPLIT=wide, QMAX=127, ROT_SCALE=128 ** -0.5, GROUP_M=8, STAGES=stages(gelu, coop, wide),
+                 num_warps=CONSUMER_WARPS)
     return sig, const
 
 
@@ -380,7 +470,7 @@ def supported_gelu(n: int, k: int, ga: int, expanded: bool, group: int, rotate: 
 
 
 def _launch(a, s, w, ws, bias, out, h, cs, per_token: bool, gelu: bool, coop: bool, qmax: int = 1,
-            rot_scale: float = 1.0) -> None:
+            rot_scale: float = 1.0, wide: bool = False) -> None:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m, k = a.shape
@@ -389,20 +479,31 @@ def _launch(a, s, w, ws, bias, out, h, cs, per_token: bool, gelu: bool, coop: bo
     a_desc = TensorDescriptor.from_tensor(a, [bm, GQL.BLOCK_K], GQL.smem_layout(bm))
     w_desc = TensorDescriptor.from_tensor(w, [BLOCK_N, GQL.BLOCK_K], GQL.smem_layout(BLOCK_N))
     c_desc = TensorDescriptor.from_tensor(out, [BLOCK_M, BLOCK_N], GQL.smem_layout(BLOCK_M, BLOCK_N, out.dtype))
-    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, BLOCK_N), GQL.sms(a.device)),)
-    unroll = 1 if per_token else GQL.unroll_for(k // GQL.BLOCK_K)
-    _ws_kernel[grid](a_desc, w_desc, c_desc, s, ws, bias if bias is not None else ws, h, cs, m, n, k,
-                         s.stride(0), cs.stride(0), PER_TOKEN=per_token, HAS_BIAS=bias is not None, UNROLL=unroll,
-                         GELU=gelu, COOP=coop, QMAX=qmax, ROT_SCALE=rot_scale, GROUP_M=8, STAGES=stages(gelu, coop),
-                         num_warps=CONSUMER_WARPS, maxnreg=LAUNCH_REGS)
+    if wide:
+        w2_desc = TensorDescriptor.from_tensor(w, [BLOCK_N2, GQL.BLOCK_K], GQL.smem_layout(BLOCK_N2))
+        c2_desc = TensorDescriptor.from_tensor(out, [BLOCK_M, BLOCK_N2],
+                                               GQL.smem_layout(BLOCK_M, BLOCK_N2, out.dtype))
+    else:
+        w2_desc, c2_desc = w_desc, c_desc    # never read
+    bn = BLOCK_N + (BLOCK_N2 if wide else 0)
+    grid = (min(triton.cdiv(m, bm) * triton.cdiv(n, bn), GQL.sms(a.device)),)
+    unroll = 1 if per_token or wide else GQL.unroll_for(k // GQL.BLOCK_K)
+    _ws_kernel[grid](a_desc, w_desc, c_desc, w2_desc, c2_desc, s, ws, bias if bias is not None else ws, h, cs, m, n,
+                     k, s.stride(0), cs.stride(0), PER_TOKEN=per_token, HAS_BIAS=bias is not None, UNROLL=unroll,
+                     GELU=gelu, COOP=coop, SPLIT=wide, QMAX=qmax, ROT_SCALE=rot_scale, GROUP_M=8,
+                     STAGES=stages(gelu, coop, wide), num_warps=CONSUMER_WARPS, maxnreg=LAUNCH_REGS)
 
 
 def ws_qlinear(a: torch.Tensor, s: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias: torch.Tensor | None,
-               out: torch.Tensor, per_token: bool, coop: bool = True) -> torch.Tensor:
+               out: torch.Tensor, per_token: bool, coop: bool = True, wide: bool = False) -> torch.Tensor:
     """``out`` [M, N] (bf16 / fp16) = the W4A8 GEMM of :func:`.gluon_qlinear.gluon_qlinear` (same arguments, same
-    bits), warp-specialized: cooperative 128 x 128 tiles by default, ping-pong 64 x 128 ones with ``coop=False``.
-    CUDA only; the caller checks :func:`supported`."""
-    _launch(a, s, w, ws, bias, out, ws, s, per_token, gelu=False, coop=coop)
+    bits), warp-specialized: cooperative 128 x 128 tiles by default, ping-pong 64 x 128 ones with ``coop=False``,
+    cooperative 128 x 192 ones with ``wide`` (group-128 input only: :func:`_split_consumer`). CUDA only; the caller
+    checks :func:`supported`."""
+    if wide and (per_token or not coop):
+        raise ValueError("gluon_ws: the wide 128x192 tile runs group-128 input cooperatively; got "
+                         f"per_token={per_token}, coop={coop}")
+    _launch(a, s, w, ws, bias, out, ws, s, per_token, gelu=False, coop=coop, wide=wide)
     return out
 
 

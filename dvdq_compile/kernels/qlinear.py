@@ -258,10 +258,11 @@ def _launch(codes, scales, packed, wscale, wzero, bias, wbits, out, partials: bo
         # one scale per row whenever the group is all of K (the Triton plan runs a per-row scale over a K of one dot
         # block as one group, o.per_token False; the Gluon kernels' group path means groups of 128 columns)
         pt = o.ga == o.k
-        # group 128: the warp-specialized cooperative 128x128 tile (kernels/gluon_ws.py); per-token, and what it
-        # does not take (fp32 output): the single-warpgroup-pair kernel (kernels/gluon_qlinear.py)
+        # group 128: the warp-specialized cooperative kernel on its wide 128x192 tile (kernels/gluon_ws.py: the
+        # fewest L2 bytes per MAC its registers allow); per-token, and what it does not take (fp32 output): the
+        # single-warpgroup-pair kernel (kernels/gluon_qlinear.py), per-token on 256x128
         if not pt and GWS.supported(n, o.k, o.ga, o.expanded, out.dtype) is None:
-            GWS.ws_qlinear(o.a, o.s, o.w, o.ws, b, out, pt)
+            GWS.ws_qlinear(o.a, o.s, o.w, o.ws, b, out, pt, wide=True)
             return
         if GQL.supported(o.k, o.ga, o.expanded, n, out.dtype) is None:
             GQL.gluon_qlinear(o.a, o.s, o.w, o.ws, b, out, pt)

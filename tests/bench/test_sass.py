@@ -19,7 +19,7 @@ def test_estimates_do_not_regress():
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "sass.py"), "--check", str(RESULTS)], env=env,
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
-    assert len(lines) == 8, p.stdout[-2000:] + p.stderr[-2000:]
+    assert len(lines) == 9, p.stdout[-2000:] + p.stderr[-2000:]   # bench/sass.py CHECK
     assert p.returncode == 0, p.stdout[-3000:]
 
 
@@ -48,32 +48,35 @@ def l2_ceiling(bm, bn):
 
 
 def test_committed_estimates_of_the_gluon_kernel():
-    """The Gluon kernels (rescale under the next wgmma, persistent: kernels/gluon_qlinear.py, and warp-specialized:
+    """The Gluon kernels (rescale under a wgmma, persistent: kernels/gluon_qlinear.py, and warp-specialized:
     kernels/gluon_ws.py) against the Triton loop on the same terms, per Wan shape. Without the L2 bound they reach
     >= 70% of int8 peak everywhere; with L2 at its measured rate (bench/results/l2_probe_h200.md) every Gluon GEMM is
-    L2-bound at its tile's ceiling: the per-token 256x128 tile at ~80% (the issue's >= 70% holds), the group-128
-    cooperative 128x128 tile at ~60% (its registers allow no larger tile), the 128x64 one at ~40%."""
+    L2-bound at its tile's ceiling, and the issue's >= 70% holds for the dispatch's tiles: per-token 256x128 at ~80%,
+    group-128 on the wide cooperative 128x192 tile at ~71-72% (one partial per consumer part: the registers allow no
+    larger tile); the cooperative 128x128 tile stops at ~60%, the 128x64 one at ~40%."""
     rows = json.loads(RESULTS.read_text())["shapes"]
     for nk in {(r["N"], r["K"]) for r in rows}:
-        best = {}
+        best, tiles = {}, {}
         for r in rows:
             if (r["N"], r["K"]) == nk and r["kernel"] in ("qlinear", "gluon_qlinear", "gluon_ws") \
                     and "+GELU" not in r["variant"]:
                 key = (r["kernel"], r["variant"])
                 if key not in best or r["fraction"] > best[key]["fraction"]:
                     best[key] = r
+                tiles[(r["kernel"], r["variant"], r["tile"].split("/")[0])] = r
         g, t = ("gluon_ws", "W4→int8 g128"), ("qlinear", "W4→int8 g128")
         pg, pt = ("gluon_qlinear", "W4→int8 per-token"), ("qlinear", "W4→int8 per-token")
+        wide, coop = tiles[(*g, "128x192")], tiles[(*g, "128x128")]
         small = best[("gluon_qlinear", "W4→int8 g128")]
         f = {k: r["fraction"] for k, r in best.items()}
-        assert f[g] > f[t] * 1.15 and f[pg] > f[pt] * 1.04, (nk, f)
-        assert best[pg]["fraction_without_l2"] >= 0.70 and best[g]["fraction_without_l2"] >= 0.70, (nk, best)
-        assert small["fraction_without_l2"] >= 0.70, (nk, small)
-        for r, (bm, bn) in ((best[pg], (256, 128)), (best[g], (128, 128)), (small, (128, 64))):
-            assert r["bound"] == "L2" and r["tile"].startswith(f"{bm}x{bn}"), r
-            # est = L2 time + the weights' expansion pass: just under the tile's L2 ceiling
+        assert best[g] is wide and f[g] > f[t] * 1.35 and f[pg] > f[pt] * 1.04, (nk, f)
+        for r in (best[pg], wide, coop, small):
+            assert r["fraction_without_l2"] >= 0.70, r
+        for r, (bm, bn) in ((best[pg], (256, 128)), (wide, (128, 192)), (coop, (128, 128)), (small, (128, 64))):
+            assert r["bound"] == "L2", r
+            # est = L2 time (+ a ragged last tile) + the weights' expansion pass: just under the tile's ceiling
             assert 0.93 * l2_ceiling(bm, bn) < r["fraction"] <= l2_ceiling(bm, bn) + 1e-3, (r, l2_ceiling(bm, bn))
-        assert f[pg] >= 0.70 > f[g] > f[("gluon_qlinear", "W4→int8 g128")], (nk, f)
+        assert f[pg] > wide["fraction"] >= 0.70 > coop["fraction"] > small["fraction"], (nk, f)
 
 
 def test_committed_estimates_of_the_ffn_up_epilogue():

@@ -142,7 +142,7 @@ def attn_specs():
 def gluon_specs():
     """The Gluon W4A8 kernel at every tile its dispatch uses (kernels/gluon_qlinear.py), and the warp-specialized
     W4A8 GEMM in every mode it runs (the FFN-up's GELU epilogue in ping-pong and cooperatively, a bf16 output
-    cooperatively) at every groups-per-iteration count (kernels/gluon_ws.py)."""
+    cooperatively) at every groups-per-iteration count, and its wide 128x192 tile (kernels/gluon_ws.py)."""
     for tile in GQL.TILES:
         sig, const = GQL.offline_spec(tile)
         name = f"gluon_qlinear {f'per-token {tile[0]}x{tile[1]}' if tile[4] == 1 else f'g128 u{tile[4]}'}"
@@ -153,6 +153,9 @@ def gluon_specs():
             mode = f"{'gelu' if gelu else 'bf16'} {'coop' if coop else 'pp'}"
             yield f"gluon_ws {mode} {'per-token' if u == 1 else f'g128 u{u}'}", GWS._ws_kernel, sig, const, \
                 GWS.CONSUMER_WARPS, const["STAGES"], GWS.LAUNCH_REGS
+    sig, const = GWS.offline_spec(1, False, True, wide=True)   # the dispatch's group-128 tile, 128 x 192
+    yield "gluon_ws bf16 coop wide g128", GWS._ws_kernel, sig, const, GWS.CONSUMER_WARPS, const["STAGES"], \
+        GWS.LAUNCH_REGS
 
 
 def expand_specs():

@@ -79,6 +79,22 @@ def test_register_and_shared_memory_budget(gelu, coop):
     assert (const["GELU"], const["COOP"]) == (gelu, coop) and set(gws.UNROLLS) == {1, *gql.UNROLLS}
 
 
+def test_wide_tile_budget_and_refusals():
+    """The wide cooperative tile (128 x 192 as 128 + 64 weight rows and output columns): its ring of 4+ slots and
+    both parts' output tiles fit 227 KiB; it runs group-128 input cooperatively only, and says so otherwise."""
+    sig, const = gws.offline_spec(1, False, True, wide=True)
+    bn = gws.BLOCK_N + gws.BLOCK_N2
+    smem = const["STAGES"] * (2 * gws.BLOCK_M + bn) * gql.BLOCK_K + 2 * gws.BLOCK_M * bn * 2 + 2 * const["STAGES"] * 8
+    assert const["STAGES"] >= 4 and smem <= 227 * 1024 and const["SPLIT"] and not const["PER_TOKEN"], smem
+    assert sig["w_desc"].startswith("tensordesc<i8[128, 128],") and sig["w2_desc"].startswith("tensordesc<i8[64, 128],")
+    assert sig["c2_desc"].startswith("tensordesc<bf16[64, 64],")
+    t = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match="wide 128x192 tile runs group-128 input cooperatively"):
+        gws.ws_qlinear(t, t, t, t, None, t, True, wide=True)
+    with pytest.raises(ValueError, match="coop=False"):
+        gws.ws_qlinear(t, t, t, t, None, t, False, coop=False, wide=True)
+
+
 def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
     """DVDQ_GLUON=1 asks for the Gluon kernel; without CUDA qlinear_gelu_quant runs the Triton epilogue kernel and
     gives its numbers."""
@@ -94,7 +110,7 @@ def test_dispatch_stays_on_triton_without_a_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("k,per_token,out_dtype,kernel", [
-    (256, False, torch.float16, "ws"),           # group 128: the cooperative warp-specialized kernel
+    (256, False, torch.float16, "ws"),           # group 128: the cooperative warp-specialized kernel, wide tile
     (1024, True, torch.float16, "pair"),         # per-token: gluon_qlinear's 256x128 tile
     (1024, False, torch.float32, "pair"),        # an fp32 output the warp-specialized kernel does not store
     # per-token with fewer K steps than gluon_qlinear's ring, and never the group-128 path (Triton's plan runs a
@@ -108,7 +124,8 @@ def test_dispatch_routes_each_call_to_its_gluon_kernel(k, per_token, out_dtype, 
     outputs: under the interpreter a bf16 output is computed in an fp32 buffer, tl_common.output_buffer.)"""
     calls = []
     monkeypatch.setattr(gql, "use_gluon", lambda: True)
-    monkeypatch.setattr(gws, "ws_qlinear", lambda *a, **kw: calls.append(("ws", a[6])))
+    monkeypatch.setattr(gws, "ws_qlinear", lambda *a, **kw: calls.append(("ws", a[6])) if kw == {"wide": True}
+                        else calls.append(("ws other tile", kw)))
     monkeypatch.setattr(gql, "gluon_qlinear", lambda *a, **kw: calls.append(("pair", a[6])))
     g = torch.Generator().manual_seed(6)
     codes, scales = quant.quantize_act(make_x(8, k, gen=g), 8, k if per_token else 128, 0)

@@ -281,13 +281,15 @@ def test_gluon_qlinear_property(m, n8, kg, per_token, square, bias, seed):
     assert torch.equal(y, y_triton)
 
 
-@pytest.mark.parametrize("k,group,schedule", [(1024, 128, "coop"), (1280, 128, "coop"), (1536, 128, "coop"),
+@pytest.mark.parametrize("k,group,schedule", [(1024, 128, "wide"), (1536, 128, "wide"), (256, 128, "wide"),
+                                              (1024, 128, "coop"), (1280, 128, "coop"), (1536, 128, "coop"),
                                               (256, 128, "coop"), (1536, 1536, "coop"), (1536, 128, "pingpong"),
                                               (1536, 1536, "pingpong"), (256, 128, "pingpong")])
 def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, schedule):
-    """The warp-specialized Gluon GEMM (kernels/gluon_ws.py: the group-128 dispatch's cooperative 128x128 tile, and
-    ping-pong) gives the Triton int8-native kernel's output to the bit and the reference's within its tolerance:
-    ragged M and N (N = 776: not a multiple of the tile), 4 / 10 / 12 / 2 groups per loop iteration, per-token."""
+    """The warp-specialized Gluon GEMM (kernels/gluon_ws.py: the group-128 dispatch's wide cooperative 128x192
+    tile, the cooperative 128x128 one, and ping-pong) gives the Triton int8-native kernel's output to the bit and
+    the reference's within its tolerance: ragged M and N (N = 776: not a multiple of any tile; its last wide tile
+    holds only the first part), 4 / 10 / 12 / 2 groups per loop iteration, per-token."""
     from dvdq_compile.kernels import gluon_ws as gws
     m, n = 4133, 776
     x = make_x(m, k, torch.bfloat16, gen=_gen(14)).to(DEV)
@@ -298,26 +300,28 @@ def test_gluon_ws_qlinear_matches_the_triton_kernel(k, group, schedule):
     y_triton = kernels.qlinear(c, s, packed, ws, wz, bias, 4, torch.bfloat16, expand=True)
     o = ql_mod.operands(c, s, packed, ws, wz, bias, 4, True)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
-    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, schedule == "coop")
+    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b, y, o.per_token, schedule != "pingpong", wide=schedule == "wide")
     assert torch.equal(y, y_triton)
     assert_out_close(y, quant.qlinear_ref(c, s, packed, ws, wz, bias, 4, torch.bfloat16), torch.bfloat16)
 
 
-@pytest.mark.parametrize("schedule", ["coop", "pingpong"])
+@pytest.mark.parametrize("schedule", ["wide", "coop", "pingpong"])
 @settings(max_examples=4, deadline=None)
 @given(m=st.integers(1, 3000), n8=st.integers(1, 200), kg=st.sampled_from([2, 4, 6, 10, 12, 14]),
        per_token=st.booleans(), bias=st.booleans(), seed=st.integers(0, 2**16))
 def test_gluon_ws_qlinear_property(schedule, m, n8, kg, per_token, bias, seed):
     """The warp-specialized Gluon GEMM on drawn shapes (ragged M down to one row: a cooperative tile with one
     consumer's rows all out of range; N any multiple of 8; every groups-per-iteration count) equals the Triton
-    int8-native kernel bit for bit, in both modes."""
+    int8-native kernel bit for bit, in all three tiles and schedules."""
     from dvdq_compile.kernels import gluon_ws as gws
     n, k = 8 * n8, 128 * kg
+    per_token = per_token and schedule != "wide"     # the wide tile takes group-128 input only
     group = k if per_token else 128
     assert gws.supported(n, k, group, True, torch.bfloat16) is None
     o, y_triton = _drawn_gemm(m, n, k, group, bias, seed)
     y = torch.empty(m, n, dtype=torch.bfloat16, device=DEV)
-    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token, schedule == "coop")
+    gws.ws_qlinear(o.a, o.s, o.w, o.ws, o.b if bias else None, y, o.per_token, schedule != "pingpong",
+                   wide=schedule == "wide")
     assert torch.equal(y, y_triton)
 
 
