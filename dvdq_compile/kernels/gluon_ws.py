@@ -14,13 +14,14 @@ Three partitions share the SM:
   ``STAGES``-deep ring (a ``ready`` and an ``empty`` mbarrier per slot);
 - two **consumer** warpgroups (the default partition and one worker, 4 warps each), each on 64 x 128 output rows
   per tile, handing each slot back once its wgmma is complete, then running the epilogue and storing through its own
-  shared tile by TMA. **Ping-pong** (``COOP=False``): they take alternate 64 x 128 tiles; as the ring fills in tile
-  order, one consumer's K loop runs while the other is in its epilogue (CUTLASS's schedule): the tensor cores work
-  through the epilogues, which is what the FFN-up's long one needs (~1,900 instructions per thread and tile: at Wan
-  1.3B's K = 1536 it was half the tile's time in one warpgroup). **Cooperative** (``COOP=True``): both work on one
-  128 x 128 tile (64 rows each) and every weight slot feeds both, so the tiles read a third fewer L2 bytes per MAC
-  than 64 x 128 ones (the instrument has no L2 bound; ``bench/results/sass.md``' L2 column says why it may matter),
-  while their epilogues run side by side.
+  shared tile by TMA. **Ping-pong** (``COOP=False``): they take alternate 64 x 128 tiles and their K loops take
+  turns (the ``turn`` mbarriers), so one consumer's K loop runs while the other is in its epilogue (CUTLASS's
+  ordered schedule): the tensor cores work through the epilogues, which the FFN-up's long one needs (~1,900
+  instructions per thread and tile). **Cooperative** (``COOP=True``): both work on one 128 x 128 tile (64 rows
+  each) and every weight slot feeds both, so the tiles read a third fewer L2 bytes per MAC than 64 x 128 ones (L2
+  bounds these kernels: ``bench/results/l2_probe_h200.md``), while their epilogues run side by side. **Wide**
+  (``SPLIT``, group-128 GEMM only: :func:`_split_consumer`): a cooperative 128 x 192 tile, 1.2x fewer L2 bytes per
+  MAC again, each consumer's share in a 128- and a 64-column accumulator with one int32 partial each.
 
 Registers: launched at 168 per thread (12 warps = 3 warpgroups: 64,512 of the SM's 65,536), which ``setmaxnreg``
 redistributes as 240 per consumer thread (two int32 partials and the fp32 sum: 192) and 24 for the loader's.
