@@ -440,10 +440,10 @@ def render(data: dict) -> str:
     if isinstance(mma, dict) and "TFLOPs" in mma:   # bench/mma_peak.py: wgmmas on shared-memory tiles, nothing else
         out += ["", f"Tensor cores alone (`bench/mma_peak.py`: {mma.get('tile')}, operands in shared memory, no "
                 "global traffic in the loop), TFLOP/s (TOPS); checked = the accumulators equal A @ Bᵀ:", "",
-                "| dtype | 1 CTA/SM | 2 CTAs/SM | checked |", "|---|---|---|---|"]
+                "| dtype | TFLOP/s, 1 CTA per SM | checked |", "|---|---|---|"]
         for name, row in mma["TFLOPs"].items():
             out.append(f"| {name} | {row.get('1_cta_per_sm', row.get('error', '-'))} | "
-                       f"{row.get('2_cta_per_sm', '-')} | {mma.get('checked', {}).get(name, '-')} |")
+                       f"{mma.get('checked', {}).get(name, '-')} |")
     probe = data["steps"].get("l2_probe")
     if isinstance(probe, dict) and "rates_TB/s" in probe:   # bench/l2_probe.py: what L2 gives a plain sweep
         out += ["", "L2 probe (`bench/l2_probe.py`: CTAs sweep a buffer with `.cg` loads, TB/s read; buffers under "

@@ -123,6 +123,16 @@ def _gelu_codes(y, h_smem, DT: gl.constexpr, QMAX: gl.constexpr, ROT_SCALE: gl.c
 
 
 @gluon.jit
+def _scale_bias(acc, offs_n, N, ws_ptr, bias_ptr, HAS_BIAS: gl.constexpr):
+    """The 16-bit output's fp32 value, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n]))."""
+    mask_n = offs_n < N
+    acc = acc * gl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc = acc + gl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32)[None, :]
+    return acc
+
+
+@gluon.jit
 def _loader(a_desc, w_desc, w2_desc, a_bufs, w_bufs, w2_bufs, ready, empty, M, N, K, SPLIT: gl.constexpr,
             GROUP_M: gl.constexpr):
     """Every K step of every tile of this program, in tile order: wait for the slot to be empty, load (with
@@ -262,13 +272,8 @@ def _consumer(c: gl.constexpr, a_desc, w_desc, c_desc, a_bufs, w_bufs, ready, em
             out.store(codes)
             gl.store(cs_ptr + offs_m.to(gl.int64) * stride_csm + off_n // BN,
                      gl.convert_layout(sc, gl.SliceLayout(1, layout)), mask=mask_m)
-        else:   # the 16-bit output, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n]))
-            mask_n = offs_n < N
-            ws = gl.load(ws_ptr + offs_n, mask=mask_n, other=0.0)
-            acc = acc * ws[None, :]
-            if HAS_BIAS:
-                b = gl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(gl.float32)
-                acc = acc + b[None, :]
+        else:   # the 16-bit output
+            acc = _scale_bias(acc, offs_n, N, ws_ptr, bias_ptr, HAS_BIAS)
             tma.store_wait(pendings=0)
             out.store(acc.to(c_desc.dtype))
         fence_async_shared()
@@ -320,14 +325,10 @@ def _split_consumer(c: gl.constexpr, a_desc, c_desc, c2_desc, a_bufs, w_bufs, w2
             p2, acc2 = warpgroup_mma_wait(0, deps=(p2, acc2))
             mbarrier.arrive(empty.index(slot), count=1)
             acc2 = acc2 + p2.to(gl.float32) * gl.convert_layout(s1, gl.SliceLayout(1, l2))[:, None]
-        # the 16-bit output of both parts, in tl_common.scale_bias's order: acc · Δ[n] (+ float32(bias[n]))
-        offs_n = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, l1))
-        offs_n2 = off_n + BN + gl.arange(0, BN2, layout=gl.SliceLayout(0, l2))
-        acc1 = acc1 * gl.load(ws_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
-        acc2 = acc2 * gl.load(ws_ptr + offs_n2, mask=offs_n2 < N, other=0.0)[None, :]
-        if HAS_BIAS:
-            acc1 = acc1 + gl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(gl.float32)[None, :]
-            acc2 = acc2 + gl.load(bias_ptr + offs_n2, mask=offs_n2 < N, other=0.0).to(gl.float32)[None, :]
+        # the 16-bit output of both parts
+        acc1 = _scale_bias(acc1, off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, l1)), N, ws_ptr, bias_ptr, HAS_BIAS)
+        acc2 = _scale_bias(acc2, off_n + BN + gl.arange(0, BN2, layout=gl.SliceLayout(0, l2)), N, ws_ptr, bias_ptr,
+                           HAS_BIAS)
         tma.store_wait(pendings=0)      # this consumer's previous stores have read both tiles
         out.store(acc1.to(c_desc.dtype))
         out2.store(acc2.to(c2_desc.dtype))

@@ -39,3 +39,20 @@ def test_compiles_to_the_wgmmas_it_claims():
         assert r["stack"] == 0 and r["wgmma"] == 8 * 4 * (256 // n), r
         kind = {"int8": "s32.s8.s8", "fp8e4m3": "f32.e4m3.e4m3", "bf16": "f32.bf16.bf16"}[name]
         assert r["kinds"] == [f"m64n{n}k{32 if name != 'bf16' else 16}.{kind}"], r
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["int8", "fp8e4m3", "bf16"])
+def test_accumulators_equal_the_reference(dtype):
+    """On a GPU (compiled, TRITON_INTERPRET=0): each CTA's accumulator is iters · UNROLL · A @ Bᵀ, computed in
+    float64 on the CPU from the same operands (exact: small integers or halves), so the timed loop does the work
+    it is credited with."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        pytest.skip("Gluon kernels need compiled Triton: run with TRITON_INTERPRET=0")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import mma_peak
+    import torch
+    a, b = mma_peak.operands(dtype)
+    got = mma_peak.run(a, b, 3, 4).double().cpu()
+    ref = (a.double().cpu() @ b.double().cpu().T) * (3 * mma_peak.UNROLL)
+    assert torch.equal(got, ref.expand(4, -1, -1))
